@@ -1,0 +1,43 @@
+"""Project config keys, added on top of Detectron2's defaults (PointRend-style)."""
+from detectron2.config import CfgNode as CN
+
+
+def add_lumbar_config(cfg: CN) -> None:
+    """Add lumbar-d2's keys to ``cfg`` (only adds; never changes Detectron2's defaults)."""
+    cfg.LUMBAR = CN()
+    # Folder with converted datasets (<root>/<name>/annotations/<split>.json); "" = env var
+    # LUMBAR_D2_DATASETS, else ./datasets.
+    cfg.LUMBAR.DATASETS_ROOT = ""
+    # >0: train this many passes over DATASETS.TRAIN; SOLVER.MAX_ITER, STEPS and CHECKPOINT_PERIOD
+    # are then derived from the dataset size (iters = ceil(epochs * images / IMS_PER_BATCH)).
+    cfg.LUMBAR.EPOCHS = 0.0
+    # LR decay points as fractions of the schedule, used only when EPOCHS > 0.
+    cfg.LUMBAR.STEP_FRACTIONS = (0.75, 0.92)
+    # Validation dataset for the in-training Dice/loss hook; "" disables the hook.
+    cfg.LUMBAR.VAL_DATASET = ""
+    # Run validation every N iterations (0 = only at the end).
+    cfg.LUMBAR.VAL_PERIOD = 0
+    # Stop when validation Dice has not improved for this many validations (0 = never stop).
+    cfg.LUMBAR.EARLY_STOP_PATIENCE = 0
+    # Score threshold above which predicted instances count for Dice, P/R and HD95.
+    cfg.LUMBAR.SCORE_THRESH = 0.5
+    # Mask IoU needed for a predicted instance to match a ground-truth instance.
+    cfg.LUMBAR.MATCH_IOU = 0.5
+    # Allow train and test datasets to share patients (leaks; only to reproduce image splits).
+    cfg.LUMBAR.ALLOW_PATIENT_OVERLAP = False
+    # Bootstrap resamples (over patients) for the 95 % confidence intervals; 0 = none.
+    cfg.LUMBAR.BOOTSTRAP = 1000
+
+    cfg.INPUT.AUG = CN()
+    # Random rotation range in degrees (sagittal spines tilt; axial slices rotate in-plane).
+    cfg.INPUT.AUG.ROTATION = 10.0
+    # Multiplicative contrast and brightness jitter ranges (applied to the grey slice).
+    cfg.INPUT.AUG.CONTRAST = (0.8, 1.2)
+    cfg.INPUT.AUG.BRIGHTNESS = (0.85, 1.15)
+    # Gamma range, applied on intensities scaled to [0, 1] (mimics T2 weighting changes).
+    cfg.INPUT.AUG.GAMMA = (0.7, 1.4)
+    # Left-right flip: valid for axial slices (near-symmetric), not for sagittal ones, where
+    # it would swap anterior and posterior.
+    cfg.INPUT.AUG.HFLIP = False
+    # Percentile intensity normalisation of each slice to uint8 (see lumbar_d2.data.imageio).
+    cfg.INPUT.NORMALIZE = True

@@ -1,0 +1,97 @@
+"""Reading MRI slices and label images, and the one intensity normalisation used everywhere.
+
+Training (the dataset mapper), inference and export all call :func:`to_model_input`, so a
+model sees the same intensities at train and test time.
+
+Normalisation (documented contract): a slice of any bit depth (8- or 16-bit PNG/TIFF, DICOM
+after rescale) is mapped linearly so that its 0.5th percentile becomes 0 and its 99.5th
+percentile becomes 255, clipped, as uint8. Per-image percentiles remove the arbitrary scale of
+MR intensities (no Hounsfield-like units) and make 8- and 16-bit files equivalent. The grey
+slice is then replicated to 3 channels, so ``INPUT.FORMAT: BGR`` and 3-value
+``MODEL.PIXEL_MEAN/STD`` work and ImageNet-pretrained ``MODEL.WEIGHTS`` can be loaded.
+Multi-channel inputs (e.g. T1+T2 stacked by the converter) are normalised per channel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple, Union
+
+import cv2
+import numpy as np
+
+from ..utils.errors import LumbarError
+
+PERCENTILES: Tuple[float, float] = (0.5, 99.5)
+
+
+def read_array(path: Union[str, Path]) -> np.ndarray:
+    """Read a PNG/JPG/TIFF keeping its bit depth (uint8 or uint16), HxW or HxWxC.
+
+    Raises:
+        LumbarError: missing, empty, corrupt or truncated file (one line, names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LumbarError(f"{path}: file not found; check the path or the dataset layout")
+    if path.stat().st_size == 0:
+        raise LumbarError(f"{path}: file is empty (0 bytes); re-export or remove it")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        raise LumbarError(f"{path}: cannot decode image (corrupt or truncated); re-export or "
+                          "remove it")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise LumbarError(f"{path}: unsupported pixel type {arr.dtype}; save as 8- or 16-bit")
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # alpha carries no MR signal
+    if arr.ndim == 3 and arr.shape[2] == 3 and _is_grey(arr):
+        arr = arr[:, :, 0]
+    return arr
+
+
+def read_gray(path: Union[str, Path]) -> np.ndarray:
+    """Read a single-channel slice; RGB(A) with R=G=B is accepted, real colour is refused."""
+    arr = read_array(path)
+    if arr.ndim != 2:
+        raise LumbarError(f"{path}: expected a single-channel (grayscale) image, got "
+                          f"{arr.shape[2]} colour channels; convert it to grayscale")
+    return arr
+
+
+def read_label(path: Union[str, Path]) -> np.ndarray:
+    """Read a label image: single channel, integer values (uint8 or uint16)."""
+    arr = read_array(path)
+    if arr.ndim != 2:
+        raise LumbarError(f"{path}: label image has {arr.shape[2]} colour channels; labels "
+                          "must be single-channel integer PNGs")
+    return arr
+
+
+def normalize_intensity(img: np.ndarray, percentiles: Tuple[float, float] = PERCENTILES
+                        ) -> np.ndarray:
+    """Map each channel's [p_lo, p_hi] percentile range linearly onto uint8 [0, 255]."""
+    img = np.asarray(img, dtype=np.float32)
+    chans = img[:, :, None] if img.ndim == 2 else img
+    out = np.empty(chans.shape, dtype=np.uint8)
+    for c in range(chans.shape[2]):
+        lo, hi = np.percentile(chans[:, :, c], percentiles)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        out[:, :, c] = np.clip((chans[:, :, c] - lo) * scale, 0, 255).round().astype(np.uint8)
+    return out[:, :, 0] if img.ndim == 2 else out
+
+
+def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """HxW or HxWxC slice -> HxWx3 uint8 array in the order the model expects (BGR)."""
+    arr = normalize_intensity(img) if normalize else np.asarray(img).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 2:
+        arr = np.concatenate([arr, arr.mean(axis=2, keepdims=True).astype(np.uint8)], axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _is_grey(arr: np.ndarray) -> bool:
+    return bool(np.array_equal(arr[:, :, 0], arr[:, :, 1])
+                and np.array_equal(arr[:, :, 1], arr[:, :, 2]))

@@ -1,0 +1,118 @@
+"""Discover (image, label) pairs and patient ids in the on-disk layouts lumbar-d2 reads.
+
+Both readers collect every problem they see and return it with the samples, so conversion
+can report all problems at once (nnU-Net's integrity-check habit) instead of one per run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+SUDIRMAN_LABELS = "05_Final_Ground_Truth_Data/Label_Images"
+SUDIRMAN_IMAGES = "04_Intermediary_Ground_Truth_Data/{seq}_Output"
+SUDIRMAN_CLASSES: Dict[int, str] = {50: "disc", 100: "posterior_element", 150: "thecal_sac",
+                                    200: "aap", 250: "other"}
+SUDIRMAN_SPACING = (0.6875, 0.6875)
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+_SUDIRMAN_NAME = re.compile(r"^L1_(?P<patient>\d+)_D(?P<level>\d)$")
+
+
+@dataclass
+class Sample:
+    """One slice: its image file(s) (one per channel), label file and patient id."""
+
+    key: str
+    images: List[Path]
+    label: Path
+    patient_id: str
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+def discover_sudirman(root: Path, sequences: Sequence[str] = ("T2",)
+                      ) -> Tuple[List[Sample], List[str]]:
+    """Pair ``L1_<pppp>_D<d>.png`` labels with ``<seq>_<pppp>_D<d>.png`` images.
+
+    Args:
+        root: dataset root holding ``04_...`` and ``05_...`` folders.
+        sequences: ("T1",), ("T2",) or ("T1", "T2") to stack both as channels.
+    """
+    root = Path(root)
+    label_dir = root / SUDIRMAN_LABELS
+    if not label_dir.is_dir():
+        return [], [f"{label_dir}: folder not found; --input must be the Sudirman root that "
+                    f"holds {SUDIRMAN_LABELS}"]
+    samples, problems = [], []
+    image_names = {seq: _index(root / SUDIRMAN_IMAGES.format(seq=seq)) for seq in sequences}
+    for label in sorted(label_dir.iterdir()):
+        m = _SUDIRMAN_NAME.match(label.stem)
+        if label.suffix.lower() != ".png" or not m:
+            problems.append(f"{label}: unexpected file name; labels must be L1_<pppp>_D<d>.png")
+            continue
+        suffix = label.stem[len("L1"):]
+        imgs = [image_names[seq].pop(f"{seq}{suffix}", None) for seq in sequences]
+        for seq, img in zip(sequences, imgs):
+            if img is None:
+                problems.append(f"{label}: no {seq} image {seq}{suffix}.png in "
+                                f"{root / SUDIRMAN_IMAGES.format(seq=seq)}; add it or remove the label")
+        if all(imgs):
+            samples.append(Sample(label.stem, imgs, label, m.group("patient"),
+                                  {"level": f"D{m.group('level')}"}))
+    for seq, rest in image_names.items():
+        problems += [f"{p}: image has no label L1{p.stem[len(seq):]}.png; add it or remove the image"
+                     for p in rest.values()]
+    return samples, problems
+
+
+def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
+                   ) -> Tuple[List[Sample], List[str]]:
+    """Pair same-named files of an image folder and a mask folder.
+
+    Args:
+        patient_regex: regex whose group ``patient`` (or first group) extracts the patient id
+            from the file name, e.g. ``^(?P<patient>\\d+)_`` for ``5_t2_SPACE_slice49.png``.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    problems = [f"{d}: folder not found; check --images/--masks" for d in (images_dir, masks_dir)
+                if not d.is_dir()]
+    if problems:
+        return [], problems
+    try:
+        rx = re.compile(patient_regex)
+    except re.error as e:
+        return [], [f"--patient-regex {patient_regex!r}: invalid regex ({e})"]
+    images, problems = _index_unique(images_dir)
+    masks, more = _index_unique(masks_dir)
+    problems += more
+    samples = []
+    for stem, img in sorted(images.items()):
+        mask = masks.pop(stem, None)
+        m = rx.search(img.name)
+        if mask is None:
+            problems.append(f"{img}: no mask named {stem}.* in {masks_dir}; add it or remove the image")
+        elif not m:
+            problems.append(f"{img}: --patient-regex {patient_regex!r} does not match the name")
+        else:
+            pid = m.groupdict().get("patient") or m.group(1 if m.groups() else 0)
+            samples.append(Sample(stem, [img], mask, pid))
+    problems += [f"{p}: mask has no image in {images_dir}; add it or remove the mask"
+                 for p in masks.values()]
+    return samples, problems
+
+
+def _index(folder: Path) -> Dict[str, Path]:
+    return _index_unique(folder)[0] if folder.is_dir() else {}
+
+
+def _index_unique(folder: Path) -> Tuple[Dict[str, Path], List[str]]:
+    """Map file stem -> path for image files; duplicate stems (a.png + a.tif) are problems."""
+    index: Dict[str, Path] = {}
+    problems = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTS or not p.is_file():
+            continue
+        if p.stem in index:
+            problems.append(f"{p}: duplicate file name (also {index[p.stem].name}); keep one")
+        index[p.stem] = p
+    return index, problems

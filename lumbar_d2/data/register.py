@@ -1,0 +1,95 @@
+"""Register every converted dataset under the datasets root in Detectron2's catalogs.
+
+A dataset converted to ``<root>/<name>/`` becomes ``lumbar_<name>_<split>`` for each split
+file it has, so configs can say ``DATASETS.TRAIN: ("lumbar_spider_train",)``. Registration
+is lazy (Detectron2 loads the JSON on first use) and idempotent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from ..utils.errors import LumbarError
+
+logger = logging.getLogger(__name__)
+ENV_ROOT = "LUMBAR_D2_DATASETS"
+# A fixed palette so overlays of the same class look the same across datasets (BGR-agnostic).
+COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+          (145, 30, 180)]
+
+
+def datasets_root(root: Optional[str] = None) -> Path:
+    """``root`` if given, else $LUMBAR_D2_DATASETS, else ./datasets."""
+    return Path(root or os.environ.get(ENV_ROOT) or "datasets")
+
+
+def register_dataset(name: str, folder: Path) -> List[str]:
+    """Register the splits of one converted dataset folder; return the registered names."""
+    folder = Path(folder)
+    meta_file = folder / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise LumbarError(f"{meta_file}: cannot read dataset metadata ({e}); re-run "
+                          "tools/convert_dataset.py")
+    names = []
+    for split in meta["splits"]:
+        ds_name = f"lumbar_{name}_{split}"
+        json_file = folder / "annotations" / f"{split}.json"
+        if ds_name in DatasetCatalog.list():
+            names.append(ds_name)
+            continue
+        image_root = meta["image_root"]
+        DatasetCatalog.register(ds_name, lambda j=str(json_file), r=image_root, n=ds_name:
+                                load_coco_json(j, r, n))
+        classes = meta["classes"]
+        MetadataCatalog.get(ds_name).set(
+            json_file=str(json_file), image_root=image_root, evaluator_type="lumbar",
+            thing_classes=list(classes), thing_colors=COLORS[:len(classes)],
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(classes))},
+            pixel_spacing=meta.get("pixel_spacing"), dataset_folder=str(folder))
+        names.append(ds_name)
+    return names
+
+
+def register_all_lumbar(root: Optional[str] = None) -> List[str]:
+    """Register every ``<root>/<name>/meta.json`` dataset; return all registered names."""
+    root_path = datasets_root(root)
+    names: List[str] = []
+    if root_path.is_dir():
+        for meta in sorted(root_path.glob("*/meta.json")):
+            names += register_dataset(meta.parent.name, meta.parent)
+    return names
+
+
+def unregister(names: Sequence[str]) -> None:
+    """Remove datasets from both catalogs (tests use it to clean up)."""
+    for n in names:
+        DatasetCatalog.remove(n) if n in DatasetCatalog.list() else None
+        MetadataCatalog.remove(n) if n in MetadataCatalog.list() else None
+
+
+def require_registered(names: Sequence[str], source: str = "config") -> None:
+    """One-line error listing the lumbar datasets when a name is not registered."""
+    known = DatasetCatalog.list()
+    for n in names:
+        if n not in known:
+            lumbar = sorted(k for k in known if k.startswith("lumbar_")) or ["none"]
+            raise LumbarError(f"{source}: dataset {n!r} is not registered; registered lumbar "
+                              f"datasets: {', '.join(lumbar)} (convert one with "
+                              f"tools/convert_dataset.py or set ${ENV_ROOT})")
+
+
+def patient_ids(name: str) -> Dict[int, str]:
+    """image_id -> patient_id of a registered lumbar dataset, read from its COCO JSON."""
+    json_file = MetadataCatalog.get(name).get("json_file")
+    if not json_file:
+        return {}
+    with open(json_file) as f:
+        return {im["id"]: str(im.get("patient_id", "")) for im in json.load(f)["images"]}

@@ -1,0 +1,110 @@
+"""Patient-level train/val/test splits, saved split files, and the patient-leakage check.
+
+Slices of one patient are strongly correlated (neighbouring slices, same scanner, same
+anatomy), so any split that puts one patient's slices on both sides inflates test scores.
+The default split is therefore by patient; an image-level split exists only to reproduce the
+reference study and warns.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..utils.errors import LumbarError
+from ..utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def split_patients(patients: Iterable[str], val: float = 0.15, test: float = 0.15,
+                   seed: int = 0) -> Dict[str, str]:
+    """Assign each patient to train/val/test, deterministically for a seed.
+
+    Args:
+        val, test: a fraction in [0, 1) of the patients, or a count when >= 1.
+            0 means "no such split"; a positive value that rounds to zero patients, or that
+            leaves train empty, is an error.
+    """
+    ids = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_test, n_val = _count(test, len(ids), "test"), _count(val, len(ids), "val")
+    if n_test + n_val >= len(ids):
+        raise LumbarError(f"split val={val}, test={test} leaves 'train' empty with {len(ids)} "
+                          "patients; lower --val/--test")
+    assign = {}
+    for rank, idx in enumerate(order):
+        assign[ids[idx]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return assign
+
+
+def _count(value: float, n: int, name: str) -> int:
+    if value < 0:
+        raise LumbarError(f"--{name} {value}: must be >= 0")
+    k = int(value) if value >= 1 else int(math.floor(value * n + 0.5))
+    if value > 0 and k == 0:
+        raise LumbarError(f"--{name} {value} leaves the '{name}' split empty with {n} patients; "
+                          "raise it or pass 0 to drop the split")
+    return k
+
+
+def write_split_file(path: Path, assign: Mapping[str, str]) -> None:
+    """Save ``patient_id,split`` rows (sorted) so a split can be reused with --split-file."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "split"])
+        w.writerows(sorted(assign.items()))
+
+
+def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:
+    """Load a saved split; every patient of the dataset must be in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise LumbarError(f"{path}: split file not found; pass a CSV written by convert_dataset")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"patient_id", "split"} <= set(rows[0]):
+        raise LumbarError(f"{path}: split file needs columns patient_id,split")
+    assign = {r["patient_id"]: r["split"] for r in rows}
+    bad = sorted({s for s in assign.values() if s not in SPLITS})
+    missing = sorted(set(patients) - set(assign))
+    if bad:
+        raise LumbarError(f"{path}: unknown split name(s) {bad}; use {list(SPLITS)}")
+    if missing:
+        raise LumbarError(f"{path}: {len(missing)} patient(s) not in the split file, e.g. "
+                          f"{missing[:3]}; re-create the split or add them")
+    return assign
+
+
+def check_patient_leakage(groups: Mapping[str, Iterable[str]], allow: bool = False,
+                          source: str = "") -> List[str]:
+    """Return patients shared between the named groups; raise unless ``allow``.
+
+    Args:
+        groups: e.g. {"lumbar_x_train": train_patient_ids, "lumbar_x_test": test_patient_ids}.
+    """
+    names = list(groups)
+    sets = {k: set(v) for k, v in groups.items()}
+    shared = sorted({p for i, a in enumerate(names) for b in names[i + 1:]
+                     for p in sets[a] & sets[b]})
+    if shared and not allow:
+        raise LumbarError(f"{source or ' / '.join(names)}: {len(shared)} patient(s) appear in more "
+                          f"than one of {names} (e.g. {shared[:3]}); split by patient or set "
+                          "LUMBAR.ALLOW_PATIENT_OVERLAP True to accept the leak")
+    if shared:
+        logger.warning("patient leakage accepted: %d shared patients between %s", len(shared), names)
+    return shared
+
+
+def image_level_split(keys: Sequence[str], val: float, test: float, seed: int,
+                      ) -> Dict[str, str]:
+    """Random split of slices (the reference study's protocol); leaks patients, so it warns."""
+    logger.warning("--split-by image puts slices of one patient in train and test: scores will "
+                   "be optimistic (patient leakage); use it only to reproduce the paper")
+    return split_patients(keys, val=val, test=test, seed=seed)
+

@@ -1,0 +1,97 @@
+"""Detectron2 ``DatasetEvaluator`` adding Dice, instance P/R/F1 and HD95/ASSD to COCO AP.
+
+Per image and class it keeps only a small record of counts and distances (never the masks),
+like ``SemSegEvaluator``; records are gathered across ranks in :meth:`evaluate`. Returned
+under its own key ``"dice"`` (``DatasetEvaluators`` requires unique keys), values are
+fractions in [0, 1]; HD95/ASSD are in mm when the dataset has a pixel spacing, else pixels.
+Definitions and empty-case rules: :mod:`lumbar_d2.evaluation.metrics`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import pycocotools.mask as mask_util
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from ..data.register import patient_ids
+from ..utils.io import write_json
+from . import metrics, report
+
+logger = logging.getLogger(__name__)
+# Short keys shown in Detectron2's result table; per-class Dice is added as "Dice-<class>".
+KEYS = {"Dice": "dice_micro", "Dice_macro": "dice_macro", "IoU": "iou_micro",
+        "P_px": "precision_px", "R_px": "recall_px", "P_inst": "inst_precision",
+        "R_inst": "inst_recall", "F1_inst": "inst_f1", "Dice_matched": "matched_dice",
+        "HD95": "hd95_mean", "ASSD": "assd_mean"}
+
+
+class DiceEvaluator(DatasetEvaluator):
+    """Pixel and instance metrics of a lumbar dataset, on predictions above a score threshold.
+
+    Args:
+        dataset_name: a registered dataset (its dicts hold the ground-truth RLE masks).
+        output_dir: where ``dice_metrics.json`` and ``per_image.csv`` go (None: not written).
+        score_thresh: predicted instances below it are ignored.
+        iou_thresh: mask IoU for a prediction to match a ground-truth instance.
+        n_boot: bootstrap resamples over patients for 95 % CIs (0 = skip, for validation).
+    """
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None,
+                 score_thresh: float = 0.5, iou_thresh: float = 0.5, n_boot: int = 1000):
+        meta = MetadataCatalog.get(dataset_name)
+        self._classes: List[str] = list(meta.thing_classes)
+        self._spacing = tuple(meta.get("pixel_spacing") or (1.0, 1.0))
+        self._output_dir, self._score, self._iou, self._n_boot = (output_dir, score_thresh,
+                                                                   iou_thresh, n_boot)
+        pids = patient_ids(dataset_name)
+        self._gt = {d["image_id"]: (d["file_name"], pids.get(d["image_id"], ""),
+                                    d.get("annotations", []))
+                    for d in DatasetCatalog.get(dataset_name)}
+        self._records: List[dict] = []
+
+    def reset(self) -> None:
+        self._records = []
+
+    def process(self, inputs, outputs) -> None:
+        for inp, out in zip(inputs, outputs):
+            file_name, pid, annos = self._gt[inp["image_id"]]
+            shape = (inp["height"], inp["width"])
+            inst = out["instances"].to("cpu")
+            keep = inst.scores >= self._score
+            pred_masks = inst.pred_masks[keep].numpy() if inst.has("pred_masks") else []
+            pred_cls = inst.pred_classes[keep].numpy()
+            gt_by_cls = defaultdict(list)
+            for a in annos:
+                gt_by_cls[a["category_id"]].append(mask_util.decode(a["segmentation"]) > 0)
+            for c, name in enumerate(self._classes):
+                rec = metrics.image_metrics([m for m, k in zip(pred_masks, pred_cls) if k == c],
+                                            gt_by_cls[c], self._spacing, self._iou, shape=shape)
+                rec.update(file_name=os.path.basename(file_name), patient_id=pid, category=name,
+                           image_id=inp["image_id"])
+                self._records.append(rec)
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        records = [r for part in comm.gather(self._records, dst=0) for r in part]
+        if not comm.is_main_process():
+            return {}
+        per_class = {c: metrics.summarize([r for r in records if r["category"] == c],
+                                          n_boot=self._n_boot) for c in self._classes}
+        overall = (per_class[self._classes[0]] if len(self._classes) == 1
+                   else metrics.summarize(records, n_boot=self._n_boot))
+        if self._output_dir:
+            write_json(os.path.join(self._output_dir, "dice_metrics.json"),
+                       report.jsonable({"per_class": per_class, "overall": overall,
+                                   "settings": {"score_thresh": self._score,
+                                                "iou_thresh": self._iou,
+                                                "pixel_spacing": list(self._spacing)}}))
+            report.write_per_image_csv(records, os.path.join(self._output_dir, "per_image.csv"))
+        result = {k: float(overall[v]) for k, v in KEYS.items()}
+        if len(self._classes) > 1:
+            result.update({f"Dice-{c}": float(s["dice_micro"]) for c, s in per_class.items()})
+        return {"dice": result}
+

@@ -1,0 +1,380 @@
+"""Evaluate saved predictions against a converted COCO ground truth, without a model.
+
+Accepts a COCO results JSON (e.g. detectron2's ``coco_instances_results.json``) or a folder
+of instance-mask PNGs from any other model, so every method is scored by the same code:
+COCO AP by pycocotools' ``COCOeval`` on *all* predictions (AP ranks by score), and the
+pixel/instance/surface metrics of :mod:`.metrics` on predictions with
+``score >= score_threshold``.
+
+Mask-PNG folder: ``<stem of each image's file_name>.png``, pixel value k > 0 = instance k,
+all of the first GT category, score 1.0 (so AP has no ranking to use and means little). A
+missing PNG is counted and warned about, and scored as "no prediction".
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ..data.imageio import read_label
+from ..utils.errors import LumbarError
+from ..utils.io import write_json
+from . import metrics, report
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "segmentation", "bbox", "area"),
+    "categories": ("id", "name"),
+}
+RESULT_FIELDS = ("image_id", "category_id", "segmentation", "score")
+# COCOeval.stats indices reported (detectron2's names); values are scaled to 0-100.
+COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
+BOOTSTRAP_SEED = 0
+
+
+# ------------------------------------------------------------------------- ground truth
+def _read_json(path: Path, what: str, fix: str):
+    if not path.is_file():
+        raise LumbarError(f"{path}: {what} not found; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise LumbarError(f"{path}: cannot parse {what} ({e}); {fix}") from None
+
+
+def load_ground_truth(gt_json: str) -> dict:
+    """Read and validate a converter COCO file; every problem is a one-line LumbarError."""
+    path = Path(gt_json)
+    gt = _read_json(path, "ground-truth JSON", "pass the COCO file written by the converter")
+    if not isinstance(gt, dict):
+        raise LumbarError(f"{path}: expected a COCO object with 'images', 'annotations' and "
+                          "'categories'; re-run the converter")
+    for section, fields in REQUIRED_FIELDS.items():
+        items = gt.get(section)
+        if not isinstance(items, list):
+            raise LumbarError(f"{path}: missing the '{section}' list; re-run the converter")
+        for i, item in enumerate(items):
+            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+            if missing:
+                raise LumbarError(f"{path}: {section}[{i}] lacks required field "
+                                  f"'{missing[0]}'; re-run the converter")
+    if not gt["categories"]:
+        raise LumbarError(f"{path}: 'categories' is empty; re-run the converter")
+    image_ids = {im["id"] for im in gt["images"]}
+    for i, ann in enumerate(gt["annotations"]):
+        if ann["image_id"] not in image_ids:
+            raise LumbarError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']} "
+                              "that is not in 'images'; re-run the converter")
+    if any("patient_id" not in im for im in gt["images"]):
+        logger.warning("%s: images without 'patient_id' are treated as their own patient, so "
+                       "their CIs are image-level", path)
+    return gt
+
+
+def resolve_spacing(gt: dict, gt_json: str, override: Optional[Sequence[float]]
+                    ) -> Tuple[Tuple[float, float], str]:
+    """(row, col) spacing and its unit: the argument, else ``info.pixel_spacing``, else px."""
+    where = "--pixel-spacing" if override is not None else f"{gt_json}: info.pixel_spacing"
+    value = override if override is not None else (gt.get("info") or {}).get("pixel_spacing")
+    if value is None:
+        return (1.0, 1.0), "px"
+    try:
+        return metrics.check_spacing(value), "mm"
+    except (TypeError, ValueError):
+        raise LumbarError(f"{where} = {value!r} is not two positive numbers [row_mm, col_mm]; "
+                          "fix it or leave it null for pixel units") from None
+
+
+# -------------------------------------------------------------------------- predictions
+def load_predictions(predictions: str, gt: dict) -> Tuple[List[dict], dict]:
+    """COCO-style result dicts (RLE masks) from a results JSON or a mask-PNG folder.
+
+    Returns:
+        (results, info) with info ``{"format": "json" | "png", "n_missing_png": int}``.
+    """
+    path = Path(predictions)
+    if path.is_dir():
+        results, n_missing = _results_from_pngs(path, gt)
+        return results, {"format": "png", "n_missing_png": n_missing}
+    if not path.exists():
+        raise LumbarError(f"{path}: predictions not found; pass a COCO results JSON or a "
+                          "folder of instance-mask PNGs")
+    if path.suffix == ".pth":
+        raise LumbarError(f"{path}: detectron2's .pth predictions are not read; pass "
+                          "coco_instances_results.json from the same folder")
+    results = _read_json(path, "predictions file",
+                         "pass a COCO results JSON or a folder of instance-mask PNGs")
+    _validate_results(results, path, gt)
+    return results, {"format": "json", "n_missing_png": 0}
+
+
+def _validate_results(results, path: Path, gt: dict) -> None:
+    if not isinstance(results, list):
+        raise LumbarError(f"{path}: expected a JSON list of COCO results "
+                          "({image_id, category_id, segmentation, score}); re-export it")
+    sizes = {im["id"]: [im["height"], im["width"]] for im in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    for i, r in enumerate(results):
+        missing = [f for f in RESULT_FIELDS if not isinstance(r, dict) or f not in r]
+        if missing:
+            raise LumbarError(f"{path}: result [{i}] lacks field '{missing[0]}'; re-export "
+                              "predictions as COCO results with masks")
+        if r["image_id"] not in sizes:
+            raise LumbarError(f"{path}: result [{i}] has image_id {r['image_id']} that is not "
+                              "in the ground truth; evaluate against the matching GT JSON")
+        if r["category_id"] not in cat_ids:
+            raise LumbarError(f"{path}: result [{i}] has category_id {r['category_id']} that "
+                              "is not in the ground truth; check the class mapping")
+        seg = r["segmentation"]
+        if not isinstance(seg, dict) or list(seg.get("size", [])) != sizes[r["image_id"]]:
+            raise LumbarError(f"{path}: result [{i}] segmentation is not an RLE of the image "
+                              f"size {sizes[r['image_id']]}; re-export with the original size")
+
+
+def _encode(masks: np.ndarray) -> List[dict]:
+    """HxWxN boolean masks -> RLEs with str counts (as detectron2 writes them)."""
+    rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _png_paths(folder: Path, gt: dict) -> Dict[int, Path]:
+    """Image id -> expected PNG; refuses file-name stems that two images share."""
+    paths: Dict[int, Path] = {}
+    owner: Dict[str, str] = {}
+    for im in gt["images"]:
+        stem = Path(im["file_name"]).stem
+        if stem in owner:
+            raise LumbarError(f"{folder}: images {owner[stem]} and {im['file_name']} share the "
+                              f"PNG name {stem}.png; pass a COCO results JSON instead")
+        owner[stem] = im["file_name"]
+        paths[im["id"]] = folder / f"{stem}.png"
+    return paths
+
+
+def _results_from_pngs(folder: Path, gt: dict) -> Tuple[List[dict], int]:
+    """Results of a mask-PNG folder and the number of images without a PNG."""
+    category = gt["categories"][0]["id"]
+    results, missing = [], []
+    paths = _png_paths(folder, gt)
+    for im in gt["images"]:
+        png = paths[im["id"]]
+        if not png.is_file():
+            missing.append(png.name)
+            continue
+        label = read_label(png)
+        if label.shape != (im["height"], im["width"]):
+            raise LumbarError(f"{png}: mask is {label.shape[1]}x{label.shape[0]} but the image "
+                              f"is {im['width']}x{im['height']}; save masks at image size")
+        ids = np.unique(label[label > 0])
+        if ids.size:
+            masks = label[:, :, None] == ids[None, None, :]
+            results += [{"image_id": im["id"], "category_id": category, "segmentation": rle,
+                         "score": 1.0} for rle in _encode(masks)]
+    if missing and len(missing) == len(gt["images"]):
+        raise LumbarError(f"{folder}: none of the {len(missing)} images has a mask PNG (e.g. "
+                          f"{missing[0]}); pass the folder holding <image stem>.png masks")
+    if missing:
+        logger.warning("%s: %d of %d images have no mask PNG (e.g. %s); scored as no "
+                       "prediction", folder, len(missing), len(gt["images"]), missing[0])
+    return results, len(missing)
+
+
+# ------------------------------------------------------------------------------- COCO AP
+def _quiet(fn, *args):
+    """Call a pycocotools function, moving its stdout prints to the debug log."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        out = fn(*args)
+    if buf.getvalue().strip():
+        logger.debug("pycocotools:\n%s", buf.getvalue().rstrip())
+    return out
+
+
+def _coco_ground_truth(gt: dict) -> COCO:
+    """In-memory pycocotools COCO of a copy of ``gt`` (COCOeval writes into annotations)."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    for ann in coco.dataset["annotations"]:
+        ann.setdefault("iscrowd", 0)
+    _quiet(coco.createIndex)
+    return coco
+
+
+def _with_boxes(results: List[dict]) -> Tuple[List[dict], str]:
+    """Copies of ``results`` that all have a bbox (the mask's box where none was given)."""
+    n_given = sum("bbox" in r for r in results)
+    boxed = [copy.deepcopy(r) if "bbox" in r else
+             {**copy.deepcopy(r), "bbox": mask_util.toBbox(r["segmentation"]).tolist()}
+             for r in results]
+    source = ("predictions" if n_given == len(results) else
+              "masks" if n_given == 0 else "predictions+masks")
+    return boxed, source
+
+
+def _pct(stat: float) -> float:
+    """COCOeval's -1 (undefined, e.g. no small objects) -> NaN; else 0-100 scale."""
+    return float(stat) * 100 if stat >= 0 else float("nan")
+
+
+def _coco_stats(coco_gt: COCO, results: List[dict], iou_type: str) -> Dict[str, float]:
+    ev = COCOeval(coco_gt, _quiet(coco_gt.loadRes, copy.deepcopy(results)), iou_type)
+    for step in (ev.evaluate, ev.accumulate, ev.summarize):
+        _quiet(step)
+    stats = {k: _pct(ev.stats[i]) for k, i in COCO_STATS.items()}
+    precision = ev.eval["precision"]  # [iou thr, recall, class, area range, max dets]
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        name = coco_gt.cats[cat_id]["name"]
+        stats[f"AP-{name}"] = float(p[p > -1].mean() * 100) if np.any(p > -1) else float("nan")
+    return stats
+
+
+def coco_ap(gt: dict, results: List[dict]) -> Tuple[Dict[str, Dict[str, float]], str]:
+    """COCO segm and bbox AP (0-100, detectron2's scale) of all results, and the box source.
+
+    Like detectron2's COCOEvaluator, no predictions give NaN rather than COCOeval's -1.
+    """
+    if not results:
+        logger.warning("no predictions at all: COCO AP is undefined (NaN)")
+        nan = {k: float("nan") for k in COCO_STATS}
+        return {"segm": dict(nan), "bbox": dict(nan)}, "none"
+    boxed, source = _with_boxes(results)
+    coco_gt = _coco_ground_truth(gt)
+    return {t: _coco_stats(coco_gt, boxed, t) for t in ("segm", "bbox")}, source
+
+
+# ------------------------------------------------------------------- per-image metrics
+def _rle(seg, height: int, width: int) -> dict:
+    """Compressed RLE of a COCO segmentation (RLE as is; polygons and raw RLE converted)."""
+    if isinstance(seg, list):
+        return mask_util.merge(mask_util.frPyObjects(seg, height, width))
+    if isinstance(seg.get("counts"), list):
+        return mask_util.frPyObjects(seg, height, width)
+    return seg
+
+
+def _decode(items: List[dict], height: int, width: int) -> List[np.ndarray]:
+    if not items:
+        return []
+    stack = mask_util.decode([_rle(it["segmentation"], height, width) for it in items])
+    return [stack[:, :, i] > 0 for i in range(stack.shape[2])]
+
+
+def _group(items) -> Dict[Tuple[int, int], List[dict]]:
+    groups: Dict[Tuple[int, int], List[dict]] = defaultdict(list)
+    for it in items:
+        groups[(it["image_id"], it["category_id"])].append(it)
+    return groups
+
+
+def per_image_records(gt: dict, results: List[dict], score_threshold: float,
+                      iou_threshold: float, spacing: Tuple[float, float]) -> List[dict]:
+    """One :func:`metrics.image_metrics` record per (GT image, category).
+
+    Crowd GT regions (``iscrowd`` 1) are left out: they are not instances to find.
+    """
+    gt_by = _group(a for a in gt["annotations"] if not a.get("iscrowd", 0))
+    pred_by = _group(r for r in results if r["score"] >= score_threshold)
+    records = []
+    for im in gt["images"]:
+        h, w = im["height"], im["width"]
+        for cat in gt["categories"]:
+            key = (im["id"], cat["id"])
+            rec = metrics.image_metrics(_decode(pred_by[key], h, w), _decode(gt_by[key], h, w),
+                                        spacing, iou_threshold, shape=(h, w))
+            rec.update(image_id=im["id"], file_name=im["file_name"],
+                       patient_id=im.get("patient_id"), category=cat["name"])
+            records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------- top level
+def _check_settings(score_threshold: float, iou_threshold: float, n_boot: int) -> None:
+    if not 0.0 <= score_threshold <= 1.0:
+        raise LumbarError(f"score threshold {score_threshold} is outside [0, 1]; pass e.g. 0.5")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise LumbarError(f"IoU threshold {iou_threshold} is outside (0, 1]; pass e.g. 0.5")
+    if n_boot < 0:
+        raise LumbarError(f"bootstrap count {n_boot} is negative; pass 0 to skip CIs")
+
+
+def _summaries(records: List[dict], names: List[str], n_boot: int) -> Tuple[dict, dict]:
+    """Per-class summaries and the pooled one (the same dict when there is one class)."""
+    per_class = {n: metrics.summarize([r for r in records if r["category"] == n], n_boot,
+                                      BOOTSTRAP_SEED) for n in names}
+    overall = (per_class[names[0]] if len(names) == 1
+               else metrics.summarize(records, n_boot, BOOTSTRAP_SEED))
+    return per_class, overall
+
+
+def format_result(result: dict) -> str:
+    """The report table of an :func:`evaluate_files` result (classes, plus pooled if > 1)."""
+    rows = dict(result["per_class"])
+    if len(rows) > 1:
+        rows["overall"] = result["overall"]
+    s = result["settings"]
+    return report.format_table(rows, result["coco"], iou_threshold=s["iou_threshold"],
+                               distance_unit=s["distance_unit"])
+
+
+def evaluate_files(gt_json: str, predictions: str, output_dir: str,
+                   score_threshold: float = 0.5, iou_threshold: float = 0.5,
+                   pixel_spacing: Optional[tuple] = None, n_boot: int = 1000) -> dict:
+    """Score saved predictions against a COCO ground truth; write metrics.json and a CSV.
+
+    All inputs are read and checked before anything is written, so bad input leaves no
+    output; metrics.json is written last, so its presence means a complete run.
+
+    Args:
+        gt_json: converter COCO JSON (images carry ``patient_id`` for patient-level CIs).
+        predictions: COCO results JSON or a folder of instance-mask PNGs.
+        output_dir: receives ``metrics.json`` (NaN written as null) and ``per_image.csv``.
+        score_threshold: predictions below it are ignored by the non-AP metrics.
+        iou_threshold: mask IoU for an instance match.
+        pixel_spacing: (row_mm, col_mm); overrides the GT's ``info.pixel_spacing``.
+        n_boot: patient bootstrap resamples for 95 % CIs (0: none).
+
+    Returns:
+        ``{"coco", "per_class", "overall", "settings"}`` (NaN kept as float NaN).
+
+    Raises:
+        LumbarError: unreadable or inconsistent input, or bad settings.
+    """
+    _check_settings(score_threshold, iou_threshold, n_boot)
+    gt = load_ground_truth(gt_json)
+    spacing, unit = resolve_spacing(gt, gt_json, pixel_spacing)
+    results, pred_info = load_predictions(predictions, gt)
+    coco, box_source = coco_ap(gt, results)
+    records = per_image_records(gt, results, score_threshold, iou_threshold, spacing)
+    per_class, overall = _summaries(records, [c["name"] for c in gt["categories"]], n_boot)
+    settings = {
+        "gt_json": os.fspath(gt_json), "predictions": os.fspath(predictions), **pred_info,
+        "n_predictions": len(results),
+        "n_predictions_scored": sum(r["score"] >= score_threshold for r in results),
+        "score_threshold": score_threshold, "iou_threshold": iou_threshold,
+        "pixel_spacing": list(spacing), "distance_unit": unit, "bbox_source": box_source,
+        "n_boot": n_boot, "bootstrap_seed": BOOTSTRAP_SEED,
+        "hd95": "95th percentile of pooled symmetric boundary distances (MedPy hd95)",
+    }
+    result = {"coco": coco, "per_class": per_class, "overall": overall, "settings": settings}
+    out = Path(output_dir)
+    report.write_per_image_csv(records, out / "per_image.csv")
+    write_json(out / "metrics.json", report.jsonable(result))
+    logger.info("evaluation of %s (%s):\n%s", predictions, out / "metrics.json",
+                format_result(result))
+    return result

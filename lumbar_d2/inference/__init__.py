@@ -1,0 +1,1 @@
+"""Inference: loading input slices, running the predictor and writing results."""

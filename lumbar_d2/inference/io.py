@@ -1,0 +1,206 @@
+"""Loading inference inputs: PNG/JPG/TIFF slices and DICOM files, with their pixel spacing.
+
+Raster files keep their bit depth (:func:`lumbar_d2.data.imageio.read_array`); DICOM pixel
+data is turned into the grey values a reader sees on screen (rescale, window, MONOCHROME1
+inversion) so the percentile normalisation in
+:func:`lumbar_d2.data.imageio.to_model_input` sees the same kind of image it was trained on.
+Only DICOM carries a physical pixel size; raster files report ``spacing=None``.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..data.imageio import read_array
+from ..utils.errors import LumbarError
+
+logger = logging.getLogger(__name__)
+
+RASTER_SOURCES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".tif": "tiff",
+                  ".tiff": "tiff"}
+DICOM_SUFFIXES = (".dcm",)
+SUPPORTED = ", ".join(sorted(RASTER_SOURCES) + list(DICOM_SUFFIXES))
+_DICM_OFFSET = 128  # the 128-byte preamble precedes the "DICM" magic in a DICOM Part-10 file
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class LoadedImage:
+    """One input slice as read from disk.
+
+    Attributes:
+        array: HxW pixels as stored (uint8/uint16; HxWxC for multi-channel raster files), or
+            float32 for DICOM after rescale/window/inversion.
+        spacing: (row_mm, col_mm) pixel size, or None when the file does not record it.
+        path: the file it came from.
+        source: "png", "jpg", "tiff" or "dicom".
+    """
+
+    array: np.ndarray
+    spacing: Optional[Tuple[float, float]]
+    path: str
+    source: str
+
+
+def load_image(path: PathLike) -> LoadedImage:
+    """Read one supported file (see :data:`SUPPORTED`) into a :class:`LoadedImage`.
+
+    Raises:
+        LumbarError: unsupported extension, missing, corrupt or undecodable file.
+    """
+    path = Path(path)
+    source = _source_of(path)
+    if source is None:
+        raise _unsupported(path)
+    if source == "dicom":
+        array, spacing = _read_dicom(path)
+    else:
+        array, spacing = read_array(path), None
+    logger.debug("loaded %s (%s, %s, spacing=%s)", path, source, array.shape, spacing)
+    return LoadedImage(array=array, spacing=spacing, path=str(path), source=source)
+
+
+def list_inputs(spec: str) -> List[Path]:
+    """Expand an input spec into the files to run on.
+
+    Args:
+        spec: a file, a folder (searched recursively; unsupported files are skipped) or a glob
+            pattern (``**`` allowed). Results are sorted so runs are reproducible.
+
+    Raises:
+        LumbarError: ``spec`` is a file of an unsupported type, or nothing supported matches.
+    """
+    path = Path(spec)
+    if path.is_file():
+        if _source_of(path) is None:
+            raise _unsupported(path)
+        return [path]
+    matches = [path] if path.is_dir() else [Path(p) for p in glob.glob(spec, recursive=True)]
+    files = sorted({f for m in matches for f in _supported_files(m)})
+    if not files:
+        raise LumbarError(f"{spec}: no input images found ({SUPPORTED} or DICOM); check the "
+                          "path or pattern")
+    return files
+
+
+def _unsupported(path: Path) -> LumbarError:
+    return LumbarError(f"{path}: unsupported file type; use one of {SUPPORTED} or a DICOM file")
+
+
+def _supported_files(path: Path) -> List[Path]:
+    """``path`` itself if it is a supported file, or the supported files below a folder."""
+    candidates = path.rglob("*") if path.is_dir() else [path]
+    return [p for p in candidates if p.is_file() and _source_of(p) is not None]
+
+
+def _source_of(path: Path) -> Optional[str]:
+    """The source kind of ``path`` from its extension (or DICM magic), None if unsupported."""
+    suffix = path.suffix.lower()
+    if suffix in RASTER_SOURCES:
+        return RASTER_SOURCES[suffix]
+    if suffix in DICOM_SUFFIXES or (suffix == "" and _has_dicm_magic(path)):
+        return "dicom"
+    return None
+
+
+def _has_dicm_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_DICM_OFFSET + 4)
+    except OSError:
+        return False
+    return head[_DICM_OFFSET:] == b"DICM"
+
+
+def _import_pydicom(path: Path) -> Any:
+    try:
+        import pydicom
+    except ImportError:
+        raise LumbarError(f"{path}: reading DICOM needs pydicom; run `pip install pydicom` "
+                          "(or install the extra `lumbar_d2[dicom]`)") from None
+    return pydicom
+
+
+def _read_dicom(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, float]]]:
+    """Pixel values as displayed (float32) and PixelSpacing of a single-frame grey DICOM."""
+    if not path.is_file():
+        raise LumbarError(f"{path}: file not found; check the path")
+    pydicom = _import_pydicom(path)
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+        pixels = ds.pixel_array if "PixelData" in ds else None
+    except Exception as e:  # pydicom raises many types for corrupt/compressed data
+        raise LumbarError(f"{path}: cannot decode DICOM ({_one_line(e)}); re-export it "
+                          "uncompressed, or install pylibjpeg/gdcm for compressed data") from None
+    if pixels is None:
+        raise LumbarError(f"{path}: DICOM file has no pixel data (corrupt, or not an image); "
+                          "re-export or remove it")
+    if pixels.ndim != 2:
+        raise LumbarError(f"{path}: DICOM pixel data has shape {pixels.shape}; only single-frame "
+                          "greyscale slices are supported, export one slice per file")
+    return _display_values(ds, pixels), _pixel_spacing(ds, path)
+
+
+def _display_values(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """Apply the modality rescale, then the VOI window (clip), then MONOCHROME1 inversion.
+
+    This is the DICOM display pipeline order; WindowCenter/Width are in rescaled units.
+    """
+    slope = _first_float(ds.get("RescaleSlope"), 1.0)
+    intercept = _first_float(ds.get("RescaleIntercept"), 0.0)
+    values = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    window = _window(ds)
+    if window is not None:
+        values = np.clip(values, *window)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        lo, hi = window if window is not None else (float(values.min()), float(values.max()))
+        values = np.float32(lo + hi) - values  # bright <-> dark within the displayed range
+    return values.astype(np.float32)
+
+
+def _window(ds: Any) -> Optional[Tuple[float, float]]:
+    """(low, high) = centre -/+ width/2 of the first window, None if absent or invalid."""
+    center = _first_float(ds.get("WindowCenter"), None)
+    width = _first_float(ds.get("WindowWidth"), None)
+    if center is None or width is None or width <= 0:
+        return None
+    return center - width / 2.0, center + width / 2.0
+
+
+def _pixel_spacing(ds: Any, path: Path) -> Optional[Tuple[float, float]]:
+    """PixelSpacing as (row_mm, col_mm); None (with a warning) if missing or not positive."""
+    raw = ds.get("PixelSpacing")
+    try:
+        row_mm, col_mm = (float(v) for v in raw)
+    except (TypeError, ValueError):
+        logger.warning("%s: no usable PixelSpacing; measurements will be in pixels", path)
+        return None
+    if not (np.isfinite([row_mm, col_mm]).all() and row_mm > 0 and col_mm > 0):
+        logger.warning("%s: invalid PixelSpacing %s; measurements will be in pixels", path, raw)
+        return None
+    return row_mm, col_mm
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _first_float(value: Any, default: Optional[float]) -> Optional[float]:
+    """A DICOM numeric value as float; the first item when multi-valued, else ``default``."""
+    if value is None:
+        return default
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            return default
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default

@@ -1,0 +1,279 @@
+"""Clinical measurements of predicted instances, per-image summaries and QC flags.
+
+Sizes are in millimetres from the pixel spacing ``(row_mm, col_mm)``; rows and columns may
+differ (anisotropic in-plane resolution), so every length is measured on points already
+scaled to mm, never scaled after the fact.
+
+Width and height come from the minimum-area rectangle (rotating calipers, ``cv2.minAreaRect``)
+around the mask's boundary pixels, not from principal axes. Principal axes follow the mass
+distribution: a wedge-shaped (lordotic) disc, a herniation or a near-round axial disc tilts or
+destabilises them, and extents read along them are not the tightest box. The minimum-area
+rectangle is the box a reader would draw along the disc's own axis with a ruler, is
+deterministic for a given mask, and returns exactly the pixel extent of an axis-aligned
+rectangle (tilted shapes: within about 1 px, the limit of the pixel grid).
+
+``width_mm`` is the longer side, ``height_mm`` the shorter. On a sagittal slice these are the
+disc's anterior-posterior diameter and its height. On an axial slice they are the longer and
+shorter in-plane diameters: for a lumbar disc usually the transverse (left-right) and the AP
+diameter. ``angle_deg`` is the direction of the longer side in mm space, in image coordinates
+(x right, y down), in [-90, 90): positive means the long axis descends to the right on screen.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .utils.errors import LumbarError
+
+logger = logging.getLogger(__name__)
+
+Spacing = Tuple[float, float]
+Box = Tuple[int, int, int, int]  # y0, y1, x0, x1 (exclusive ends)
+
+DISC_CLASS = "disc"
+CANAL_CLASSES = ("canal", "thecal_sac")
+ORIENTATIONS = ("sagittal", "axial")
+# A sagittal lumbar slice shows L1-S1 (5 discs) and often some thoracic discs; an axial slice
+# cuts one disc.
+EXPECTED_DISCS: Dict[str, Tuple[int, int]] = {"sagittal": (5, 11), "axial": (1, 1)}
+# The Sudirman lumbar spine MRI dataset images the three lowest lumbar discs on axial T2
+# slices; file names end in D3/D4/D5 for L3-L4, L4-L5 and L5-S1.
+SUDIRMAN_LEVELS = {"3": "L3-L4", "4": "L4-L5", "5": "L5-S1"}
+_LEVEL_RE = re.compile(r"(?:^|[_-])D(\d)(?=$|[_.-])", re.IGNORECASE)
+
+MEASUREMENT_FIELDS = ["file_name", "instance_id", "class", "score", "level", "order",
+                      "area_px", "area_mm2", "width_mm", "height_mm", "angle_deg",
+                      "centroid_x", "centroid_y", "centroid_x_mm", "centroid_y_mm", "qc_flags"]
+_GEOMETRY_FIELDS = ["width_mm", "height_mm", "angle_deg", "centroid_x", "centroid_y",
+                    "centroid_x_mm", "centroid_y_mm"]
+SUMMARY_FIELDS = ["file_name", "n_instances", "n_discs", "mean_disc_area_mm2",
+                  "canal_area_mm2", "qc_flags"]
+FLAG_SEP = ";"  # joins an image's QC flags in the CSV ``qc_flags`` column
+
+MIN_AREA_FRACTION = 0.25  # a disc under 25 % of the median disc area is an outlier
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution x this = its standard deviation
+# Floor of the robust scale as a fraction of the median, so near-identical areas (MAD ~ 0) do
+# not turn a few pixels of difference into an outlier.
+MAD_FLOOR_FRACTION = 0.05
+# Each boundary pixel enters the rectangle fit as an octagon on its inscribed circle (radius
+# half a pixel): axis-aligned runs measure exactly their pixel count, and tilted edges are not
+# inflated by the square's corners (about 1 px less than the corner points at 30 degrees).
+_PIXEL_OUTLINE = 0.5 * np.stack([np.cos(np.arange(8) * np.pi / 4),
+                                 np.sin(np.arange(8) * np.pi / 4)], axis=1)
+
+
+def measure_instance(mask: np.ndarray, spacing: Spacing = (1.0, 1.0)) -> Dict[str, float]:
+    """Area, min-area-rectangle size and orientation, and centroid of one instance mask.
+
+    Args:
+        mask: HxW array, non-zero = instance.
+        spacing: (row_mm, col_mm) pixel size.
+
+    Returns:
+        ``area_px``, ``area_mm2``, ``width_mm``, ``height_mm``, ``angle_deg``, ``centroid_x``,
+        ``centroid_y`` (px), ``centroid_x_mm``, ``centroid_y_mm``. An empty mask has area 0
+        and NaN for the rest.
+    """
+    row_mm, col_mm = _check_spacing(spacing)
+    mask = np.asarray(mask) != 0
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    ys, xs = np.nonzero(mask)
+    out: Dict[str, float] = {"area_px": int(ys.size), "area_mm2": ys.size * row_mm * col_mm}
+    if ys.size == 0:
+        out.update(dict.fromkeys(_GEOMETRY_FIELDS, math.nan))
+        return out
+    width, height, angle = _min_area_rect_mm(mask, row_mm, col_mm)
+    cx, cy = float(xs.mean()), float(ys.mean())
+    out.update(width_mm=width, height_mm=height, angle_deg=angle, centroid_x=cx,
+               centroid_y=cy, centroid_x_mm=cx * col_mm, centroid_y_mm=cy * row_mm)
+    return out
+
+
+def measure_image(masks: Sequence[np.ndarray], classes: Sequence[str], scores: Sequence[float],
+                  spacing: Spacing = (1.0, 1.0), orientation: str = "sagittal",
+                  file_name: str = "") -> List[Dict]:
+    """One row per instance with every :data:`MEASUREMENT_FIELDS` key.
+
+    Args:
+        masks: instance masks (HxW), aligned with ``classes`` and ``scores``.
+        classes: class name per instance.
+        scores: detection score per instance.
+        spacing: (row_mm, col_mm) pixel size of the image.
+        orientation: "sagittal" fills ``order`` (1 = most cranial, ranked by centroid_y within
+            each class, top of image = cranial); "axial" fills ``level`` from ``file_name``.
+        file_name: image name written to each row (and parsed for the axial level).
+
+    Returns:
+        rows; ``instance_id`` is the index into ``masks``. ``qc_flags`` is left "" for the
+        caller to fill with ``FLAG_SEP.join(qc_flags(...))``.
+    """
+    _check_orientation(orientation)
+    if not len(masks) == len(classes) == len(scores):
+        raise ValueError(f"masks, classes and scores differ in length: {len(masks)}, "
+                         f"{len(classes)}, {len(scores)}")
+    level = parse_level(file_name) if orientation == "axial" else ""
+    rows = [{"file_name": file_name, "instance_id": i, "class": str(cls), "score": float(score),
+             "level": level, "order": "", **measure_instance(mask, spacing), "qc_flags": ""}
+            for i, (mask, cls, score) in enumerate(zip(masks, classes, scores))]
+    if orientation == "sagittal":
+        _assign_order(rows)
+    logger.debug("%s: measured %d instances (%s)", file_name, len(rows), orientation)
+    return rows
+
+
+def parse_level(file_name: str) -> str:
+    """Disc level from a Sudirman axial file name (``T2_0001_D4.png`` -> "L4-L5"), else ""."""
+    matches = _LEVEL_RE.findall(Path(file_name).name)
+    return SUDIRMAN_LEVELS.get(matches[-1], "") if matches else ""
+
+
+def image_summary(rows: Sequence[Dict], flags: Sequence[str] = (),
+                  file_name: Optional[str] = None) -> Dict:
+    """Per-image summary with every :data:`SUMMARY_FIELDS` key.
+
+    ``canal_area_mm2`` is the canal (class "canal" or "thecal_sac") cross-sectional area: the
+    largest canal instance, since a slice cuts one canal and extra detections are duplicates
+    or fragments (which QC flags). ``mean_disc_area_mm2`` is NaN without discs,
+    ``canal_area_mm2`` NaN without a canal.
+
+    Args:
+        rows: rows of one image from :func:`measure_image`.
+        flags: that image's :func:`qc_flags`.
+        file_name: defaults to the rows' file name ("" without rows).
+    """
+    disc_areas = [r["area_mm2"] for r in rows if r["class"] == DISC_CLASS]
+    canal_areas = [r["area_mm2"] for r in rows if r["class"] in CANAL_CLASSES]
+    if file_name is None:
+        file_name = rows[0]["file_name"] if rows else ""
+    return {"file_name": file_name, "n_instances": len(rows), "n_discs": len(disc_areas),
+            "mean_disc_area_mm2": float(np.mean(disc_areas)) if disc_areas else math.nan,
+            "canal_area_mm2": float(max(canal_areas)) if canal_areas else math.nan,
+            "qc_flags": FLAG_SEP.join(flags)}
+
+
+def qc_flags(rows: Sequence[Dict], masks: Sequence[np.ndarray],
+             expected_discs: Optional[Tuple[int, int]] = None, min_score: float = 0.7,
+             area_z: float = 3.0, overlap_iou: float = 0.1, orientation: str = "sagittal"
+             ) -> List[str]:
+    """Sorted QC flags of one image; an empty list means nothing looked wrong.
+
+    Args:
+        rows: rows of one image from :func:`measure_image`, aligned with ``masks``.
+        masks: the instance masks.
+        expected_discs: inclusive (lo, hi) disc count; default from :data:`EXPECTED_DISCS`
+            for ``orientation`` (sagittal (5, 11), axial (1, 1)).
+        min_score: "low_score" when any instance scores below it.
+        area_z: "area_outlier" when a disc's robust z-score (median/MAD) exceeds it, or its
+            area is under 25 % of the median disc area.
+        overlap_iou: "overlap" when any two instances have a mask IoU above it.
+        orientation: "sagittal" or "axial"; only picks the default ``expected_discs``.
+    """
+    if len(rows) != len(masks):
+        raise ValueError(f"rows and masks differ in length: {len(rows)}, {len(masks)}")
+    lo, hi = expected_discs or EXPECTED_DISCS[_check_orientation(orientation)]
+    disc_areas = [r["area_px"] for r in rows if r["class"] == DISC_CLASS]
+    checks = {"disc_count_low": len(disc_areas) < lo,
+              "disc_count_high": len(disc_areas) > hi,
+              "area_outlier": _has_area_outlier(disc_areas, area_z),
+              "overlap": _has_overlap(masks, overlap_iou),
+              "low_score": any(r["score"] < min_score for r in rows)}
+    return sorted(flag for flag, raised in checks.items() if raised)
+
+
+def _min_area_rect_mm(mask: np.ndarray, row_mm: float, col_mm: float
+                      ) -> Tuple[float, float, float]:
+    """(long side, short side, long-side angle) of the min-area rectangle, in mm and degrees.
+
+    The rectangle encloses a half-pixel-radius octagon around each boundary pixel centre (an
+    ellipse-like outline in mm when spacing is anisotropic), so a 40 px run of pixels measures
+    40 px, not the 39 px between pixel centres.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    centres = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    outline = (centres[:, None, :] + _PIXEL_OUTLINE[None]).reshape(-1, 2)
+    points_mm = (outline * np.array([col_mm, row_mm])).astype(np.float32)
+    box = cv2.boxPoints(cv2.minAreaRect(points_mm)).astype(np.float64)
+    side_a, side_b = box[1] - box[0], box[2] - box[1]
+    long, short = ((side_a, side_b) if np.hypot(*side_a) >= np.hypot(*side_b)
+                   else (side_b, side_a))
+    angle = math.degrees(math.atan2(long[1], long[0]))
+    angle = (angle + 90.0) % 180.0 - 90.0  # a line's direction is defined modulo 180 degrees
+    return float(np.hypot(*long)), float(np.hypot(*short)), angle
+
+
+def _assign_order(rows: List[Dict]) -> None:
+    """Rank instances of each class cranial->caudal (1 = top of image); empty masks last."""
+    by_class: Dict[str, List[Dict]] = {}
+    for row in rows:
+        by_class.setdefault(row["class"], []).append(row)
+    for members in by_class.values():
+        members.sort(key=lambda r: (math.isnan(r["centroid_y"]), r["centroid_y"],
+                                    r["centroid_x"]))
+        for rank, row in enumerate(members, start=1):
+            row["order"] = rank
+
+
+def _has_area_outlier(areas: Sequence[float], area_z: float) -> bool:
+    """True if an area is > ``area_z`` robust z-scores from the median or < 25 % of it."""
+    if not areas:
+        return False
+    a = np.asarray(areas, dtype=np.float64)
+    median = float(np.median(a))
+    if median <= 0:
+        return True  # most discs are empty masks
+    scale = max(MAD_TO_SIGMA * float(np.median(np.abs(a - median))), MAD_FLOOR_FRACTION * median)
+    return bool(np.any(np.abs(a - median) / scale > area_z)
+                or np.any(a < MIN_AREA_FRACTION * median))
+
+
+def _has_overlap(masks: Sequence[np.ndarray], overlap_iou: float) -> bool:
+    """True if any pair of masks has IoU > ``overlap_iou`` (pairs compared on box overlap)."""
+    masks = [np.asarray(m) != 0 for m in masks]
+    areas = [int(np.count_nonzero(m)) for m in masks]
+    boxes = [_bbox(m) for m in masks]
+    for i, j in itertools.combinations(range(len(masks)), 2):
+        if boxes[i] is None or boxes[j] is None:
+            continue
+        y0, x0 = max(boxes[i][0], boxes[j][0]), max(boxes[i][2], boxes[j][2])
+        y1, x1 = min(boxes[i][1], boxes[j][1]), min(boxes[i][3], boxes[j][3])
+        if y0 >= y1 or x0 >= x1:
+            continue
+        inter = int(np.count_nonzero(masks[i][y0:y1, x0:x1] & masks[j][y0:y1, x0:x1]))
+        if inter / (areas[i] + areas[j] - inter) > overlap_iou:
+            return True
+    return False
+
+
+def _bbox(mask: np.ndarray) -> Optional[Box]:
+    """Tight (y0, y1, x0, x1) box of a boolean mask with exclusive ends; None if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _check_spacing(spacing: Spacing) -> Spacing:
+    """Validate (row_mm, col_mm); pass the image's DICOM spacing or (1, 1) for pixel units."""
+    try:
+        row_mm, col_mm = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing must be (row_mm, col_mm), got {spacing!r}") from None
+    if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+        raise ValueError(f"spacing must be positive and finite, got {spacing!r}")
+    return row_mm, col_mm
+
+
+def _check_orientation(orientation: str) -> str:
+    if orientation not in ORIENTATIONS:
+        raise LumbarError(f"orientation {orientation!r} is not supported; use one of "
+                          f"{', '.join(ORIENTATIONS)}")
+    return orientation

@@ -1,0 +1,57 @@
+"""Atomic file writes: every file lumbar-d2 writes goes through :func:`atomic_path`.
+
+A temp file is created in the destination folder and moved over the target with
+``os.replace`` only after the writer finished, so a crash, a full disk or a bad input never
+leaves a half-written JSON, CSV or PNG behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from .errors import LumbarError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Args:
+        path: final destination. Its parent folder is created if missing.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                                   dir=path.parent)
+    except OSError as e:
+        raise LumbarError(f"cannot write {path}: {e.strerror}; choose a writable output folder")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as e:
+        raise LumbarError(f"cannot write {path}: {e.strerror}; free disk space or choose "
+                          "another output folder") from e
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (sorted keys, so diffs stay readable) atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")

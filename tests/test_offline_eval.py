@@ -1,0 +1,215 @@
+"""End-to-end checks of lumbar_d2.evaluation.offline on a tiny COCO ground truth."""
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from lumbar_d2.evaluation.offline import evaluate_files
+from lumbar_d2.utils.errors import LumbarError
+
+SHAPE = (32, 32)
+# image id -> disc rectangles (row0, row1, col0, col1), half-open; image 3 has no disc
+RECTS = {1: [(2, 6, 4, 20), (10, 14, 4, 20)], 2: [(3, 8, 5, 25)], 3: []}
+PATIENTS = {1: "P1", 2: "P1", 3: "P2"}
+
+
+def _rect(r0, r1, c0, c1):
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[r0:r1, c0:c1] = 1
+    return mask
+
+
+def _rle(mask):
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _ann(mask, image_id, **extra):
+    rle = _rle(mask)
+    return {"image_id": image_id, "category_id": 1, "segmentation": rle,
+            "bbox": mask_util.toBbox(rle).tolist(), **extra}
+
+
+def _gt_dict(pixel_spacing=None):
+    images = [{"id": i, "file_name": f"images/case{i}.png", "height": SHAPE[0],
+               "width": SHAPE[1], "patient_id": PATIENTS[i]} for i in RECTS]
+    anns = [_ann(_rect(*r), i, area=int(_rect(*r).sum()), iscrowd=0)
+            for i, rects in RECTS.items() for r in rects]
+    for k, a in enumerate(anns, 1):
+        a["id"] = k
+    return {"info": {"pixel_spacing": pixel_spacing}, "images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "disc"}]}
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+@pytest.fixture
+def gt_path(tmp_path):
+    return _write(tmp_path / "gt.json", _gt_dict())
+
+
+def _perfect_results():
+    return [dict(_ann(_rect(*r), i), score=0.9) for i, rects in RECTS.items() for r in rects]
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_perfect_predictions(tmp_path, gt_path):
+    out = tmp_path / "out"
+    preds = [{k: v for k, v in r.items() if k != "bbox"} for r in _perfect_results()]
+    res = evaluate_files(gt_path, _write(tmp_path / "pred.json", preds), str(out), n_boot=50)
+    s = res["overall"]
+    assert s["dice_micro"] == 1.0 and s["dice_macro"] == 1.0
+    assert s["inst_precision"] == 1.0 and s["inst_recall"] == 1.0
+    assert res["coco"]["segm"]["AP"] == pytest.approx(100.0)
+    assert res["coco"]["bbox"]["AP"] == pytest.approx(100.0)   # boxes derived from masks
+    assert res["settings"]["bbox_source"] == "masks"
+    assert (s["n_images"], s["n_patients"], s["n_hd_undefined"]) == (3, 2, 0)
+    written = _strict_json(out / "metrics.json")
+    assert set(written) == {"coco", "per_class", "overall", "settings"}
+    assert written["coco"]["segm"]["APl"] is None              # NaN written as null
+    lines = (out / "per_image.csv").read_text().splitlines()
+    assert lines[0].startswith("file_name,patient_id,category,dice") and len(lines) == 4
+    assert "images/case3.png,P2,disc,nan" in lines[3]           # no GT, no prediction
+
+
+def _imperfect_results():
+    d1, d2 = RECTS[1]
+    shifted = (d1[0] + 1, d1[1] + 1, d1[2], d1[3])   # IoU 48 / 80 = 0.6 -> match
+    return [
+        dict(_ann(_rect(*shifted), 1), score=0.9),     # disc 2 of image 1 is missed
+        dict(_ann(_rect(20, 24, 20, 30), 1), score=0.3),   # FP below the score threshold
+        dict(_ann(_rect(*RECTS[2][0]), 2), score=0.8),
+        dict(_ann(_rect(4, 8, 5, 24), 2), score=0.6),  # duplicate of image 2's disc
+        dict(_ann(_rect(5, 9, 5, 9), 3), score=0.7),   # FP on the empty image
+    ]
+
+
+def _coco_eval_ap(gt_path, results_path, iou_type):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_path)
+        ev = COCOeval(gt, gt.loadRes(results_path), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [100 * ev.stats[i] for i in range(3)]
+
+
+def test_imperfect_predictions_match_cocoeval_and_counts(tmp_path):
+    gt_path = _write(tmp_path / "gt.json", _gt_dict(pixel_spacing=[0.5, 0.8]))
+    pred_path = _write(tmp_path / "pred.json", _imperfect_results())
+    res = evaluate_files(gt_path, pred_path, str(tmp_path / "out"), n_boot=0)
+    for iou_type in ("segm", "bbox"):
+        expected = _coco_eval_ap(gt_path, pred_path, iou_type)
+        got = [res["coco"][iou_type][k] for k in ("AP", "AP50", "AP75")]
+        np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert 0 < res["coco"]["segm"]["AP"] < 100
+    s = res["overall"]
+    # score >= 0.5: image 1 TP 1 FN 1; image 2 TP 1 FP 1 (duplicate); image 3 FP 1
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 2, 1)
+    assert s["inst_precision"] == 0.5 and s["inst_recall"] == pytest.approx(2 / 3)
+    assert res["settings"]["distance_unit"] == "mm"
+    assert res["settings"]["pixel_spacing"] == [0.5, 0.8]
+    # image 1: missed disc -> FN pixels; image 3: FP only -> HD undefined (counted)
+    assert s["n_hd_undefined"] == 1
+
+
+def test_pixel_spacing_argument_overrides_gt(tmp_path):
+    gt_path = _write(tmp_path / "gt.json", _gt_dict(pixel_spacing=[0.5, 0.8]))
+    pred_path = _write(tmp_path / "pred.json", _imperfect_results())
+    res = evaluate_files(gt_path, pred_path, str(tmp_path / "out"), pixel_spacing=(2.0, 2.0),
+                         n_boot=0)
+    assert res["settings"]["pixel_spacing"] == [2.0, 2.0]
+
+
+def test_mask_png_folder(tmp_path, gt_path, caplog):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i in (1, 2):                         # image 3 has no PNG: counted and warned
+        label = np.zeros(SHAPE, dtype=np.uint8)
+        for k, r in enumerate(RECTS[i], 1):
+            label[_rect(*r) > 0] = k
+        cv2.imwrite(str(folder / f"case{i}.png"), label)
+    with caplog.at_level(logging.WARNING):
+        res = evaluate_files(gt_path, str(folder), str(tmp_path / "out"), n_boot=0)
+    assert "1 of 3 images have no mask PNG" in caplog.text
+    assert res["settings"]["format"] == "png" and res["settings"]["n_missing_png"] == 1
+    s = res["overall"]
+    assert s["dice_micro"] == 1.0 and s["inst_precision"] == 1.0 and s["inst_recall"] == 1.0
+    assert res["coco"]["segm"]["AP"] == pytest.approx(100.0)
+    with pytest.raises(LumbarError, match="none of the 3 images has a mask PNG"):
+        evaluate_files(gt_path, str(tmp_path), str(tmp_path / "out2"), n_boot=0)
+
+
+def _gt_without_height():
+    gt = _gt_dict()
+    del gt["images"][0]["height"]
+    return gt
+
+
+def _bad_prediction_image():
+    preds = _perfect_results()
+    preds[0] = dict(preds[0], image_id=99)
+    return preds
+
+
+# case -> (GT JSON text or dict or None = absent, predictions or None, blamed file, detail)
+BAD_INPUTS = {
+    "gt missing": (None, _perfect_results(), "gt.json", "not found"),
+    "gt unparseable": ("{not json", _perfect_results(), "gt.json", "cannot parse"),
+    "gt lacks field": (_gt_without_height(), _perfect_results(), "gt.json", "'height'"),
+    "predictions missing": (_gt_dict(), None, "pred.json", "not found"),
+    "unknown image_id": (_gt_dict(), _bad_prediction_image(), "pred.json", "image_id 99"),
+}
+
+
+@pytest.mark.parametrize("gt, preds, blamed, detail", BAD_INPUTS.values(), ids=list(BAD_INPUTS))
+def test_bad_inputs_raise_and_write_nothing(tmp_path, gt, preds, blamed, detail):
+    gt_path, pred_path, out = tmp_path / "gt.json", tmp_path / "pred.json", tmp_path / "out"
+    if gt is not None:
+        gt_path.write_text(gt if isinstance(gt, str) else json.dumps(gt))
+    if preds is not None:
+        _write(pred_path, preds)
+    with pytest.raises(LumbarError) as err:
+        evaluate_files(str(gt_path), str(pred_path), str(out), n_boot=0)
+    message = str(err.value)
+    assert blamed in message and detail in message and "\n" not in message
+    assert not (out / "metrics.json").exists()
+
+
+def _load_cli():
+    path = Path(__file__).resolve().parents[1] / "tools" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_prints_table_and_reports_errors(tmp_path, gt_path, capsys):
+    cli = _load_cli()
+    pred = _write(tmp_path / "pred.json", copy.deepcopy(_perfect_results()))
+    assert cli.main(["--gt", gt_path, "--predictions", pred, "--output",
+                     str(tmp_path / "out"), "--bootstrap", "20"]) == 0
+    table = capsys.readouterr().out
+    assert "inst precision" in table and "paper Mask R-CNN" in table and "COCO segm" in table
+    assert cli.main(["--gt", str(tmp_path / "nope.json"), "--predictions", pred,
+                     "--output", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

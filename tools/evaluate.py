@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Score saved predictions (COCO results JSON or instance-mask PNG folder) against a
+converted COCO ground truth: COCO AP, pixel Dice, instance P/R/F1, HD95/ASSD with patient
+bootstrap CIs. Writes <output>/metrics.json and <output>/per_image.csv; prints the table.
+
+Usage:
+    python tools/evaluate.py --gt datasets/sudirman/annotations/test.json \
+        --predictions output/inference/coco_instances_results.json --output output/eval
+"""
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from lumbar_d2.evaluation.offline import evaluate_files, format_result
+from lumbar_d2.utils.errors import LumbarError
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", required=True, help="ground-truth COCO JSON from the converter")
+    p.add_argument("--predictions", required=True,
+                   help="COCO results JSON, or a folder of <image stem>.png instance masks")
+    p.add_argument("--output", required=True, help="folder for metrics.json and per_image.csv")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="ignore predictions below this score for Dice/P/R/HD95 (default 0.5)")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="mask IoU for an instance match (default 0.5)")
+    p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
+                   help="pixel size in mm; overrides the GT's info.pixel_spacing")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="patient bootstrap resamples for 95%% CIs; 0 = none (default 1000)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = evaluate_files(args.gt, args.predictions, args.output, args.score_threshold,
+                                args.iou_threshold, args.pixel_spacing, args.bootstrap)
+    except LumbarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.verbose:  # verbose mode already logged the table
+        print(format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

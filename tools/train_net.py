@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Train or evaluate a lumbar-d2 Mask R-CNN with the standard Detectron2 command line.
+
+    python tools/train_net.py --config-file configs/<leaf>.yaml [--num-gpus N] [KEY VALUE ...]
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_best.pth
+    python tools/train_net.py --config-file ... --resume      # continue from last_checkpoint
+
+Multi-GPU / multi-machine runs go through Detectron2's ``launch`` (--num-gpus,
+--num-machines, --machine-rank, --dist-url).
+"""
+import sys
+
+import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from lumbar_d2.engine import Trainer, load_config, prepare_config
+from lumbar_d2.utils import LumbarError
+
+
+def setup(args):
+    """Create configs and perform basic setups."""
+    cfg = load_config(args.config_file, args.opts)
+    prepare_config(cfg, source=args.config_file)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if cfg.TEST.EXPECTED_RESULTS:
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        return launch(main, args.num_gpus, num_machines=args.num_machines,
+                      machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except LumbarError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()
