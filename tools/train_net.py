@@ -49,7 +49,8 @@ def cli(argv=None):
         return launch(main, args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except LumbarError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)  # like the other tools: 2 = bad input or config, no traceback
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path, write_json
+from ..utils.io import atomic_group, atomic_path, json_text
 from . import layouts, splits
 from .imageio import read_array, read_label
 from .instances import CONNECTIVITY, DEFAULT_MIN_AREA, connected_instances
@@ -203,14 +203,19 @@ def _write(out_dir: Path, cocos: Dict[str, dict], opts: ConvertOptions, image_ro
             "pixel_spacing": list(opts.pixel_spacing) if opts.pixel_spacing else None,
             "class_map": {str(k): v for k, v in sorted(opts.class_map.items())},
             "min_area": opts.min_area, "connectivity": CONNECTIVITY, **opts.extra_info}
-    for split, coco in cocos.items():
-        write_json(out_dir / "annotations" / f"{split}.json", {"info": info, **coco}, indent=None)
     patient_split = {im["patient_id"]: s for s, coco in cocos.items() for im in coco["images"]}
-    if opts.split_by == "patient":
-        splits.write_split_file(out_dir / "splits.csv", patient_split)
-    write_json(out_dir / "meta.json", {
-        "classes": list(opts.classes), "image_root": str(image_root),
-        "pixel_spacing": info["pixel_spacing"], "splits": sorted(cocos), "source": opts.source})
+    # All files or none, so a full disk leaves no half dataset. meta.json (what registration
+    # looks for) is entered first because the group renames in reverse order: it lands last.
+    with atomic_group() as tmp_for:
+        tmp_for(out_dir / "meta.json").write_text(json_text({
+            "classes": list(opts.classes), "image_root": str(image_root),
+            "pixel_spacing": info["pixel_spacing"], "splits": sorted(cocos),
+            "source": opts.source}))
+        for split, coco in cocos.items():
+            tmp_for(out_dir / "annotations" / f"{split}.json").write_text(
+                json_text({"info": info, **coco}, indent=None))
+        if opts.split_by == "patient":
+            tmp_for(out_dir / "splits.csv").write_text(splits.split_csv_text(patient_split))
 
 
 def summary_table(cocos: Mapping[str, dict]) -> str:

@@ -9,6 +9,8 @@ Differences from Detectron2's ``DatasetMapper``:
   ops: the channels are the same grey slice), and a left-right flip only when
   ``INPUT.AUG.HFLIP`` (valid for axial slices; a sagittal flip would swap anterior/posterior).
   Vertical flips are never used: cranial-caudal order is anatomy.
+* ``INPUT.CROP`` crops *after* the resize: training on native-resolution crops keeps thin
+  sagittal discs sharp at a fraction of the full-slice cost; testing uses the full slice.
 * boxes are recomputed from the transformed masks, since rotation loosens boxes.
 """
 from __future__ import annotations
@@ -52,6 +54,8 @@ def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
         augs.append(T.RandomRotation([-aug.ROTATION, aug.ROTATION], expand=False))
     augs.append(T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                      cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
+    if cfg.INPUT.CROP.ENABLED:  # after the resize, so CROP.SIZE is in network pixels
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if aug.HFLIP:
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
     augs += [T.RandomContrast(*aug.CONTRAST), T.RandomBrightness(*aug.BRIGHTNESS),

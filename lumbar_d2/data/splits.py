@@ -8,6 +8,7 @@ reference study and warns.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path
+from ..utils.io import write_text
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -53,12 +54,18 @@ def _count(value: float, n: int, name: str) -> int:
     return k
 
 
+def split_csv_text(assign: Mapping[str, str]) -> str:
+    """``patient_id,split`` rows (sorted), the text of a split file."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient_id", "split"])
+    w.writerows(sorted(assign.items()))
+    return buf.getvalue()
+
+
 def write_split_file(path: Path, assign: Mapping[str, str]) -> None:
-    """Save ``patient_id,split`` rows (sorted) so a split can be reused with --split-file."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patient_id", "split"])
-        w.writerows(sorted(assign.items()))
+    """Save the split atomically so it can be reused with --split-file."""
+    write_text(path, split_csv_text(assign))
 
 
 def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (DatasetCatalog, build_detection_test_loader,
                              build_detection_train_loader)
@@ -21,6 +23,7 @@ from ..data.register import patient_ids, register_all_lumbar, require_registered
 from ..data.splits import check_patient_leakage
 from ..evaluation.dice_evaluator import DiceEvaluator
 from ..utils.errors import LumbarError
+from ..utils.io import write_text
 from .hooks import EarlyStop, EarlyStopHook, ValidationHook, insert_before_writer
 
 logger = logging.getLogger(__name__)
@@ -59,11 +62,60 @@ class Trainer(DefaultTrainer):
         return insert_before_writer(hook_list, new, lambda h: isinstance(h, hooks.PeriodicWriter))
 
     def train(self):
+        """Train; return the last evaluation results (DefaultTrainer returns them only when
+        TEST.EXPECTED_RESULTS is set)."""
         try:
-            return super().train()
+            super().train()
         except EarlyStop:
             self.checkpointer.save("model_final")
-            return self._last_eval_results if hasattr(self, "_last_eval_results") else None
+        return getattr(self, "_last_eval_results", None)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Like DefaultTrainer's, but a broken last checkpoint falls back to an older one."""
+        if resume and self.checkpointer.has_checkpoint():
+            use_loadable_checkpoint(self.checkpointer)
+        super().resume_or_load(resume=resume)
+
+
+def checkpoint_problem(path: os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be loaded as a checkpoint (one line), or None if it loads.
+
+    Uses Detectron2's own loader (.pkl pickle or torch.load), so "loads here" means "loads at
+    training start". A save cut short by a kill or a full disk, or a broken download, would
+    otherwise surface as a raw zip/pickle traceback after the model was built.
+    """
+    try:
+        DetectionCheckpointer(torch.nn.Module())._load_file(str(path))
+    except Exception as e:  # torch.load/pickle raise RuntimeError, UnpicklingError, EOFError...
+        first_sentence = _one_line(e).split(". ")[0][:120]  # torch adds paragraphs of advice
+        return f"{type(e).__name__}: {first_sentence}"
+    return None
+
+
+def use_loadable_checkpoint(checkpointer: DetectionCheckpointer) -> Path:
+    """Point ``last_checkpoint`` at the newest ``model_*.pth`` that loads; return that file.
+
+    A run killed while saving leaves the file named in ``last_checkpoint`` truncated while an
+    older periodic checkpoint is intact: resuming from the older one loses a few iterations
+    instead of the whole run.
+
+    Raises:
+        LumbarError: no checkpoint in the folder loads.
+    """
+    last = Path(checkpointer.get_checkpoint_file())
+    why = checkpoint_problem(last)
+    if why is None:
+        return last
+    numbered = sorted((p for p in last.parent.glob("model_*.pth")
+                       if re.fullmatch(r"model_\d+\.pth", p.name) and p != last), reverse=True)
+    for candidate in numbered:
+        if checkpoint_problem(candidate) is None:
+            logger.warning("%s: cannot load checkpoint (%s); resuming from %s instead", last,
+                           why, candidate.name)
+            write_text(last.parent / "last_checkpoint", candidate.name)
+            return candidate
+    raise LumbarError(f"{last}: cannot load checkpoint ({why}) and no older model_*.pth loads; "
+                      f"delete {last.parent / 'last_checkpoint'} to start over")
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
@@ -91,7 +143,8 @@ def prepare_config(cfg: CfgNode, source: str = "config") -> CfgNode:
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     names += [cfg.LUMBAR.VAL_DATASET] if cfg.LUMBAR.VAL_DATASET else []
     require_registered(names, source)
-    _check_weights(cfg.MODEL.WEIGHTS)
+    check_weights(cfg.MODEL.WEIGHTS)
+    _check_output_dir(cfg.OUTPUT_DIR)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu, AMP off)")
         cfg.MODEL.DEVICE = "cpu"
@@ -115,7 +168,8 @@ def apply_epochs(cfg: CfgNode, n_images: int) -> None:
                 n_images, cfg.SOLVER.IMS_PER_BATCH, iters)
 
 
-def _check_weights(weights: str) -> None:
+def check_weights(weights: str) -> None:
+    """Refuse a missing, empty or unloadable local MODEL.WEIGHTS file before any model is built."""
     if not weights or "://" in weights:
         return
     path = Path(weights)
@@ -124,6 +178,22 @@ def _check_weights(weights: str) -> None:
                           "'' to train from scratch")
     if path.stat().st_size == 0:
         raise LumbarError(f"MODEL.WEIGHTS {weights}: file is empty; re-download or re-train it")
+    why = checkpoint_problem(path)
+    if why:
+        raise LumbarError(f"MODEL.WEIGHTS {weights}: cannot be loaded ({why}); re-download or "
+                          "re-train it")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Fail before the model is built, not in default_setup, if OUTPUT_DIR cannot be created.
+
+    Checks without creating anything: the nearest existing ancestor must be a writable folder.
+    """
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise LumbarError(f"OUTPUT_DIR {output_dir}: {existing} is not a writable folder; "
+                          "choose another OUTPUT_DIR")
 
 
 def _one_line(e: BaseException) -> str:
@@ -138,4 +208,4 @@ def build_trainer(cfg: CfgNode, resume: bool = False) -> Trainer:
 
 
 __all__: List[str] = ["Trainer", "load_config", "prepare_config", "apply_epochs",
-                      "build_trainer"]
+                      "build_trainer", "checkpoint_problem", "use_loadable_checkpoint"]

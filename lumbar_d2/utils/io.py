@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 from .errors import LumbarError
 
@@ -45,6 +45,24 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_group() -> Iterator[Callable[[PathLike], Path]]:
+    """Yield ``tmp_for(path)``: files written to those temps appear only if the block succeeds.
+
+    A conversion writes several files that only make sense together (annotations/*.json,
+    splits.csv, meta.json). If the third write fails (full disk), none of them may replace
+    the previous ones, so the folder never mixes two runs. Call ``tmp_for`` right before
+    writing each file, so an error names the file whose write failed.
+    """
+    with contextlib.ExitStack() as stack:
+        yield lambda path: stack.enter_context(atomic_path(path))
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """JSON with sorted keys (diffs stay readable) and a final newline."""
+    return json.dumps(obj, indent=indent, sort_keys=True) + "\n"
+
+
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:
@@ -53,5 +71,5 @@ def write_text(path: PathLike, text: str) -> Path:
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON (sorted keys, so diffs stay readable) atomically."""
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+    """Write ``obj`` as JSON (see :func:`json_text`) atomically."""
+    return write_text(path, json_text(obj, indent))

@@ -1,0 +1,51 @@
+"""Shared by the prediction and export tests: a tiny random-init model and CLI loading.
+
+The instant-test Mask R-CNN at 128 px with ``SCORE_THRESH_TEST 0`` emits instances even with
+random weights, so the full output path is exercised in seconds on a CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import List
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+
+from lumbar_d2.engine.trainer import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+INSTANT_CONFIG = str(REPO / "configs/quick_schedules/mask_rcnn_R_50_FPN_instant_test.yaml")
+
+
+def tiny_opts(weights: str = "") -> List[str]:
+    """Overrides for a 128 px CPU model that always returns detections.
+
+    ``DATASETS.TEST`` is emptied so no registered dataset's metadata (class names, pixel
+    spacing) leaks into a test run from the repository root.
+    """
+    return ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128",
+            "INPUT.MAX_SIZE_TEST", "128", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "DATASETS.TEST", "()"]
+
+
+def tiny_cfg(weights: str = "") -> CfgNode:
+    """The tiny model's config (``weights`` "" = random init)."""
+    return load_config(INSTANT_CONFIG, tiny_opts(weights))
+
+
+def save_random_checkpoint(folder: Path) -> Path:
+    """Save a random-init model, so eager and exported runs can load the same weights."""
+    model = build_model(tiny_cfg())
+    DetectionCheckpointer(model, save_dir=str(folder)).save("random_init")
+    return folder / "random_init.pth"
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

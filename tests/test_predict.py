@@ -1,0 +1,228 @@
+"""Batch prediction: output files, COCO results, measurements with spacing, failures, CLI."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from pycocotools.coco import COCO
+
+from inference_helpers import INSTANT_CONFIG, load_tool, save_random_checkpoint, tiny_cfg, tiny_opts
+from lumbar_d2.data.imageio import read_gray
+from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
+from lumbar_d2.inference.predictor import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, LumbarPredictor,
+                                           instance_id_image, output_stems, resolve_spacing,
+                                           run_prediction)
+from lumbar_d2.measure import MEASUREMENT_FIELDS
+from lumbar_d2.utils.errors import LumbarError
+from test_inference_io import _write_dicom
+
+DICOM_SPACING = (0.7, 0.5)
+STEMS = ["a_8bit", "b_16bit", "c_dicom"]
+CORRUPT = "d_corrupt.png"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(save_random_checkpoint(tmp_path_factory.mktemp("ckpt")))
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory: pytest.TempPathFactory) -> List[np.ndarray]:
+    root = write_sudirman_phantom(tmp_path_factory.mktemp("phantom"), n_patients=2, size=128)
+    return [read_gray(sudirman_paths(root, p, 4)["T2"]) for p in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory: pytest.TempPathFactory, slices: List[np.ndarray]) -> Path:
+    """8-bit PNG, 16-bit PNG, DICOM with PixelSpacing, and a corrupt PNG."""
+    folder = tmp_path_factory.mktemp("inputs")
+    assert cv2.imwrite(str(folder / "a_8bit.png"), slices[0])
+    assert cv2.imwrite(str(folder / "b_16bit.png"), slices[1].astype(np.uint16) * 257)
+    _write_dicom(folder / "c_dicom.dcm", slices[0].astype(np.uint16) * 4,
+                 PixelSpacing=list(DICOM_SPACING))
+    (folder / CORRUPT).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, weights: str,
+        input_dir: Path) -> Tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("pred")
+    return run_prediction(tiny_cfg(weights), str(input_dir), str(out), orientation="axial"), out
+
+
+def _csv(path: Path) -> List[Dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _by_stem(rows: List[Dict[str, str]]) -> Dict[str, List[Dict[str, str]]]:
+    out: Dict[str, List[Dict[str, str]]] = {}
+    for row in rows:
+        out.setdefault(Path(row["file_name"]).stem, []).append(row)
+    return out
+
+
+def test_counts_masks_and_overlays(run: Tuple[dict, Path]) -> None:
+    result, out = run
+    assert (result["n_ok"], result["n_failed"]) == (3, 1)
+    for stem in STEMS:
+        ids = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert ids.shape == (128, 128) and ids.dtype == np.uint8 and ids.max() > 0
+        assert overlay.shape == (128, 128, 3)
+    assert not (out / "masks" / "d_corrupt.png").exists()
+    assert not [p for p in out.rglob(".*")], "no temp files left"
+
+
+def test_failures_csv_names_the_corrupt_file(run: Tuple[dict, Path]) -> None:
+    rows = _csv(run[0]["failures"])
+    assert [Path(r["file"]).name for r in rows] == [CORRUPT]
+    assert CORRUPT in rows[0]["error"] and "\n" not in rows[0]["error"]
+
+
+def test_predictions_json_loads_with_pycocotools(run: Tuple[dict, Path]) -> None:
+    result, out = run
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(result["images"]).loadRes(result["predictions"])
+    images = {im["id"]: Path(im["file_name"]).stem for im in coco.dataset["images"]}
+    assert sorted(images.values()) == STEMS
+    assert coco.dataset["categories"] == [{"id": 1, "name": "disc"}]
+    rows = _by_stem(_csv(result["measurements"]))
+    for image_id, stem in images.items():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        assert len(anns) == len(rows[stem]) > 0
+        assert all(a["category_id"] == 1 and len(a["bbox"]) == 4 for a in anns)
+        union = np.any([mask_util.decode(a["segmentation"]) for a in anns], axis=0)
+        ids = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(union, ids > 0)
+
+
+def test_measurements_use_dicom_spacing(run: Tuple[dict, Path]) -> None:
+    result, _ = run
+    with open(result["measurements"]) as f:
+        assert f.readline().strip().split(",") == MEASUREMENT_COLUMNS
+    assert MEASUREMENT_COLUMNS[:len(MEASUREMENT_FIELDS)] == MEASUREMENT_FIELDS
+    rows = _by_stem(_csv(result["measurements"]))
+    for row in rows["c_dicom"]:
+        expected = float(row["area_px"]) * DICOM_SPACING[0] * DICOM_SPACING[1]
+        assert row["unit"] == "mm" and float(row["area_mm2"]) == pytest.approx(expected)
+    for row in rows["a_8bit"] + rows["b_16bit"]:
+        assert row["unit"] == "px" and float(row["area_mm2"]) == float(row["area_px"])
+    for stem_rows in rows.values():
+        assert len({r["qc_flags"] for r in stem_rows}) == 1, "flags are per image"
+        assert stem_rows[0]["level"] == "" and stem_rows[0]["order"] == ""  # axial, no D<n>
+
+
+def test_summary_states_spacing_source(run: Tuple[dict, Path]) -> None:
+    result, _ = run
+    summary = {Path(r["file_name"]).stem: r for r in _csv(result["summary"])}
+    with open(result["summary"]) as f:
+        assert f.readline().strip().split(",") == SUMMARY_COLUMNS
+    assert summary["c_dicom"]["spacing_source"] == "dicom"
+    assert float(summary["c_dicom"]["spacing_row_mm"]) == DICOM_SPACING[0]
+    assert summary["a_8bit"]["spacing_source"] == "none" and summary["a_8bit"]["unit"] == "px"
+    n_rows = {k: len(v) for k, v in _by_stem(_csv(result["measurements"])).items()}
+    assert {k: int(v["n_instances"]) for k, v in summary.items()} == n_rows
+
+
+def test_predictor_any_bit_depth_batch_and_flip_tta(weights: str,
+                                                    slices: List[np.ndarray]) -> None:
+    cfg = tiny_cfg(weights)
+    plain = LumbarPredictor(cfg)
+    eight, sixteen = plain.predict_batch([slices[1], slices[1].astype(np.uint16) * 257])
+    np.testing.assert_allclose(eight.pred_boxes.tensor, sixteen.pred_boxes.tensor, atol=1e-3)
+    tta = LumbarPredictor(cfg, tta=True)
+    full, cropped = tta.predict_batch([slices[0], slices[0][:96]])
+    assert full.image_size == (128, 128) and cropped.image_size == (96, 128)
+    assert tuple(cropped.pred_masks.shape[1:]) == (96, 128) and len(cropped) > 0
+    assert cropped.pred_masks.device.type == "cpu"
+
+
+def test_cli_spacing_override_and_partial_failure(tmp_path: Path, weights: str,
+                                                  input_dir: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    code = load_tool("predict").main(
+        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir / "[cd]_*"), "--output",
+         str(out), "--pixel-spacing", "2", "3", *tiny_opts(weights)])
+    assert code == 0
+    assert "1 failed" in capsys.readouterr().out
+    rows = _csv(out / "measurements.csv")
+    assert rows and all(float(r["area_mm2"]) == 6 * float(r["area_px"]) for r in rows)
+    assert _csv(out / "summary.csv")[0]["spacing_source"] == "override"
+
+
+def test_cli_exit_2_when_every_input_fails(tmp_path: Path, weights: str, input_dir: Path,
+                                           capsys) -> None:
+    code = load_tool("predict").main(
+        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir / CORRUPT), "--output",
+         str(tmp_path / "out"), *tiny_opts(weights)])
+    assert code == 2  # stderr also holds the progress bar and the skip warning
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no input could be read") and "failures.csv" in last
+
+
+def test_cli_missing_weights_is_one_line_error(tmp_path: Path, input_dir: Path,
+                                               capsys) -> None:
+    missing = tmp_path / "nope" / "model_final.pth"
+    code = load_tool("predict").main(
+        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir), "--output",
+         str(tmp_path / "out"), *tiny_opts(str(missing))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(missing) in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"orientation": "coronal"}, {"pixel_spacing": (0, 1)},
+                                    {"score_thresh": 1.5}, {"batch_size": 0}])
+def test_bad_arguments_fail_before_any_output(tmp_path: Path, input_dir: Path,
+                                              kwargs: dict) -> None:
+    with pytest.raises(LumbarError):
+        run_prediction(tiny_cfg(), str(input_dir), str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_under_a_file_is_refused(tmp_path: Path, input_dir: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LumbarError, match="cannot create output folder"):
+        run_prediction(tiny_cfg(), str(input_dir), str(blocker / "out"))
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_instance_id_image_depth_and_overlap_order() -> None:
+    masks = np.zeros((300, 4, 4), dtype=bool)
+    masks[:, 0, 0] = True  # all overlap: the first (highest score) wins
+    masks[299, 3, 3] = True
+    ids = instance_id_image(masks)
+    assert ids.dtype == np.uint16 and ids[0, 0] == 1 and ids[3, 3] == 300
+    assert instance_id_image(masks[:2]).dtype == np.uint8
+    assert instance_id_image(np.zeros((0, 4, 5), dtype=bool)).shape == (4, 5)
+
+
+def test_output_stems_disambiguate_clashes(tmp_path: Path) -> None:
+    files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "y.dcm",
+             tmp_path / "b" / "y.png", tmp_path / "b" / "z.png"]
+    assert output_stems(files) == ["a__x_png", "b__x_png", "b__y_dcm", "b__y_png", "z"]
+
+
+def test_spacing_precedence() -> None:
+    assert resolve_spacing((1, 2), (3, 4), (5, 6)) == ((1.0, 2.0), "override")
+    assert resolve_spacing(None, (3, 4), (5, 6)) == ((3.0, 4.0), "dicom")
+    assert resolve_spacing(None, None, (5, 6)) == ((5.0, 6.0), "dataset")
+    assert resolve_spacing(None, None, None) == (None, "none")
+
+
+def test_images_json_is_coco_shaped(run: Tuple[dict, Path]) -> None:
+    images = json.loads(Path(run[0]["images"]).read_text())
+    assert set(images) == {"images", "categories", "annotations"}
+    assert [im["id"] for im in images["images"]] == [1, 2, 3]

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Predict disc masks on MRI slices (PNG/JPG/TIFF of any bit depth, or DICOM) and measure them.
+
+Writes instance-mask PNGs, overlays, COCO results JSON, measurements.csv, summary.csv and
+failures.csv under --output (see lumbar_d2/inference/predictor.py). Unreadable files are
+listed in failures.csv and skipped; the exit status is 2 only when nothing could be predicted.
+
+Usage:
+    python tools/predict.py --config-file configs/<leaf>.yaml --input slices/ \
+        --output output/predict [--pixel-spacing 0.6875 0.6875] [--orientation axial] \
+        [--tta] [--score-thresh 0.5] MODEL.WEIGHTS output/spider_disc/model_final.pth
+"""
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
+from lumbar_d2.data import register_all_lumbar
+from lumbar_d2.engine.trainer import check_weights, load_config
+from lumbar_d2.inference.predictor import run_prediction, use_cpu_without_cuda
+from lumbar_d2.measure import ORIENTATIONS
+from lumbar_d2.utils.errors import LumbarError
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="model config (configs/*.yaml)")
+    p.add_argument("--input", required=True, help="a slice file, a folder (recursive) or a glob")
+    p.add_argument("--output", required=True, help="results folder (created)")
+    p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
+                   help="pixel size in mm; overrides DICOM PixelSpacing and dataset metadata")
+    p.add_argument("--orientation", choices=ORIENTATIONS, default="sagittal",
+                   help="slice orientation: orders discs (sagittal) or reads the level from "
+                        "the file name (axial); default sagittal")
+    p.add_argument("--tta", action="store_true",
+                   help="horizontal-flip test-time augmentation (swaps anterior/posterior on "
+                        "sagittal slices; best with models trained with INPUT.AUG.HFLIP)")
+    p.add_argument("--score-thresh", type=float,
+                   help="keep detections scoring at least this (overrides "
+                        "MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="slices per forward pass; >1 helps on GPU (default 1)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
+    return p.parse_args(argv)
+
+
+def predict(args: argparse.Namespace) -> dict:
+    """Config -> datasets (for class names / spacing) -> device and weights checks -> run."""
+    cfg = load_config(args.config_file, args.opts)
+    register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
+    use_cpu_without_cuda(cfg)
+    check_weights(cfg.MODEL.WEIGHTS)
+    return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
+                          orientation=args.orientation, tta=args.tta,
+                          score_thresh=args.score_thresh, batch_size=args.batch_size)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = predict(args)
+    except LumbarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_ok, n_failed = result["n_ok"], result["n_failed"]
+    print(f"predicted {n_ok} of {n_ok + n_failed} images -> {result['output_dir']}")
+    if n_failed:
+        print(f"{n_failed} failed; see {result['failures']}")
+    if n_ok == 0:
+        print(f"error: no input could be read; see {result['failures']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
