@@ -10,10 +10,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import List
 
+import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-
 from lumbar_d2.engine.trainer import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ import pytest
 from conftest import INSTANT_CONFIG, MasksDataset, disc_mask, grey_slice, write_png
 
 P2 = "p2_s1.png"
+BLOCKER_TEXT = "not a folder"
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Workspace:
         """A regular file used as a parent folder: makes any output path below it unwritable."""
         path = self.tmp / "blocker"
         if not path.exists():
-            path.write_text("not a folder")
+            path.write_text(BLOCKER_TEXT)
         return path
 
     def convert(self, *extra: str) -> List:
@@ -106,7 +107,11 @@ def _perfect_predictions(ws: Workspace, gt: Path) -> Path:
     return path
 
 
-def _evaluate(output: Callable[[Workspace], Path], damage_gt=None, damage_pred=None) -> Maker:
+Damage = Optional[Callable[[Path], object]]
+
+
+def _evaluate(output: Callable[[Workspace], Path], damage_gt: Damage = None,
+              damage_pred: Damage = None) -> Maker:
     """evaluate.py on a real GT and perfect predictions, optionally damaged first."""
     def make(ws: Workspace) -> List:
         gt = ws.gt_json()
@@ -210,8 +215,8 @@ def _assert_no_output(ws: Workspace) -> None:
     written = [p for p in ws.out.rglob("*") if p.is_file()] if ws.out.exists() else []
     assert written == [], written
     assert list(ws.tmp.rglob("*.tmp*")) == []
-    if ws.blocker.exists():
-        assert ws.blocker.read_text() == "not a folder"
+    blocker = ws.tmp / "blocker"
+    assert not blocker.exists() or blocker.read_text() == BLOCKER_TEXT
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -33,7 +33,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--format", choices=sorted(FORMATS), default="torchscript",
                    help="what to export (default torchscript)")
     p.add_argument("--runs", type=int, default=10,
-                   help="timed runs per model for the latency comparison (default 10)")
+                   help="timed runs per model for the latency comparison; 0 = no timing "
+                        "(default 10)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
@@ -48,10 +49,11 @@ def format_report(result: dict) -> str:
     lines.append(f"onnx: {result['onnx']}" + (f" ({result['onnx_path']})"
                                                if result["onnx_path"] else ""))
     cmp = result["comparison"]
+    if cmp and cmp["eager_ms"] is not None:
+        lines.append(f"latency (median of model call): eager {cmp['eager_ms']:.1f} ms, "
+                     f"torchscript {cmp['exported_ms']:.1f} ms")
     if cmp:
-        lines += [f"latency (median of model call): eager {cmp['eager_ms']:.1f} ms, "
-                  f"torchscript {cmp['exported_ms']:.1f} ms",
-                  f"instances: eager {cmp['n_eager']}, torchscript {cmp['n_exported']}, "
+        lines += [f"instances: eager {cmp['n_eager']}, torchscript {cmp['n_exported']}, "
                   f"matched {cmp['n_matched']}; max box diff {cmp['max_box_diff']:.2e} px, "
                   f"min mask IoU {cmp['min_mask_iou']:.4f}, mean |mask prob diff| "
                   f"{cmp['mask_prob_mean_abs_diff']:.2e}"]

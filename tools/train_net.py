@@ -14,6 +14,8 @@ import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is u
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, load_config, prepare_config
 from lumbar_d2.utils import LumbarError
 
@@ -24,6 +26,7 @@ def setup(args):
     prepare_config(cfg, source=args.config_file)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lumbar_d2")
     return cfg
 
 

@@ -74,6 +74,14 @@ def tracing_adapter_class() -> type:
     return importlib.import_module("detectron2.export.flatten").TracingAdapter
 
 
+def _prepare_on_device(predictor: LumbarPredictor, image: np.ndarray) -> Dict:
+    """:meth:`LumbarPredictor.prepare` with the image on ``MODEL.DEVICE``, where the traced
+    graph expects it (and so that timing excludes the host-to-device copy)."""
+    prepared = predictor.prepare(image)
+    prepared["image"] = prepared["image"].to(predictor.cfg.MODEL.DEVICE)
+    return prepared
+
+
 def _raw_inference(model: torch.nn.Module, inputs: List[Dict]) -> List[Dict]:
     """What gets traced: detections before resizing to the slice and pasting masks."""
     return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
@@ -90,6 +98,7 @@ def sample_image(cfg: CfgNode, path: Optional[ImageLike] = None) -> np.ndarray:
 
 
 def _dataset_sample_path(cfg: CfgNode) -> str:
+    """First image of the first registered, non-empty dataset of the config."""
     registered = set(DatasetCatalog.list())
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         records = DatasetCatalog.get(name) if name in registered else []
@@ -106,7 +115,7 @@ def trace(predictor: LumbarPredictor, image: np.ndarray) -> Tuple[torch.jit.Scri
     Returns:
         (traced module, meta, the TracingAdapter) - the adapter is what ONNX export reuses.
     """
-    prepared = predictor.prepare(image)
+    prepared = _prepare_on_device(predictor, image)
     inputs = [{"image": prepared["image"]}]
     adapter = tracing_adapter_class()(predictor.model, inputs, _raw_inference)
     # inference_mode tensors cannot be traced; the adapter itself runs under no_grad.
@@ -163,7 +172,8 @@ def exported_instances(module: torch.jit.ScriptModule, meta: Dict, prepared: Dic
 def _exported_raw(module: torch.jit.ScriptModule, meta: Dict, prepared: Dict) -> Instances:
     """Raw exported detections (input-size boxes, M x M mask probabilities)."""
     with torch.inference_mode():
-        return _instances_from_flat(module(prepared["image"]), meta["outputs"])
+        flat = module(prepared["image"].to(meta.get("device", "cpu")))  # the traced device
+        return _instances_from_flat(flat, meta["outputs"])
 
 
 def _postprocess(raw: Instances, prepared: Dict) -> Instances:
@@ -195,7 +205,8 @@ def compare_exported(cfg: CfgNode, ts_path: Union[str, Path], image: ImageLike,
         cfg: the config the model was exported with (``MODEL.WEIGHTS`` = the same weights).
         ts_path: ``model.ts`` from :func:`export_model`.
         image: a slice file or an HxW(xC) array.
-        n_runs: timed runs per model (after warm-up); latency is their median.
+        n_runs: timed runs per model (after warm-up); latency is their median; 0 skips
+            timing (the ``*_ms`` values are then None).
         predictor: reuse an eager predictor (needed when ``MODEL.WEIGHTS`` is empty, since a
             new random init would differ from the exported one).
 
@@ -207,14 +218,16 @@ def compare_exported(cfg: CfgNode, ts_path: Union[str, Path], image: ImageLike,
     """
     predictor = predictor or LumbarPredictor(cfg)
     module, meta = load_exported(ts_path, predictor.cfg.MODEL.DEVICE)
-    prepared = predictor.prepare(sample_image(cfg, image))
+    prepared = _prepare_on_device(predictor, sample_image(cfg, image))
     raws = _eager_raw(predictor, prepared), _exported_raw(module, meta, prepared)
     probs = [raw.pred_masks.cpu() for raw in raws]  # before _postprocess pastes them
     result = _differences(*(_postprocess(raw, prepared) for raw in raws), *probs)
-    model_input = [{"image": prepared["image"]}]
-    result["eager_ms"] = _median_ms(
-        lambda: predictor.model.inference(model_input, do_postprocess=False), n_runs)
-    result["exported_ms"] = _median_ms(lambda: module(prepared["image"]), n_runs)
+    result["eager_ms"], result["exported_ms"] = None, None
+    if n_runs > 0:
+        model_input = [{"image": prepared["image"]}]
+        result["eager_ms"] = _median_ms(
+            lambda: predictor.model.inference(model_input, do_postprocess=False), n_runs)
+        result["exported_ms"] = _median_ms(lambda: module(prepared["image"]), n_runs)
     return result
 
 
@@ -256,7 +269,7 @@ def _median_ms(fn: Callable[[], object], n_runs: int) -> float:
     """
     times = []
     with torch.inference_mode():
-        for _ in range(WARMUP_RUNS + max(1, n_runs)):
+        for _ in range(WARMUP_RUNS + n_runs):
             start = time.perf_counter()
             fn()
             if torch.cuda.is_available():
@@ -312,6 +325,8 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
     """
     if fmt not in FORMATS:
         raise LumbarError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if n_runs < 0:
+        raise LumbarError(f"timed runs {n_runs}: give 0 (no timing) or more")
     root = make_output_dir(output_dir)
     array = sample_image(cfg, image)  # before building the model: fail fast on a bad path
     predictor = LumbarPredictor(cfg)
@@ -324,7 +339,7 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
             result["comparison"] = compare_exported(cfg, result["torchscript"], array, n_runs,
                                                     predictor)
     if "onnx" in FORMATS[fmt]:
-        image_tensor = predictor.prepare(array)["image"]
+        image_tensor = _prepare_on_device(predictor, array)["image"]
         result["onnx"] = export_onnx(adapter, image_tensor, root / "model.onnx",
                                      meta["outputs"])
         result["onnx_path"] = str(root / "model.onnx") if result["onnx"] == "ok" else None

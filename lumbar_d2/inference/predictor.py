@@ -99,6 +99,9 @@ class LumbarPredictor:
     def prepare(self, image: np.ndarray, resize: bool = True) -> Dict:
         """Model input dict of one slice: normalised, resized CHW uint8 ``image`` + size.
 
+        The image stays on the CPU: the model moves it to its device, and the TTA mapper
+        needs it as a NumPy-convertible tensor.
+
         Args:
             image: HxW or HxWxC slice, any bit depth (uint8, uint16, float DICOM values).
             resize: apply the test resize (the TTA wrapper resizes by itself).
@@ -112,8 +115,7 @@ class LumbarPredictor:
             self.augmentations(aug_input)
             model_input = aug_input.image
         tensor = torch.as_tensor(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
-        return {"image": tensor.to(self.cfg.MODEL.DEVICE), "height": arr.shape[0],
-                "width": arr.shape[1]}
+        return {"image": tensor, "height": arr.shape[0], "width": arr.shape[1]}
 
     def __call__(self, image: np.ndarray) -> Instances:
         """Predict one slice; ``Instances`` on CPU at the slice's original size."""
@@ -124,8 +126,9 @@ class LumbarPredictor:
         if not images:
             return []
         inputs = [self.prepare(img, resize=self.tta is None) for img in images]
+        model = self.tta if self.tta is not None else self.model
         with torch.inference_mode():
-            outputs = (self.tta or self.model)(inputs)
+            outputs = model(inputs)
         return [out["instances"].to("cpu") for out in outputs]
 
 
