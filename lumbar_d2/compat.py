@@ -11,14 +11,19 @@ Each patch is applied only when needed and recorded in :data:`ACTIVE`, which the
 * Pillow >= 10 removed ``PIL.Image.LINEAR``, which detectron2's ``ResizeTransform`` still
   names: it is aliased to ``BILINEAR`` (the same filter).
 * detectron2 imports ``pkg_resources`` (setuptools < 81); its absence is reported, not patched.
+* ``detectron2.export`` imports its Caffe2 exporter, and Caffe2 left PyTorch:
+  :func:`tracing_adapter_class` then imports ``detectron2.export.flatten`` (TracingAdapter,
+  all that TorchScript export needs) without the package ``__init__``.
 
 Call :func:`apply` before importing detectron2 modules; importing :mod:`lumbar_d2` does it.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import types
+from pathlib import Path
 from typing import List
 
 ACTIVE: List[str] = []
@@ -93,3 +98,20 @@ def apply() -> List[str]:
         _patch_pillow()
         apply._done = True
     return list(ACTIVE)
+
+
+def tracing_adapter_class() -> type:
+    """Detectron2's ``TracingAdapter``, importable even where Caffe2 is gone."""
+    try:
+        from detectron2.export import TracingAdapter
+        return TracingAdapter
+    except ImportError as e:
+        if "caffe2" not in str(e):
+            raise
+    import detectron2
+
+    package = types.ModuleType("detectron2.export")
+    package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
+    sys.modules["detectron2.export"] = package
+    ACTIVE.append("detectron2.export without Caffe2 (flatten.TracingAdapter only)")
+    return importlib.import_module("detectron2.export.flatten").TracingAdapter

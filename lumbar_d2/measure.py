@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .evaluation.metrics import check_spacing
 from .utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def measure_instance(mask: np.ndarray, spacing: Spacing = (1.0, 1.0)) -> Dict[st
         ``centroid_y`` (px), ``centroid_x_mm``, ``centroid_y_mm``. An empty mask has area 0
         and NaN for the rest.
     """
-    row_mm, col_mm = _check_spacing(spacing)
+    row_mm, col_mm = check_spacing(spacing)
     mask = np.asarray(mask) != 0
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
@@ -259,17 +260,6 @@ def _bbox(mask: np.ndarray) -> Optional[Box]:
     if rows.size == 0:
         return None
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def _check_spacing(spacing: Spacing) -> Spacing:
-    """Validate (row_mm, col_mm); pass the image's DICOM spacing or (1, 1) for pixel units."""
-    try:
-        row_mm, col_mm = (float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing must be (row_mm, col_mm), got {spacing!r}") from None
-    if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-        raise ValueError(f"spacing must be positive and finite, got {spacing!r}")
-    return row_mm, col_mm
 
 
 def _check_orientation(orientation: str) -> str:

@@ -158,8 +158,16 @@ def match_instances(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndar
 
 # ---------------------------------------------------------------------- surface distances
 def check_spacing(spacing: Sequence[float]) -> Spacing:
-    """Validate a (row, col) pixel spacing; a wrong one would silently scale HD95/ASSD."""
-    spacing = tuple(float(s) for s in spacing)
+    """Validate a (row, col) pixel spacing; a wrong one would silently scale mm results.
+
+    Raises:
+        ValueError: not two finite positive numbers.
+    """
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing must be two positive numbers (row, col), got {spacing!r}"
+                         ) from None
     if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be two positive numbers (row, col), got {spacing}")
     return spacing

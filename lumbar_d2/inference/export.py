@@ -19,20 +19,17 @@ raw detections; the cheap, data-dependent steps stay in Python, shared with eage
 Work-around (pure-Python detectron2 v0.6 on PyTorch 2): ``detectron2/export/__init__.py``
 imports the Caffe2 exporter, and ``caffe2`` is no longer part of PyTorch, so ``import
 detectron2.export`` fails although ``TracingAdapter`` (``detectron2/export/flatten.py``) needs
-no Caffe2. :func:`tracing_adapter_class` then registers an empty ``detectron2.export`` package
-pointing at the real folder and imports only ``flatten``. No op of the traced graph needs
+no Caffe2. :func:`lumbar_d2.compat.tracing_adapter_class` then registers an empty
+``detectron2.export`` package pointing at the real folder and imports only ``flatten``. No op of the traced graph needs
 ``detectron2._C``: NMS and ROIAlign are torchvision ops.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
 import statistics
-import sys
 import time
-import types
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -45,6 +42,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+from ..compat import tracing_adapter_class
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path, write_json
 from .io import load_image
@@ -57,21 +55,6 @@ FORMATS = {"torchscript": ("torchscript",), "onnx": ("onnx",), "both": ("torchsc
 ONNX_OPSET = 17
 WARMUP_RUNS = 2  # untimed calls before latency runs
 ImageLike = Union[str, Path, np.ndarray]
-
-
-def tracing_adapter_class() -> type:
-    """Detectron2's ``TracingAdapter``, importable without Caffe2 (see module docstring)."""
-    try:
-        from detectron2.export import TracingAdapter
-        return TracingAdapter
-    except ImportError as e:
-        if "caffe2" not in str(e):
-            raise
-    package = types.ModuleType("detectron2.export")
-    package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
-    sys.modules["detectron2.export"] = package
-    logger.info("detectron2.export needs caffe2; importing detectron2.export.flatten alone")
-    return importlib.import_module("detectron2.export.flatten").TracingAdapter
 
 
 def _prepare_on_device(predictor: LumbarPredictor, image: np.ndarray) -> Dict:
@@ -348,4 +331,4 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
 
 
 __all__ = ["export_model", "compare_exported", "trace", "save_torchscript", "load_exported",
-           "exported_instances", "export_onnx", "sample_image", "tracing_adapter_class"]
+           "exported_instances", "export_onnx", "sample_image"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -57,6 +56,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..data.imageio import to_model_input
 from ..data.mapper import build_augmentations
 from ..engine.trainer import check_weights
+from ..evaluation.metrics import check_spacing
 from ..measure import (FLAG_SEP, MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS,
                        image_summary, measure_image, qc_flags)
 from ..utils.errors import LumbarError
@@ -222,14 +222,12 @@ def resolve_spacing(override: Optional[Spacing], loaded: Optional[Spacing],
 
 
 def _check_spacing(value: Sequence[float], where: str) -> Spacing:
-    """Validate a (row_mm, col_mm) pair; one-line LumbarError naming ``where``."""
+    """:func:`metrics.check_spacing` with a one-line LumbarError naming ``where``."""
     try:
-        row_mm, col_mm = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise LumbarError(f"{where} = {value!r}: give two numbers ROW_MM COL_MM") from None
-    if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-        raise LumbarError(f"{where} = {value!r}: pixel sizes must be positive mm values")
-    return row_mm, col_mm
+        return check_spacing(value)
+    except ValueError as e:
+        raise LumbarError(f"{where} = {value!r}: {e}; give two positive mm values ROW COL"
+                          ) from None
 
 
 @dataclass
