@@ -23,7 +23,8 @@ from detectron2.utils.logger import setup_logger
 from .data.convert import convert_sudirman, summary_table
 from .data.imageio import read_array, to_model_input
 from .data.phantom import write_sudirman_phantom
-from .engine import Trainer, load_config, prepare_config
+from .engine import build_trainer, load_config, prepare_config
+from .inference.predictor import LumbarPredictor
 from .inference.visualize import draw_overlay
 from .utils.errors import LumbarError
 from .utils.io import atomic_path, write_json
@@ -45,12 +46,11 @@ def run_demo(output: Path, n_patients: int = 12, test_patients: int = 3, seed: i
                                          "OUTPUT_DIR", str(output), *(opts or [])])
     prepare_config(cfg, source=str(config_file))
     cfg.freeze()
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer = build_trainer(cfg)
     results = trainer.train()
     metrics = _metrics(cfg, results, time.time() - start)
     write_json(output / "metrics.json", metrics)
-    _write_overlay(trainer.model, cfg, output / "overlay.png")
+    _write_overlay(cfg, output / "overlay.png")
     return metrics
 
 
@@ -66,18 +66,20 @@ def _metrics(cfg, results: dict, seconds: float) -> dict:
             "note": "pixel Dice and P/R are fractions; AP is COCO 0-100; test patients only"}
 
 
-@torch.inference_mode()
-def _write_overlay(model: torch.nn.Module, cfg, path: Path, n: int = 3) -> None:
-    """Side-by-side ground truth (left) and prediction (right) for the first n test slices."""
+def _write_overlay(cfg, path: Path, n: int = 3) -> None:
+    """Ground truth (left) beside the prediction (right) for the first n test slices."""
     import pycocotools.mask as mask_util
 
-    model.eval()
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
+    predictor = LumbarPredictor(cfg)
     rows = []
     for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:n]:
-        image = to_model_input(read_array(d["file_name"]))
-        inst = model([{"image": torch.as_tensor(image.transpose(2, 0, 1).copy()),
-                       "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
-        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH].to("cpu")
+        raw = read_array(d["file_name"])
+        inst = predictor(raw)
+        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH]
+        image = to_model_input(raw)
         gt = [mask_util.decode(a["segmentation"]) > 0 for a in d["annotations"]]
         rows.append(np.hstack([draw_overlay(image, gt, ["gt"] * len(gt)),
                                draw_overlay(image, list(inst.pred_masks.numpy()),

@@ -16,7 +16,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from lumbar_d2.engine import Trainer, load_config, prepare_config
+from lumbar_d2.engine import Trainer, build_trainer, load_config, prepare_config
 from lumbar_d2.utils import LumbarError
 
 
@@ -40,9 +40,7 @@ def main(args):
         if cfg.TEST.EXPECTED_RESULTS:
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return build_trainer(cfg, resume=args.resume).train()
 
 
 def cli(argv=None):

@@ -1,0 +1,751 @@
+"""Accuracy in the reference study's terms and speed against torchvision's Mask R-CNN, in one run.
+
+:func:`run_benchmark` trains our Detectron2 model and the peer, torchvision's
+``maskrcnn_resnet50_fpn``, for the same number of iterations in the same process, then scores
+and times both on the same test slices. Writes ``benchmark.json``, ``benchmark.md`` and (with
+scaling) ``benchmark.png``; see :mod:`lumbar_d2.benchmark_report` for the file contents.
+
+What is kept equal, so that the ratio ours/peer measures the models and not the harness:
+
+* data: one loader builder (``Trainer.build_train_loader``: our :class:`LumbarDatasetMapper`,
+  its augmentations, resize and crop) seeded identically before each run, so both models see
+  the same batches. Detectron2 ``Instances`` become torchvision targets with
+  :func:`instances_to_target`; images are fed as ``uint8 / 255`` floats, as torchvision's
+  ImageNet normalisation expects. The peer is built with ``_skip_resize=True`` (torchvision's
+  own switch, used by its reference scripts for external resize augmentations), so in
+  training it takes the mapper's resolution instead of resizing again.
+* test resolution: the peer's ``min_size``/``max_size`` are our ``INPUT.MIN_SIZE_TEST`` /
+  ``MAX_SIZE_TEST``; its library-default 800 px is timed separately (what a torchvision user
+  gets without tuning).
+* optimisation: ``Trainer.build_optimizer`` and ``Trainer.build_lr_scheduler`` for both (SGD,
+  same lr, momentum, weight decay, warm-up and steps), same batch size, same iterations, one
+  shared step function (AMP for both when ``SOLVER.AMP.ENABLED`` on CUDA).
+* timing: a training iteration is data fetch + forward + backward + optimizer step (median
+  after warm-up). Inference is batch 1 under ``torch.inference_mode``, from the raw slice
+  (normalisation, resize, forward, mask pasting at the original size) to CPU results, after
+  untimed warm-up calls; ours is the product path :class:`LumbarPredictor`.
+
+What is *not* equal, on purpose: each model keeps its library's defaults. The peer without
+pretrained weights uses trainable ``nn.BatchNorm2d`` (torchvision picks
+``FrozenBatchNorm2d`` only when ``weights`` or ``weights_backbone`` is given) with all five
+backbone stages trainable, 2000/1000 RPN proposals (train/test), 512 sampled RoIs per image
+and up to 100 detections; ours uses what the config says (GN, 500/300, 128, 20 for the
+scratch configs). ``setup`` in the JSON lists these side by side.
+
+Accuracy: a trained ``MODEL.WEIGHTS`` given on the command line (different from the config
+file's own value) is scored as "ours (checkpoint)" beside the paper; the equal-budget pair
+"ours" / "peer" is trained here from the config file's initialisation and from random
+weights. Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
++ :func:`lumbar_d2.evaluation.metrics.summarize` (instance P/R at mask IoU
+``LUMBAR.MATCH_IOU``, pixel Dice, on predictions with score >= ``LUMBAR.SCORE_THRESH``) and
+:func:`lumbar_d2.evaluation.offline.coco_ap` (all predictions).
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .data.convert import convert_sudirman
+from .data.imageio import read_array, to_model_input
+from .data.mapper import build_augmentations
+from .data.phantom import write_sudirman_phantom
+from .data.register import register_dataset, unregister
+from .engine.trainer import Trainer, load_config, prepare_config
+from .evaluation import metrics, offline, report
+from .inference.predictor import LumbarPredictor, make_output_dir
+from .utils.errors import LumbarError
+
+logger = logging.getLogger(__name__)
+
+Batch = List[dict]
+LossFn = Callable[[torch.nn.Module, Batch], Dict[str, torch.Tensor]]
+Predict = Callable[[np.ndarray], Instances]
+TRAIN_WARMUP = 3  # iterations left out of the median (allocator, worker start-up, caches)
+SPEED_KEYS = ("train_s_per_iter", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
+              "peak_rss_mb_train", "peak_rss_mb_infer", "cuda_max_mem_mb_train",
+              "cuda_max_mem_mb_infer")
+PEER_INIT = "random (weights=None, weights_backbone=None)"
+_CLEAR_REFS = "/proc/self/clear_refs"
+_RSS_RESETTABLE = os.access(_CLEAR_REFS, os.W_OK)
+
+
+@dataclass
+class BenchmarkOptions:
+    """What to run. The defaults keep a 1-thread CPU run on SPIDER under an hour.
+
+    Args:
+        train_iters: training iterations per model (the first few are warm-up).
+        infer_images: test slices scored and timed (0: the whole test split).
+        infer_warmup: untimed inference calls before timing.
+        skip_scaling: skip latency-vs-size and dataset-size scaling.
+        threads: torch intra-op threads (None: leave as set, e.g. by OMP_NUM_THREADS).
+        channels_last: run inference of both models with channels-last weights.
+        scaling_sizes: short sides (px) of the resized test slice for latency-vs-size.
+        scaling_repeats: timed calls per size.
+        scaling_patients: phantom patients at 1x; the dataset scaling uses multiples of it.
+        scaling_factors: dataset size multiples.
+        scaling_iters: training iterations per dataset size.
+        peer_default_size: (min_size, max_size) of torchvision's defaults.
+    """
+
+    train_iters: int = 20
+    infer_images: int = 20
+    infer_warmup: int = 2
+    skip_scaling: bool = False
+    threads: Optional[int] = None
+    channels_last: bool = False
+    scaling_sizes: Tuple[int, ...] = (256, 320, 512, 640)
+    scaling_repeats: int = 3
+    scaling_patients: int = 4
+    scaling_factors: Tuple[int, ...] = (1, 2, 4)
+    scaling_iters: int = 5
+    peer_default_size: Tuple[int, int] = (800, 1333)
+
+    def check(self) -> None:
+        """Refuse settings that would give no measurement (one-line LumbarError)."""
+        if self.train_iters < 2:
+            raise LumbarError(f"--train-iters {self.train_iters}: need >= 2 (1 warm-up + 1 "
+                              "timed)")
+        if self.infer_images < 0 or self.infer_warmup < 0:
+            raise LumbarError("--infer-images and the warm-up count must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise LumbarError(f"--threads {self.threads}: must be >= 1")
+        if min(self.scaling_sizes, default=1) < 32 or self.scaling_iters < 2:
+            raise LumbarError("scaling sizes must be >= 32 px and scaling iterations >= 2")
+
+
+@dataclass
+class Setup:
+    """Prepared configs and data of one benchmark.
+
+    Attributes:
+        cfg: evaluation config (``MODEL.WEIGHTS`` = checkpoint if one was given).
+        train_cfg: training config (``MODEL.WEIGHTS`` = the config file's initialisation,
+            ``SOLVER.MAX_ITER`` = ``train_iters``).
+        checkpoint: the trained ``MODEL.WEIGHTS`` given on the command line, or None.
+        test_dicts: the test slices used (first ``infer_images`` of ``DATASETS.TEST[0]``).
+        gt: COCO ground truth restricted to ``test_dicts``.
+        spacing: (row, col) pixel spacing for HD95 (1, 1 = pixels).
+    """
+
+    cfg: CfgNode
+    train_cfg: CfgNode
+    checkpoint: Optional[str]
+    test_dicts: List[dict]
+    gt: dict
+    spacing: Tuple[float, float]
+    classes: List[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        """The device both models run on (``MODEL.DEVICE`` after the CUDA fallback)."""
+        return torch.device(self.cfg.MODEL.DEVICE)
+
+
+# ----------------------------------------------------------------------------- set-up
+def prepare(config_file: str, opts: Sequence[str], options: BenchmarkOptions) -> Setup:
+    """Load and check the config, register data, pick the test slices.
+
+    The checkpoint is told apart from the initialisation by comparing ``MODEL.WEIGHTS``
+    with the config file's own value: a command-line override is a trained model to score,
+    and the equal-budget training starts from what the file says (e.g. "" = from scratch).
+
+    Raises:
+        LumbarError: bad config, unregistered dataset, unloadable weights, no test images.
+    """
+    cfg = prepare_config(load_config(config_file, opts), source=config_file)
+    init = load_config(config_file).MODEL.WEIGHTS
+    if not cfg.DATASETS.TRAIN or not cfg.DATASETS.TEST:
+        raise LumbarError(f"{config_file}: DATASETS.TRAIN and DATASETS.TEST must name "
+                          "registered datasets (train split for training, test for scoring)")
+    checkpoint = cfg.MODEL.WEIGHTS if cfg.MODEL.WEIGHTS not in ("", init) else None
+    train_cfg = cfg.clone()
+    train_cfg.MODEL.WEIGHTS = init
+    train_cfg.SOLVER.MAX_ITER = options.train_iters
+    test_name = cfg.DATASETS.TEST[0]
+    dicts = DatasetCatalog.get(test_name)
+    dicts = dicts[:options.infer_images] if options.infer_images else dicts
+    if not dicts:
+        raise LumbarError(f"{test_name}: the test split has no images; convert it with a "
+                          "test split (--test)")
+    json_file = MetadataCatalog.get(test_name).json_file
+    gt = subset_ground_truth(offline.load_ground_truth(json_file), [d["image_id"] for d in dicts])
+    spacing, _ = offline.resolve_spacing(gt, json_file, None)
+    return Setup(cfg, train_cfg, checkpoint, dicts, gt, spacing,
+                 list(MetadataCatalog.get(test_name).thing_classes))
+
+
+def subset_ground_truth(gt: dict, image_ids: Sequence[int]) -> dict:
+    """``gt`` with only the given images and their annotations (COCO AP per used slice)."""
+    keep = set(image_ids)
+    return {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+            "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+
+
+# ----------------------------------------------------------------------- the two models
+def build_ours(cfg: CfgNode) -> torch.nn.Module:
+    """Our model from the config (``Trainer.build_model``), ``MODEL.WEIGHTS`` loaded."""
+    seed_all_rng(cfg.SEED)
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # "" = keep the random init
+    return model
+
+
+def build_peer(cfg: CfgNode, num_classes: int) -> MaskRCNN:
+    """torchvision's Mask R-CNN R50-FPN with library defaults and our test resolution.
+
+    Args:
+        cfg: gives the test resolution and the seed.
+        num_classes: foreground classes (torchvision adds background as label 0).
+    """
+    seed_all_rng(cfg.SEED)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                  num_classes=1 + num_classes, min_size=cfg.INPUT.MIN_SIZE_TEST,
+                                  max_size=cfg.INPUT.MAX_SIZE_TEST, _skip_resize=True)
+    return model.to(cfg.MODEL.DEVICE)
+
+
+def instances_to_target(instances: Instances) -> Dict[str, torch.Tensor]:
+    """Detectron2 ground-truth ``Instances`` -> a torchvision Mask R-CNN target.
+
+    Boxes stay XYXY in pixels (float32); labels shift by one because torchvision reserves 0
+    for background; masks become uint8 NxHxW (polygons are rasterised). Boxes without area
+    are dropped, since torchvision refuses degenerate boxes in training.
+    """
+    height, width = instances.image_size
+    masks = instances.gt_masks
+    if isinstance(masks, PolygonMasks):
+        masks = BitMasks.from_polygon_masks(masks, height, width)
+    boxes = instances.gt_boxes.tensor.float()
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {"boxes": boxes[keep], "labels": instances.gt_classes[keep].long() + 1,
+            "masks": masks.tensor[keep].to(torch.uint8)}
+
+
+def to_torchvision_batch(batch: Batch, device: torch.device
+                         ) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
+    """Mapper output -> (float images in [0, 1], targets) on ``device``.
+
+    The channels stay in their stored order, as our model receives them: for grey slices
+    all three are equal, and a model trained from scratch has no channel convention.
+    """
+    images = [d["image"].to(device).float().div_(255.0) for d in batch]
+    targets = [{k: v.to(device) for k, v in instances_to_target(d["instances"]).items()}
+               for d in batch]
+    return images, targets
+
+
+def ours_losses(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Loss dict of our model (Detectron2 takes the mapper's dicts as they are)."""
+    return model(batch)
+
+
+def peer_losses(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Loss dict of the peer on the same batch, converted to torchvision's format."""
+    device = next(model.parameters()).device
+    return model(*to_torchvision_batch(batch, device))
+
+
+# -------------------------------------------------------------------------- measuring
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux ``clear_refs`` 5); False if unsupported.
+
+    ``getrusage`` reports the process-lifetime peak otherwise, and with both models in one
+    process the second phase would inherit the first one's peak.
+    """
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float:
+    """Peak resident memory of this process (``getrusage``; KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
+
+    Otherwise memory freed by an earlier phase (the other model) stays resident, and the
+    next phase's peak starts from it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@contextmanager
+def peak_memory(phase: str, device: torch.device) -> Iterator[dict]:
+    """Yield a dict filled on exit with ``peak_rss_mb_<phase>`` and ``cuda_max_mem_mb_<phase>``.
+
+    RSS covers this process only (DataLoader workers are separate processes) and includes
+    what was resident at the start (``rss_mb_start_<phase>``: libraries, test slices); CUDA
+    memory is ``max_memory_allocated`` (None on CPU).
+    """
+    _release_free_memory()
+    _reset_rss_peak()
+    out: dict = {f"rss_mb_start_{phase}": _rss_peak_mb()}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield out
+    finally:
+        out[f"peak_rss_mb_{phase}"] = _rss_peak_mb()
+        out[f"cuda_max_mem_mb_{phase}"] = (torch.cuda.max_memory_allocated(device) / 2**20
+                                           if cuda else None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_step(model: torch.nn.Module, loss_fn: LossFn, batch: Batch,
+                optimizer: torch.optim.Optimizer,
+                scaler: Optional[torch.amp.GradScaler]) -> float:
+    """One SGD step shared by both models (as Detectron2's Simple/AMPTrainer); the loss."""
+    with torch.autocast("cuda", enabled=scaler is not None):
+        losses = sum(loss_fn(model, batch).values())
+    optimizer.zero_grad()
+    if scaler is None:
+        losses.backward()
+        optimizer.step()
+    else:
+        scaler.scale(losses).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return float(losses.detach())
+
+
+def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: int,
+                desc: str) -> dict:
+    """Train ``iters`` iterations with the config's optimizer, schedule and loader; time them.
+
+    The loader is built and started right after seeding, so both models get the same
+    sampler order and the same augmentation draws.
+
+    Returns:
+        ``train_s_per_iter`` (median after :data:`TRAIN_WARMUP`), ``train_times_s``,
+        ``train_loss_last`` and the peak memory of the phase.
+    """
+    device = next(model.parameters()).device
+    optimizer = Trainer.build_optimizer(cfg, model)
+    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
+    amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    seed_all_rng(cfg.SEED)
+    batches = iter(Trainer.build_train_loader(cfg))
+    model.train()
+    times, loss = [], float("nan")
+    # Detectron2's heads log to an EventStorage (as inside its trainers); unused by the peer.
+    with peak_memory("train", device) as memory, logging_redirect_tqdm(), \
+            EventStorage(0) as storage:
+        for _ in tqdm(range(iters), desc=desc, unit="it"):
+            start = time.perf_counter()
+            loss = _train_step(model, loss_fn, next(batches), optimizer, scaler)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            scheduler.step()
+            storage.step()
+    del batches  # stops the loader's worker processes
+    if not np.isfinite(loss):
+        logger.warning("%s: non-finite training loss %s", desc, loss)
+    warm = min(TRAIN_WARMUP, iters // 2)
+    return {"train_s_per_iter": statistics.median(times[warm:]), "train_times_s": times,
+            "train_warmup_iters": warm, "train_loss_last": loss, **memory}
+
+
+def latency_stats(seconds: Sequence[float]) -> dict:
+    """p50/p95/mean latency in ms and sequential throughput (images/s) at batch 1."""
+    ms = np.asarray(seconds, dtype=float) * 1000.0
+    return {"latency_ms_p50": float(np.percentile(ms, 50)),
+            "latency_ms_p95": float(np.percentile(ms, 95)), "latency_ms_mean": float(ms.mean()),
+            "infer_images_per_s": 1000.0 / float(ms.mean()), "n_timed": int(ms.size)}
+
+
+def predict_timed(predict: Predict, images: Sequence[np.ndarray], warmup: int, desc: str,
+                  device: torch.device) -> Tuple[List[Instances], dict]:
+    """Predict each slice at batch 1 after ``warmup`` untimed calls; outputs and timings.
+
+    Returns:
+        (CPU ``Instances`` per slice, :func:`latency_stats` + ``detections_per_image`` + peak
+        memory). Detection counts matter: the mask head and pasting cost grow with them.
+    """
+    outputs, times = [], []
+    with peak_memory("infer", device) as memory, logging_redirect_tqdm():
+        for _ in range(warmup):
+            predict(images[0])
+        for image in tqdm(images, desc=desc, unit="img"):
+            start = time.perf_counter()
+            outputs.append(predict(image))  # CPU results: the copy synchronises CUDA
+            times.append(time.perf_counter() - start)
+    n_det = float(np.mean([len(o) for o in outputs]))
+    return outputs, {**latency_stats(times), "detections_per_image": n_det, **memory}
+
+
+def peer_predictor(peer: MaskRCNN, normalize: bool) -> Predict:
+    """The peer's equivalent of :class:`LumbarPredictor`: raw slice -> CPU ``Instances``.
+
+    Same normalisation (:func:`to_model_input`); torchvision resizes to its ``min_size`` and
+    pastes masks at the original size; masks are thresholded at 0.5 as Detectron2 does.
+    """
+    device = next(peer.parameters()).device
+    peer.eval()
+
+    def predict(image: np.ndarray) -> Instances:
+        arr = to_model_input(image, normalize=normalize)
+        tensor = torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        with torch.inference_mode():
+            out = peer([tensor.to(device).float().div_(255.0)])[0]
+        inst = Instances(tuple(image.shape[:2]))
+        inst.pred_boxes = Boxes(out["boxes"].cpu())
+        inst.scores = out["scores"].cpu()
+        inst.pred_classes = out["labels"].cpu() - 1
+        inst.pred_masks = (out["masks"][:, 0] > 0.5).cpu()
+        return inst
+    return predict
+
+
+@contextmanager
+def peer_test_size(peer: MaskRCNN, min_size: int, max_size: int) -> Iterator[MaskRCNN]:
+    """Temporarily run the peer at another test resolution (e.g. its 800 px default)."""
+    transform = peer.transform
+    saved = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (min_size,), max_size
+    try:
+        yield peer
+    finally:
+        transform.min_size, transform.max_size = saved
+
+
+def use_channels_last(model: torch.nn.Module, enabled: bool) -> None:
+    """Convert conv weights to channels-last memory format (NHWC kernels) when enabled."""
+    if enabled:
+        model.to(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- accuracy
+def coco_results(instances: Instances, image_id: int, contiguous_to_id: Dict[int, int]
+                 ) -> List[dict]:
+    """COCO result dicts (RLE masks) with dataset category ids, as ``predictions.json``."""
+    return [{**r, "category_id": contiguous_to_id[r["category_id"]]}
+            for r in instances_to_coco_json(instances, image_id)]
+
+
+def accuracy(setup: Setup, outputs: Sequence[Instances]) -> dict:
+    """The project's metrics of one model's predictions on the test slices.
+
+    Returns:
+        :func:`metrics.summarize` of the per-image records plus ``coco`` (segm/bbox AP,
+        0-100). Instance P/R and Dice use predictions with score >= ``LUMBAR.SCORE_THRESH``;
+        COCO AP ranks all of them.
+    """
+    meta = MetadataCatalog.get(setup.cfg.DATASETS.TEST[0])
+    to_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+    results = [r for d, inst in zip(setup.test_dicts, outputs)
+               for r in coco_results(inst, d["image_id"], to_id)]
+    lumbar = setup.cfg.LUMBAR
+    records = offline.per_image_records(setup.gt, results, lumbar.SCORE_THRESH,
+                                        lumbar.MATCH_IOU, setup.spacing)
+    summary = metrics.summarize(records, n_boot=lumbar.BOOTSTRAP, seed=offline.BOOTSTRAP_SEED)
+    coco, _ = offline.coco_ap(setup.gt, results)
+    return {**summary, "coco": coco}
+
+
+# ------------------------------------------------------------------------------ phases
+def _evaluate(predict: Predict, setup: Setup, images: Sequence[np.ndarray],
+              options: BenchmarkOptions, desc: str) -> Tuple[dict, dict]:
+    """(accuracy, inference speed) of one predictor on the test slices."""
+    outputs, speed = predict_timed(predict, images, options.infer_warmup, desc, setup.device)
+    return accuracy(setup, outputs), speed
+
+
+def _ours_predictor(cfg: CfgNode, weights: str, options: BenchmarkOptions) -> LumbarPredictor:
+    """:class:`LumbarPredictor` on ``weights`` (the product inference path)."""
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = weights
+    predictor = LumbarPredictor(cfg)
+    use_channels_last(predictor.model, options.channels_last)
+    return predictor
+
+
+def run_peer(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptions) -> dict:
+    """Train, score and time the peer; also time it at torchvision's default resolution."""
+    peer = build_peer(setup.train_cfg, len(setup.classes))
+    setup_rows = peer_setup(peer)
+    speed = train_timed(peer, peer_losses, setup.train_cfg, options.train_iters, "train peer")
+    use_channels_last(peer, options.channels_last)
+    predict = peer_predictor(peer, setup.cfg.INPUT.NORMALIZE)
+    acc, infer = _evaluate(predict, setup, images, options, "infer peer")
+    with peer_test_size(peer, *options.peer_default_size):
+        _, default_res = predict_timed(predict, images, options.infer_warmup,
+                                       "infer peer @default", setup.device)
+    min_size, max_size = options.peer_default_size
+    default_res.update(min_size=min_size, max_size=max_size)
+    return {"accuracy": acc, "speed": {**speed, **infer}, "default_res": default_res,
+            "setup": setup_rows}
+
+
+def run_ours(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptions,
+             workdir: Path) -> Tuple[dict, LumbarPredictor]:
+    """Train, score and time ours (equal budget), then the checkpoint if one was given.
+
+    Returns:
+        (results, the last predictor built, reused for latency-vs-size).
+    """
+    model = build_ours(setup.train_cfg)
+    speed = train_timed(model, ours_losses, setup.train_cfg, options.train_iters, "train ours")
+    DetectionCheckpointer(model, save_dir=str(workdir)).save("ours_run")
+    del model
+    predictor = _ours_predictor(setup.cfg, str(workdir / "ours_run.pth"), options)
+    acc, infer = _evaluate(predictor, setup, images, options, "infer ours")
+    out = {"accuracy": acc, "speed": {**speed, **infer}}
+    if setup.checkpoint:
+        del predictor
+        predictor = _ours_predictor(setup.cfg, setup.checkpoint, options)
+        out["checkpoint_accuracy"], out["checkpoint_speed"] = _evaluate(
+            predictor, setup, images, options, "infer ours (checkpoint)")
+    return out, predictor
+
+
+def ours_setup(cfg: CfgNode) -> Dict[str, str]:
+    """Settings that differ between the libraries, as our config sets them."""
+    m = cfg.MODEL
+    return {"init": cfg.MODEL.WEIGHTS or "random (config: MODEL.WEIGHTS '')",
+            "norm (backbone / FPN)": f"{m.RESNETS.NORM or 'none'} / {m.FPN.NORM or 'none'}",
+            "RPN proposals train / test":
+                f"{m.RPN.POST_NMS_TOPK_TRAIN} / {m.RPN.POST_NMS_TOPK_TEST}",
+            "RoIs sampled per image": str(m.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
+            "max detections per image": str(cfg.TEST.DETECTIONS_PER_IMAGE),
+            "anchor sizes / ratios": f"{[s[0] for s in m.ANCHOR_GENERATOR.SIZES]} / "
+                                     f"{list(m.ANCHOR_GENERATOR.ASPECT_RATIOS[0])}",
+            "test resize (min / max)": f"{cfg.INPUT.MIN_SIZE_TEST} / {cfg.INPUT.MAX_SIZE_TEST}"}
+
+
+def peer_setup(peer: MaskRCNN) -> Dict[str, str]:
+    """The same settings read from the torchvision model object itself."""
+    rpn, heads, anchors = peer.rpn, peer.roi_heads, peer.rpn.anchor_generator
+    norm = type(peer.backbone.body.bn1).__name__
+    return {"init": PEER_INIT, "norm (backbone / FPN)": f"{norm} (trainable) / none",
+            "RPN proposals train / test":
+                f"{rpn._post_nms_top_n['training']} / {rpn._post_nms_top_n['testing']}",
+            "RoIs sampled per image": str(heads.fg_bg_sampler.batch_size_per_image),
+            "max detections per image": str(heads.detections_per_img),
+            "anchor sizes / ratios": f"{[s[0] for s in anchors.sizes]} / "
+                                     f"{list(anchors.aspect_ratios[0])}",
+            "test resize (min / max)": f"{peer.transform.min_size[-1]} / "
+                                       f"{peer.transform.max_size}"}
+
+
+# ----------------------------------------------------------------------------- scaling
+def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` scaled so its short side is ``size`` px (aspect ratio kept)."""
+    scale = size / min(image.shape[:2])
+    wh = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, wh, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def latency_vs_size(predictor: LumbarPredictor, image: np.ndarray, sizes: Sequence[int],
+                    repeats: int, device: torch.device) -> List[dict]:
+    """Our latency with the network run at each size (slice resized, test resize = size).
+
+    The predictor's test resize is set to the slice's own size for each run, so the network
+    really runs at ``size`` instead of being resized back to ``INPUT.MIN_SIZE_TEST``.
+    """
+    rows, saved = [], predictor.augmentations
+    try:
+        for size in tqdm(sizes, desc="latency vs size", unit="size"):
+            resized = resize_short_side(image, size)
+            cfg = predictor.cfg.clone()
+            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = size, max(resized.shape[:2])
+            predictor.augmentations = T.AugmentationList(build_augmentations(cfg, False))
+            _, stats = predict_timed(predictor, [resized] * repeats, 1, f"{size} px", device)
+            rows.append({"size": size, "height": resized.shape[0], "width": resized.shape[1],
+                         **{k: stats[k] for k in ("latency_ms_p50", "latency_ms_mean")}})
+    finally:
+        predictor.augmentations = saved
+    return rows
+
+
+def _phantom_dataset(root: Path, name: str, n_patients: int) -> Tuple[List[str], float]:
+    """Write and convert an all-train phantom; (registered names, conversion seconds)."""
+    source = write_sudirman_phantom(root / "sudirman", n_patients=n_patients)
+    folder = root / "datasets" / name
+    start = time.perf_counter()
+    convert_sudirman(source, folder, val=0, test=0)
+    seconds = time.perf_counter() - start
+    return register_dataset(name, folder), seconds
+
+
+def dataset_scaling(train_cfg: CfgNode, options: BenchmarkOptions, workdir: Path
+                    ) -> List[dict]:
+    """Conversion time and our training s/iter for 1x, 2x, 4x... phantom patients.
+
+    Conversion should grow linearly with the data; s/iter should not grow at all (a
+    per-iteration cost that grows with the dataset would be a loader bug).
+    """
+    rows = []
+    for factor in options.scaling_factors:
+        n_patients = options.scaling_patients * factor
+        names, convert_s = _phantom_dataset(workdir / f"scale{factor}x", f"benchscale{factor}x",
+                                            n_patients)
+        try:
+            cfg = train_cfg.clone()
+            cfg.DATASETS.TRAIN = tuple(n for n in names if n.endswith("_train"))
+            n_images = sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN)
+            stats = train_timed(build_ours(cfg), ours_losses, cfg, options.scaling_iters,
+                                f"train {factor}x data")
+        finally:
+            unregister(names)
+        rows.append({"factor": factor, "patients": n_patients, "images": n_images,
+                     "convert_s": convert_s, "train_s_per_iter": stats["train_s_per_iter"]})
+    return rows
+
+
+# -------------------------------------------------------------------------- top level
+def speed_ratios(ours: dict, peer: dict, keys: Sequence[str] = SPEED_KEYS) -> Dict[str, object]:
+    """ours / peer for each key both have as a finite number with a non-zero peer value."""
+    out: Dict[str, object] = {}
+    for k in keys:
+        a, b = ours.get(k), peer.get(k)
+        ok = all(isinstance(v, (int, float)) and np.isfinite(v) for v in (a, b)) and b != 0
+        out[k] = a / b if ok else None
+    return out
+
+
+def machine_info(device: torch.device) -> dict:
+    """Where and with what the numbers were measured."""
+    import detectron2
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "detectron2": detectron2.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def _meta(setup: Setup, config_file: str, opts: Sequence[str], options: BenchmarkOptions
+          ) -> dict:
+    cfg = setup.cfg
+    train_images = sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN)
+    return {**machine_info(setup.device), "device": str(setup.device),
+            "threads": torch.get_num_threads(), "dataloader_workers": cfg.DATALOADER.NUM_WORKERS,
+            "rss_peak": "per phase" if _RSS_RESETTABLE else "process high-water mark",
+            "config_file": config_file, "opts": list(opts), "checkpoint": setup.checkpoint,
+            "train_datasets": list(cfg.DATASETS.TRAIN), "train_images": train_images,
+            "test_dataset": cfg.DATASETS.TEST[0], "test_split": "test",
+            "test_images_used": len(setup.test_dicts),
+            "test_images_total": len(DatasetCatalog.get(cfg.DATASETS.TEST[0])),
+            "classes": setup.classes, "batch_size": cfg.SOLVER.IMS_PER_BATCH,
+            "solver": {"base_lr": cfg.SOLVER.BASE_LR, "momentum": cfg.SOLVER.MOMENTUM,
+                       "weight_decay": cfg.SOLVER.WEIGHT_DECAY,
+                       "warmup_iters": cfg.SOLVER.WARMUP_ITERS, "amp": cfg.SOLVER.AMP.ENABLED},
+            "train_resize": {"min_size": list(cfg.INPUT.MIN_SIZE_TRAIN),
+                             "max_size": cfg.INPUT.MAX_SIZE_TRAIN,
+                             "crop": list(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED
+                             else None},
+            "score_thresh": cfg.LUMBAR.SCORE_THRESH, "match_iou": cfg.LUMBAR.MATCH_IOU,
+            "options": asdict(options)}
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+
+
+def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
+                  options: Optional[BenchmarkOptions] = None) -> dict:
+    """Run the whole benchmark and write ``benchmark.json``, ``.md`` and ``.png``.
+
+    Args:
+        config_file: our config (datasets, resolution, solver).
+        opts: config overrides; a ``MODEL.WEIGHTS`` here is the trained checkpoint to score.
+        output_dir: receives the three files (created).
+        options: what to run (:class:`BenchmarkOptions` defaults when None).
+
+    Returns:
+        The result dict written to ``benchmark.json`` (NaN kept as float NaN).
+
+    Raises:
+        LumbarError: bad config, options, data or output folder.
+    """
+    from .benchmark_report import write_outputs
+
+    options = options or BenchmarkOptions()
+    options.check()
+    out_dir = make_output_dir(output_dir)
+    _set_threads(options.threads)
+    setup = prepare(config_file, opts, options)
+    images = [read_array(d["file_name"]) for d in setup.test_dicts]
+    with tempfile.TemporaryDirectory(prefix="lumbar_bench_") as tmp:
+        peer = run_peer(setup, images, options)
+        ours, predictor = run_ours(setup, images, options, Path(tmp))
+        scaling = None if options.skip_scaling else {
+            "latency_vs_size": latency_vs_size(predictor, images[0], options.scaling_sizes,
+                                               options.scaling_repeats, setup.device),
+            "dataset_size": dataset_scaling(setup.train_cfg, options, Path(tmp))}
+    result = {
+        "meta": _meta(setup, config_file, opts, options),
+        "setup": {"ours": ours_setup(setup.train_cfg), "peer": peer["setup"]},
+        "accuracy": {"ours": ours["accuracy"], "peer": peer["accuracy"],
+                     "ours_checkpoint": ours.get("checkpoint_accuracy"),
+                     "paper": dict(report.PAPER, note=report.PAPER_NOTE)},
+        "speed": {"ours": ours["speed"], "peer": peer["speed"],
+                  "ours_checkpoint": ours.get("checkpoint_speed"),
+                  "peer_default_res": peer["default_res"],
+                  "ratio": speed_ratios(ours["speed"], peer["speed"])},
+        "scaling": scaling,
+    }
+    write_outputs(result, out_dir)  # adds result["files"]
+    return result
+
+
+__all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "prepare", "instances_to_target",
+           "to_torchvision_batch", "build_ours", "build_peer", "train_timed", "predict_timed",
+           "peer_predictor", "accuracy", "latency_stats", "speed_ratios", "latency_vs_size",
+           "dataset_scaling", "resize_short_side", "subset_ground_truth"]

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Benchmark our Mask R-CNN against torchvision's: accuracy in the reference study's terms
+(instance P/R, pixel Dice, COCO AP, beside the paper) and speed (training s/iter, inference
+latency and images/s, memory), both models trained the same way in one process.
+
+Writes <output>/benchmark.json, benchmark.md and benchmark.png (see lumbar_d2/benchmark.py).
+
+Usage:
+    python tools/benchmark.py --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
+        --output results/benchmark_spider --train-iters 20 --infer-images 20 \
+        MODEL.WEIGHTS output/spider_disc/model_final.pth
+"""
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
+from lumbar_d2.benchmark import BenchmarkOptions, run_benchmark
+from lumbar_d2.utils.errors import LumbarError
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="our model config (configs/*.yaml)")
+    p.add_argument("--output", required=True, help="folder for benchmark.json/.md/.png")
+    p.add_argument("--train-iters", type=int, default=20,
+                   help="training iterations per model, first few are warm-up (default 20)")
+    p.add_argument("--infer-images", type=int, default=20,
+                   help="test slices scored and timed; 0 = the whole test split (default 20)")
+    p.add_argument("--skip-scaling", action="store_true",
+                   help="skip latency-vs-size and dataset-size scaling")
+    p.add_argument("--threads", type=int,
+                   help="torch threads (default: as set, e.g. by OMP_NUM_THREADS)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run inference of both models with channels-last weights")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides; MODEL.WEIGHTS <model_final.pth> = checkpoint to score")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    options = BenchmarkOptions(train_iters=args.train_iters, infer_images=args.infer_images,
+                               skip_scaling=args.skip_scaling, threads=args.threads,
+                               channels_last=args.channels_last)
+    try:
+        result = run_benchmark(args.config_file, args.opts, args.output, options)
+    except LumbarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(open(result["files"]["markdown"]).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
