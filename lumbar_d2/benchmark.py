@@ -91,8 +91,8 @@ LossFn = Callable[[torch.nn.Module, Batch], Dict[str, torch.Tensor]]
 Predict = Callable[[np.ndarray], Instances]
 TRAIN_WARMUP = 3  # iterations left out of the median (allocator, worker start-up, caches)
 SPEED_KEYS = ("train_s_per_iter", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
-              "peak_rss_mb_train", "peak_rss_mb_infer", "cuda_max_mem_mb_train",
-              "cuda_max_mem_mb_infer")
+              "peak_rss_mb_train", "peak_rss_mb_infer", "rss_growth_mb_train",
+              "rss_growth_mb_infer", "cuda_max_mem_mb_train", "cuda_max_mem_mb_infer")
 PEER_INIT = "random (weights=None, weights_backbone=None)"
 _CLEAR_REFS = "/proc/self/clear_refs"
 _RSS_RESETTABLE = os.access(_CLEAR_REFS, os.W_OK)
@@ -327,6 +327,7 @@ def peak_memory(phase: str, device: torch.device) -> Iterator[dict]:
         yield out
     finally:
         out[f"peak_rss_mb_{phase}"] = _rss_peak_mb()
+        out[f"rss_growth_mb_{phase}"] = out[f"peak_rss_mb_{phase}"] - out[f"rss_mb_start_{phase}"]
         out[f"cuda_max_mem_mb_{phase}"] = (torch.cuda.max_memory_allocated(device) / 2**20
                                            if cuda else None)
 

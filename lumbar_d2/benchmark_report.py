@@ -27,6 +27,8 @@ SPEED_ROWS = (("training s/iter (median)", "train_s_per_iter", "{:.3f}"),
               ("detections / image", "detections_per_image", "{:.1f}"),
               ("peak RSS, training (MB)", "peak_rss_mb_train", "{:.0f}"),
               ("peak RSS, inference (MB)", "peak_rss_mb_infer", "{:.0f}"),
+              ("RSS growth, training (MB)", "rss_growth_mb_train", "{:.0f}"),
+              ("RSS growth, inference (MB)", "rss_growth_mb_infer", "{:.0f}"),
               ("CUDA max memory, training (MB)", "cuda_max_mem_mb_train", "{:.0f}"),
               ("CUDA max memory, inference (MB)", "cuda_max_mem_mb_infer", "{:.0f}"))
 
@@ -121,7 +123,8 @@ def speed_section(result: dict) -> List[str]:
     caption = ("ours / peer < 1 means ours is faster or smaller, except images/s (> 1: ours "
                "faster). Inference: batch 1, `torch.inference_mode`, raw slice -> CPU masks at "
                "the original size, after untimed warm-up. Peak RSS: "
-               f"{result['meta']['rss_peak']}, this process only.")
+               f"{result['meta']['rss_peak']}, this process only, including what was resident "
+               "at the phase start (libraries, test slices); growth = peak - start.")
     return ["## Speed", "", caption, ""] + md_table(header, rows) + [""]
 
 

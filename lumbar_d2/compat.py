@@ -11,6 +11,9 @@ Each patch is applied only when needed and recorded in :data:`ACTIVE`, which the
 * Pillow >= 10 removed ``PIL.Image.LINEAR``, which detectron2's ``ResizeTransform`` still
   names: it is aliased to ``BILINEAR`` (the same filter).
 * detectron2 imports ``pkg_resources`` (setuptools < 81); its absence is reported, not patched.
+* detectron2 v0.6 calls APIs that today's PyTorch warns about on every run
+  (``torch.jit.script`` deprecation, ``meshgrid`` indexing, non-writable NumPy arrays):
+  those three messages are silenced so real warnings stay visible.
 * ``detectron2.export`` imports its Caffe2 exporter, and Caffe2 left PyTorch:
   :func:`tracing_adapter_class` then imports ``detectron2.export.flatten`` (TracingAdapter,
   all that TorchScript export needs) without the package ``__init__``.
@@ -23,6 +26,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -86,6 +90,15 @@ def _patch_pillow() -> None:
         ACTIVE.append("PIL.Image.LINEAR -> BILINEAR alias (Pillow >= 10)")
 
 
+_KNOWN_WARNINGS = (r"`torch.jit.script` is deprecated", r"torch.meshgrid: in an upcoming release",
+                   r"The given NumPy array is not writable")
+
+
+def _quiet_known_warnings() -> None:
+    for message in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def pkg_resources_ok() -> bool:
     """detectron2 v0.6 imports pkg_resources, which setuptools >= 81 no longer ships."""
     return importlib.util.find_spec("pkg_resources") is not None
@@ -96,6 +109,7 @@ def apply() -> List[str]:
     if not getattr(apply, "_done", False):
         _patch_compiled_ops()
         _patch_pillow()
+        _quiet_known_warnings()
         apply._done = True
     return list(ACTIVE)
 

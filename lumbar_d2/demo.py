@@ -2,7 +2,8 @@
 
 phantom (Sudirman layout) -> convert to COCO with a patient split -> register -> train Mask
 R-CNN R50-FPN (GN, from scratch, CPU schedule) -> COCO AP + Dice on the test patients ->
-``<output>/metrics.json`` and ``<output>/overlay.png``. Needs no data and no download.
+``<output>/metrics.json`` and ``<output>/overlay.png`` (ground truth left, prediction right;
+Detectron2's own logs and checkpoint go to ``<output>/train``). Needs no data or download.
 """
 from __future__ import annotations
 
@@ -14,22 +15,18 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import cv2
-import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from .data.convert import convert_sudirman, summary_table
-from .data.imageio import read_array, to_model_input
 from .data.phantom import write_sudirman_phantom
 from .engine import build_trainer, load_config, prepare_config
-from .inference.predictor import LumbarPredictor
-from .inference.visualize import draw_overlay
+from .evaluation.results import overlay_figure
 from .utils.errors import LumbarError
-from .utils.io import atomic_path, write_json
+from .utils.io import write_json
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml"
+CONFIG = (Path(__file__).resolve().parents[1] / "configs"
+          / "cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml")
 logger = logging.getLogger("lumbar_d2.demo")
 
 
@@ -43,14 +40,14 @@ def run_demo(output: Path, n_patients: int = 12, test_patients: int = 3, seed: i
                              val=0, test=test_patients, seed=seed)
     logger.info("converted phantom:\n%s", summary_table(cocos))
     cfg = load_config(str(config_file), ["LUMBAR.DATASETS_ROOT", str(output / "datasets"),
-                                         "OUTPUT_DIR", str(output), *(opts or [])])
+                                         "OUTPUT_DIR", str(output / "train"), *(opts or [])])
     prepare_config(cfg, source=str(config_file))
     cfg.freeze()
     trainer = build_trainer(cfg)
     results = trainer.train()
     metrics = _metrics(cfg, results, time.time() - start)
     write_json(output / "metrics.json", metrics)
-    _write_overlay(cfg, output / "overlay.png")
+    overlay_figure(cfg, output / "overlay.png", n=3)
     return metrics
 
 
@@ -64,28 +61,6 @@ def _metrics(cfg, results: dict, seconds: float) -> dict:
             "hd95_mm": dice["HD95"], "segm_AP": segm.get("AP"), "segm_AP50": segm.get("AP50"),
             "bbox_AP": bbox.get("AP"),
             "note": "pixel Dice and P/R are fractions; AP is COCO 0-100; test patients only"}
-
-
-def _write_overlay(cfg, path: Path, n: int = 3) -> None:
-    """Ground truth (left) beside the prediction (right) for the first n test slices."""
-    import pycocotools.mask as mask_util
-
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
-    predictor = LumbarPredictor(cfg)
-    rows = []
-    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:n]:
-        raw = read_array(d["file_name"])
-        inst = predictor(raw)
-        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH]
-        image = to_model_input(raw)
-        gt = [mask_util.decode(a["segmentation"]) > 0 for a in d["annotations"]]
-        rows.append(np.hstack([draw_overlay(image, gt, ["gt"] * len(gt)),
-                               draw_overlay(image, list(inst.pred_masks.numpy()),
-                                            ["disc"] * len(inst), inst.scores.tolist())]))
-    with atomic_path(path) as tmp:
-        cv2.imwrite(str(tmp), np.vstack(rows))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
