@@ -18,12 +18,15 @@ What is kept equal, so that the ratio ours/peer measures the models and not the 
   ``MAX_SIZE_TEST``; its library-default 800 px is timed separately (what a torchvision user
   gets without tuning).
 * optimisation: ``Trainer.build_optimizer`` and ``Trainer.build_lr_scheduler`` for both (SGD,
-  same lr, momentum, weight decay, warm-up and steps), same batch size, same iterations, one
-  shared step function (AMP for both when ``SOLVER.AMP.ENABLED`` on CUDA).
+  same lr, momentum, weight decay, warm-up and steps: the first ``train_iters`` iterations of
+  the configured schedule), same batch size, same iterations, one shared step function (AMP
+  for both when ``SOLVER.AMP.ENABLED`` on CUDA). A model whose loss turns non-finite or grows
+  tenfold stops there, as Detectron2 and torchvision's reference script do, and is flagged.
 * timing: a training iteration is data fetch + forward + backward + optimizer step (median
   after warm-up). Inference is batch 1 under ``torch.inference_mode``, from the raw slice
   (normalisation, resize, forward, mask pasting at the original size) to CPU results, after
-  untimed warm-up calls; ours is the product path :class:`LumbarPredictor`.
+  untimed warm-up calls; ours is the product path :class:`LumbarPredictor`. The test slices
+  are spread evenly over the test split (it is sorted by patient).
 
 What is *not* equal, on purpose: each model keeps its library's defaults. The peer without
 pretrained weights uses trainable ``nn.BatchNorm2d`` (torchvision picks
@@ -45,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import gc
+import itertools
 import logging
 import os
 import platform
@@ -53,8 +57,8 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -90,6 +94,7 @@ Batch = List[dict]
 LossFn = Callable[[torch.nn.Module, Batch], Dict[str, torch.Tensor]]
 Predict = Callable[[np.ndarray], Instances]
 TRAIN_WARMUP = 3  # iterations left out of the median (allocator, worker start-up, caches)
+DIVERGENCE_FACTOR = 10.0  # a loss this many times the first one (or non-finite) = diverged
 SPEED_KEYS = ("train_s_per_iter", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
               "peak_rss_mb_train", "peak_rss_mb_infer", "rss_growth_mb_train",
               "rss_growth_mb_infer", "cuda_max_mem_mb_train", "cuda_max_mem_mb_infer")
@@ -100,7 +105,7 @@ _RSS_RESETTABLE = os.access(_CLEAR_REFS, os.W_OK)
 
 @dataclass
 class BenchmarkOptions:
-    """What to run. The defaults keep a 1-thread CPU run on SPIDER under an hour.
+    """What to run. With the defaults a 1-thread CPU run on SPIDER takes about 15 minutes.
 
     Args:
         train_iters: training iterations per model (the first few are warm-up).
@@ -155,6 +160,7 @@ class Setup:
         test_dicts: the test slices used (first ``infer_images`` of ``DATASETS.TEST[0]``).
         gt: COCO ground truth restricted to ``test_dicts``.
         spacing: (row, col) pixel spacing for HD95 (1, 1 = pixels).
+        classes: the test dataset's class names (the peer gets one output per class).
     """
 
     cfg: CfgNode
@@ -163,7 +169,7 @@ class Setup:
     test_dicts: List[dict]
     gt: dict
     spacing: Tuple[float, float]
-    classes: List[str] = field(default_factory=list)
+    classes: List[str]
 
     @property
     def device(self) -> torch.device:
@@ -190,10 +196,9 @@ def prepare(config_file: str, opts: Sequence[str], options: BenchmarkOptions) ->
     checkpoint = cfg.MODEL.WEIGHTS if cfg.MODEL.WEIGHTS not in ("", init) else None
     train_cfg = cfg.clone()
     train_cfg.MODEL.WEIGHTS = init
-    train_cfg.SOLVER.MAX_ITER = options.train_iters
+    use_schedule(train_cfg, options.train_iters)
     test_name = cfg.DATASETS.TEST[0]
-    dicts = DatasetCatalog.get(test_name)
-    dicts = dicts[:options.infer_images] if options.infer_images else dicts
+    dicts = spread_sample(DatasetCatalog.get(test_name), options.infer_images)
     if not dicts:
         raise LumbarError(f"{test_name}: the test split has no images; convert it with a "
                           "test split (--test)")
@@ -202,6 +207,26 @@ def prepare(config_file: str, opts: Sequence[str], options: BenchmarkOptions) ->
     spacing, _ = offline.resolve_spacing(gt, json_file, None)
     return Setup(cfg, train_cfg, checkpoint, dicts, gt, spacing,
                  list(MetadataCatalog.get(test_name).thing_classes))
+
+
+def use_schedule(cfg: CfgNode, iters: int) -> None:
+    """Run the first ``iters`` iterations of the configured LR schedule (warm-up included).
+
+    ``SOLVER.MAX_ITER`` is raised only when it is shorter than ``iters``, since Detectron2's
+    scheduler refuses to step past it; a short benchmark thus trains with the same learning
+    rates as the first iterations of a real run.
+    """
+    cfg.SOLVER.MAX_ITER = max(cfg.SOLVER.MAX_ITER, iters)
+
+
+def spread_sample(items: Sequence[dict], n: int) -> List[dict]:
+    """``n`` items evenly spaced over ``items`` (all when ``n`` is 0 or too large).
+
+    Test splits are sorted by patient, so the first ``n`` slices would be a few patients.
+    """
+    if n <= 0 or n >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
 def subset_ground_truth(gt: dict, image_ids: Sequence[int]) -> dict:
@@ -214,7 +239,7 @@ def subset_ground_truth(gt: dict, image_ids: Sequence[int]) -> dict:
 # ----------------------------------------------------------------------- the two models
 def build_ours(cfg: CfgNode) -> torch.nn.Module:
     """Our model from the config (``Trainer.build_model``), ``MODEL.WEIGHTS`` loaded."""
-    seed_all_rng(cfg.SEED)
+    seed_all_rng(benchmark_seed(cfg))
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # "" = keep the random init
     return model
@@ -227,7 +252,7 @@ def build_peer(cfg: CfgNode, num_classes: int) -> MaskRCNN:
         cfg: gives the test resolution and the seed.
         num_classes: foreground classes (torchvision adds background as label 0).
     """
-    seed_all_rng(cfg.SEED)
+    seed_all_rng(benchmark_seed(cfg))
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                   num_classes=1 + num_classes, min_size=cfg.INPUT.MIN_SIZE_TEST,
                                   max_size=cfg.INPUT.MAX_SIZE_TEST, _skip_resize=True)
@@ -341,7 +366,7 @@ def _train_step(model: torch.nn.Module, loss_fn: LossFn, batch: Batch,
                 optimizer: torch.optim.Optimizer,
                 scaler: Optional[torch.amp.GradScaler]) -> float:
     """One SGD step shared by both models (as Detectron2's Simple/AMPTrainer); the loss."""
-    with torch.autocast("cuda", enabled=scaler is not None):
+    with torch.autocast("cuda") if scaler is not None else nullcontext():
         losses = sum(loss_fn(model, batch).values())
     optimizer.zero_grad()
     if scaler is None:
@@ -354,12 +379,32 @@ def _train_step(model: torch.nn.Module, loss_fn: LossFn, batch: Batch,
     return float(losses.detach())
 
 
+def benchmark_seed(cfg: CfgNode) -> int:
+    """``SEED`` of the config, or 0 when it asks for a random one: both runs need the same."""
+    return cfg.SEED if cfg.SEED >= 0 else 0
+
+
+def seeded_batches(cfg: CfgNode) -> Iterator[Batch]:
+    """Training batches of ``Trainer.build_train_loader``, identical on every call.
+
+    The sampler order and the worker seeds come from the global RNGs when the loader starts,
+    right after seeding. Without workers the mapper draws its augmentations in this process
+    at each ``next``, so NumPy is reseeded per batch: whatever the model does in between,
+    both models train on exactly the same images.
+    """
+    seed = benchmark_seed(cfg)
+    seed_all_rng(seed)
+    loader = iter(Trainer.build_train_loader(cfg))
+    for i in itertools.count():
+        np.random.seed((seed + i) % 2**32)
+        yield next(loader)
+
+
 def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: int,
                 desc: str) -> dict:
     """Train ``iters`` iterations with the config's optimizer, schedule and loader; time them.
 
-    The loader is built and started right after seeding, so both models get the same
-    sampler order and the same augmentation draws.
+    Batches come from :func:`seeded_batches`, so both models see the same ones.
 
     Returns:
         ``train_s_per_iter`` (median after :data:`TRAIN_WARMUP`), ``train_times_s``,
@@ -370,26 +415,51 @@ def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: in
     scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
     amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    seed_all_rng(cfg.SEED)
-    batches = iter(Trainer.build_train_loader(cfg))
+    batches = seeded_batches(cfg)
     model.train()
-    times, loss = [], float("nan")
+    times, losses = [], []
     # Detectron2's heads log to an EventStorage (as inside its trainers); unused by the peer.
     with peak_memory("train", device) as memory, logging_redirect_tqdm(), \
             EventStorage(0) as storage:
         for _ in tqdm(range(iters), desc=desc, unit="it"):
             start = time.perf_counter()
-            loss = _train_step(model, loss_fn, next(batches), optimizer, scaler)
+            losses.append(_train_step(model, loss_fn, next(batches), optimizer, scaler))
             _sync(device)
             times.append(time.perf_counter() - start)
             scheduler.step()
             storage.step()
+            if diverged(losses):
+                logger.warning("%s: training diverged at iteration %d (loss %.3g, first %.3g); "
+                               "stopped there, as both libraries' trainers do", desc,
+                               len(losses) - 1, losses[-1], losses[0])
+                break
     del batches  # stops the loader's worker processes
-    if not np.isfinite(loss):
-        logger.warning("%s: non-finite training loss %s", desc, loss)
-    warm = min(TRAIN_WARMUP, iters // 2)
-    return {"train_s_per_iter": statistics.median(times[warm:]), "train_times_s": times,
-            "train_warmup_iters": warm, "train_loss_last": loss, **memory}
+    return {**iteration_stats(times, losses), **memory}
+
+
+def diverged(losses: Sequence[float]) -> bool:
+    """The last loss is non-finite or :data:`DIVERGENCE_FACTOR` times the first one.
+
+    Detectron2 raises FloatingPointError on a non-finite loss and torchvision's reference
+    script exits; a loss that grew tenfold in a few iterations is on its way there.
+    """
+    last = losses[-1]
+    return not np.isfinite(last) or last > DIVERGENCE_FACTOR * abs(losses[0])
+
+
+def iteration_stats(times: Sequence[float], losses: Sequence[float]) -> dict:
+    """Median s/iter after warm-up; a diverged last iteration is left out when others exist.
+
+    Returns:
+        ``train_s_per_iter``, ``train_iters_timed``, ``train_times_s``, ``train_losses``,
+        ``train_warmup_iters`` and ``train_diverged_at`` (iteration index or None).
+    """
+    bad = diverged(losses)
+    warm = min(TRAIN_WARMUP, len(times) // 2)
+    used = times[warm:-1] if bad and len(times) - 1 > warm else times[warm:]
+    return {"train_s_per_iter": statistics.median(used), "train_iters_timed": len(used),
+            "train_times_s": list(times), "train_warmup_iters": warm,
+            "train_losses": list(losses), "train_diverged_at": len(losses) - 1 if bad else None}
 
 
 def latency_stats(seconds: Sequence[float]) -> dict:
@@ -549,7 +619,9 @@ def ours_setup(cfg: CfgNode) -> Dict[str, str]:
     """Settings that differ between the libraries, as our config sets them."""
     m = cfg.MODEL
     return {"init": cfg.MODEL.WEIGHTS or "random (config: MODEL.WEIGHTS '')",
-            "norm (backbone / FPN)": f"{m.RESNETS.NORM or 'none'} / {m.FPN.NORM or 'none'}",
+            "norm: backbone / FPN / mask head": f"{m.RESNETS.NORM or 'none'} / "
+                                                f"{m.FPN.NORM or 'none'} / "
+                                                f"{m.ROI_MASK_HEAD.NORM or 'none'}",
             "RPN proposals train / test":
                 f"{m.RPN.POST_NMS_TOPK_TRAIN} / {m.RPN.POST_NMS_TOPK_TEST}",
             "RoIs sampled per image": str(m.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
@@ -559,11 +631,23 @@ def ours_setup(cfg: CfgNode) -> Dict[str, str]:
             "test resize (min / max)": f"{cfg.INPUT.MIN_SIZE_TEST} / {cfg.INPUT.MAX_SIZE_TEST}"}
 
 
+def norm_layers(module: torch.nn.Module) -> str:
+    """Normalisation layer types in ``module`` and whether they learn, e.g. "BatchNorm2d"."""
+    names = set()
+    for m in module.modules():
+        if isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm,
+                          torchvision.ops.FrozenBatchNorm2d)):
+            frozen = not any(p.requires_grad for p in m.parameters(recurse=False))
+            names.add(type(m).__name__ + (" (frozen)" if frozen else ""))
+    return ", ".join(sorted(names)) or "none"
+
+
 def peer_setup(peer: MaskRCNN) -> Dict[str, str]:
     """The same settings read from the torchvision model object itself."""
     rpn, heads, anchors = peer.rpn, peer.roi_heads, peer.rpn.anchor_generator
-    norm = type(peer.backbone.body.bn1).__name__
-    return {"init": PEER_INIT, "norm (backbone / FPN)": f"{norm} (trainable) / none",
+    norms = " / ".join(norm_layers(m) for m in (peer.backbone.body, peer.backbone.fpn,
+                                                heads.mask_head))
+    return {"init": PEER_INIT, "norm: backbone / FPN / mask head": norms,
             "RPN proposals train / test":
                 f"{rpn._post_nms_top_n['training']} / {rpn._post_nms_top_n['testing']}",
             "RoIs sampled per image": str(heads.fg_bg_sampler.batch_size_per_image),
@@ -628,6 +712,7 @@ def dataset_scaling(train_cfg: CfgNode, options: BenchmarkOptions, workdir: Path
                                             n_patients)
         try:
             cfg = train_cfg.clone()
+            use_schedule(cfg, options.scaling_iters)
             cfg.DATASETS.TRAIN = tuple(n for n in names if n.endswith("_train"))
             n_images = sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN)
             stats = train_timed(build_ours(cfg), ours_losses, cfg, options.scaling_iters,
@@ -719,9 +804,9 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
 
     options = options or BenchmarkOptions()
     options.check()
-    out_dir = make_output_dir(output_dir)
     _set_threads(options.threads)
     setup = prepare(config_file, opts, options)
+    out_dir = make_output_dir(output_dir)  # after the checks: a bad run leaves no folder
     images = [read_array(d["file_name"]) for d in setup.test_dicts]
     with tempfile.TemporaryDirectory(prefix="lumbar_bench_") as tmp:
         peer = run_peer(setup, images, options)
@@ -747,6 +832,7 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
 
 
 __all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "prepare", "instances_to_target",
-           "to_torchvision_batch", "build_ours", "build_peer", "train_timed", "predict_timed",
-           "peer_predictor", "accuracy", "latency_stats", "speed_ratios", "latency_vs_size",
-           "dataset_scaling", "resize_short_side", "subset_ground_truth"]
+           "to_torchvision_batch", "seeded_batches", "build_ours", "build_peer", "train_timed",
+           "predict_timed", "peer_predictor", "accuracy", "latency_stats", "speed_ratios",
+           "latency_vs_size", "dataset_scaling", "resize_short_side", "subset_ground_truth",
+           "spread_sample", "diverged", "norm_layers"]

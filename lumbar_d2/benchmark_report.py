@@ -62,12 +62,13 @@ def _run_rows(result: dict) -> List[Tuple[str, str]]:
             ("date", m["date"]),
             ("versions", f"Python {m['python']}, torch {m['torch']}, torchvision "
                          f"{m['torchvision']}, detectron2 {m['detectron2']}"),
-            ("device / threads", f"{m['device']}, {m['threads']} torch threads, "
-                                 f"{m['dataloader_workers']} DataLoader workers"),
+            ("device / threads", f"{m['device']}, torch threads: {m['threads']}, DataLoader "
+                                 f"workers: {m['dataloader_workers']}"),
             ("config", f"`{m['config_file']}`, overrides: `{opts}`"),
             ("train data", f"{', '.join(m['train_datasets'])} ({m['train_images']} images)"),
             ("test data", f"{m['test_dataset']} (split {m['test_split']}): "
-                          f"{m['test_images_used']} of {m['test_images_total']} images"),
+                          f"{m['test_images_used']} of {m['test_images_total']} images, evenly "
+                          "spread"),
             ("training (both)", f"{m['options']['train_iters']} iterations, batch "
                                 f"{m['batch_size']}, SGD lr {s['base_lr']:g}, momentum "
                                 f"{s['momentum']:g}, weight decay {s['weight_decay']:g}, "
@@ -119,13 +120,30 @@ def speed_section(result: dict) -> List[str]:
         cells = [_num(s.get(key), fmt) for _, s in cols]
         cells.append(_num(speed["ratio"].get(key), "{:.2f}"))
         rows.append([label] + cells + [_num(s.get(key), fmt) for _, s in extra])
+    rows.append(["training loss, first / last"] + [_losses(s) for _, s in cols]
+                + ["-"] * (1 + len(extra)))
     header = ["metric"] + [n for n, _ in cols] + ["ours / peer"] + [n for n, _ in extra]
     caption = ("ours / peer < 1 means ours is faster or smaller, except images/s (> 1: ours "
                "faster). Inference: batch 1, `torch.inference_mode`, raw slice -> CPU masks at "
                "the original size, after untimed warm-up. Peak RSS: "
                f"{result['meta']['rss_peak']}, this process only, including what was resident "
                "at the phase start (libraries, test slices); growth = peak - start.")
-    return ["## Speed", "", caption, ""] + md_table(header, rows) + [""]
+    return (["## Speed", "", caption, ""] + md_table(header, rows) + [""]
+            + _divergence_notes(cols))
+
+
+def _losses(speed: dict) -> str:
+    losses = speed.get("train_losses") or []
+    return f"{_num(losses[0], '{:.3g}')} / {_num(losses[-1], '{:.3g}')}" if losses else "-"
+
+
+def _divergence_notes(cols: Sequence[Tuple[str, dict]]) -> List[str]:
+    """A warning per model whose training diverged."""
+    notes = [f"**{name} diverged** at iteration {s['train_diverged_at']} (loss non-finite or "
+             "10x the first) and training stopped there; s/iter uses the iterations before "
+             "it, and its accuracy and inference timings come from a broken model."
+             for name, s in cols if s.get("train_diverged_at") is not None]
+    return [n for note in notes for n in (note, "")]
 
 
 def setup_section(result: dict) -> List[str]:
@@ -173,7 +191,7 @@ def plot_scaling(scaling: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     lat = scaling["latency_vs_size"]
     left.plot([r["size"] for r in lat], [r["latency_ms_p50"] for r in lat], "o-")
-    left.set(xlabel="input short side (px)", ylabel="latency p50 (ms)",
+    left.set(xlabel="input short side (px)", ylabel="latency p50 (ms)", ylim=(0, None),
              title="ours: inference latency vs size")
     data = scaling["dataset_size"]
     images = [r["images"] for r in data]

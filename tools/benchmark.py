@@ -13,6 +13,7 @@ Usage:
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
@@ -28,7 +29,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-iters", type=int, default=20,
                    help="training iterations per model, first few are warm-up (default 20)")
     p.add_argument("--infer-images", type=int, default=20,
-                   help="test slices scored and timed; 0 = the whole test split (default 20)")
+                   help="test slices scored and timed, evenly spread over the test split; "
+                        "0 = all of them (default 20)")
     p.add_argument("--skip-scaling", action="store_true",
                    help="skip latency-vs-size and dataset-size scaling")
     p.add_argument("--threads", type=int,
@@ -53,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(open(result["files"]["markdown"]).read())
+    print(Path(result["files"]["markdown"]).read_text())
     return 0
 
 

@@ -1,0 +1,138 @@
+"""Benchmark against torchvision's Mask R-CNN: target conversion, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import INSTANT_CONFIG
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from inference_helpers import save_random_checkpoint
+
+from lumbar_d2.benchmark import (BenchmarkOptions, SPEED_KEYS, diverged, instances_to_target,
+                                 run_benchmark, seeded_batches, spread_sample,
+                                 to_torchvision_batch)
+from lumbar_d2.evaluation import report
+
+TINY_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
+             "INPUT.MAX_SIZE_TEST", "128"]
+
+
+def _gt_instances() -> Instances:
+    """Two discs on a 6x8 slice; the second box has no width (must be dropped)."""
+    masks = torch.zeros(2, 6, 8, dtype=torch.bool)
+    masks[0, 1:5, 1:4] = True
+    masks[1, 2:6, 2] = True
+    inst = Instances((6, 8))
+    inst.gt_boxes = Boxes(torch.tensor([[1.0, 1.0, 4.0, 5.0], [2.0, 2.0, 2.0, 6.0]]))
+    inst.gt_classes = torch.tensor([0, 2])
+    inst.gt_masks = BitMasks(masks)
+    return inst
+
+
+def test_instances_to_target_shifts_labels_and_drops_degenerate_boxes():
+    target = instances_to_target(_gt_instances())
+    assert target["boxes"].dtype == torch.float32
+    assert target["boxes"].tolist() == [[1.0, 1.0, 4.0, 5.0]]
+    assert target["labels"].tolist() == [1]  # class 0 -> label 1 (0 is background)
+    assert target["labels"].dtype == torch.int64
+    assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (1, 6, 8)
+    assert int(target["masks"].sum()) == 12
+
+
+def test_instances_to_target_rasterises_polygons():
+    inst = Instances((10, 10))
+    inst.gt_boxes = Boxes(torch.tensor([[2.0, 2.0, 8.0, 8.0]]))
+    inst.gt_classes = torch.tensor([0])
+    inst.gt_masks = PolygonMasks([[np.array([2, 2, 8, 2, 8, 8, 2, 8], dtype=np.float64)]])
+    masks = instances_to_target(inst)["masks"]
+    assert masks.shape == (1, 10, 10) and masks.dtype == torch.uint8
+    assert masks[0, 4, 4] == 1 and masks[0, 0, 0] == 0
+
+
+def test_to_torchvision_batch_scales_images_to_unit_range():
+    image = torch.full((3, 6, 8), 255, dtype=torch.uint8)
+    images, targets = to_torchvision_batch([{"image": image, "instances": _gt_instances()}],
+                                           torch.device("cpu"))
+    assert images[0].dtype == torch.float32 and float(images[0].max()) == 1.0
+    assert targets[0]["labels"].tolist() == [1]
+
+
+def _finite_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value))
+
+
+def test_benchmark_on_tiny_phantom(phantom_root, tmp_path, isolated_catalog):
+    checkpoint = save_random_checkpoint(tmp_path)  # stands in for a trained model_final.pth
+    opts = ["LUMBAR.DATASETS_ROOT", str(phantom_root), "OUTPUT_DIR", str(tmp_path / "d2"),
+            "MODEL.WEIGHTS", str(checkpoint)]
+    options = BenchmarkOptions(train_iters=2, infer_images=2, infer_warmup=1,
+                               skip_scaling=True, peer_default_size=(160, 160))
+    run_benchmark(str(INSTANT_CONFIG), opts + TINY_OPTS, str(tmp_path / "out"), options)
+
+    result = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert set(result) == {"meta", "setup", "accuracy", "speed", "scaling", "files"}
+    assert result["scaling"] is None and result["files"]["plot"] is None
+    assert result["meta"]["test_images_used"] == 2
+    assert result["meta"]["checkpoint"] == str(checkpoint)
+    assert result["setup"]["ours"]["init"].startswith("random")  # trained from the file's ""
+    setup = result["setup"]
+    assert setup["ours"]["test resize (min / max)"] == setup["peer"]["test resize (min / max)"]
+    for name in ("ours", "peer", "ours_checkpoint"):
+        acc = result["accuracy"][name]
+        assert acc["n_images"] == 2
+        for key in ("inst_precision", "inst_recall", "dice_micro"):
+            assert _finite_or_none(acc[key]) and (acc[key] is None or 0 <= acc[key] <= 1)
+        assert "segm" in acc["coco"]
+        speed = result["speed"][name]
+        train_keys = ("train_s_per_iter", "peak_rss_mb_train") if name != "ours_checkpoint" else ()
+        for key in train_keys + ("infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
+                                 "peak_rss_mb_infer"):
+            assert math.isfinite(speed[key]) and speed[key] > 0, (name, key)
+        assert speed["cuda_max_mem_mb_infer"] is None  # CPU run
+    speed = result["speed"]
+    assert math.isfinite(speed["peer_default_res"]["latency_ms_p50"])
+    for key in SPEED_KEYS:
+        ours, peer = speed["ours"][key], speed["peer"][key]
+        if ours is None or peer is None:
+            assert speed["ratio"][key] is None
+        else:
+            assert speed["ratio"][key] == pytest.approx(ours / peer)
+    assert result["accuracy"]["paper"]["dice"] == report.PAPER["dice"]
+
+    md = (tmp_path / "out" / "benchmark.md").read_text()
+    assert report.PAPER_LABEL in md and "| 97.7 |" in md and "| 96.9 |" in md
+    assert "ours / peer" in md and "ours (checkpoint)" in md and "Skipped" in md
+    for name in ("ours", "peer"):  # a diverged run is flagged, never silently timed
+        flagged = speed[name]["train_diverged_at"] is not None
+        assert flagged == (f"**{name} diverged**" in md)
+
+
+def test_seeded_batches_give_both_models_the_same_images(phantom_root, tmp_path,
+                                                         isolated_catalog):
+    from lumbar_d2.engine import load_config, prepare_config
+
+    cfg = prepare_config(load_config(str(INSTANT_CONFIG), [
+        "LUMBAR.DATASETS_ROOT", str(phantom_root), "OUTPUT_DIR", str(tmp_path)] + TINY_OPTS))
+    first, second = seeded_batches(cfg), seeded_batches(cfg)
+    for _ in range(2):
+        a, b = next(first), next(second)
+        assert [d["image_id"] for d in a] == [d["image_id"] for d in b]
+        assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+
+
+def test_divergence_and_test_subsample_rules():
+    assert not diverged([2.0, 1.5, 3.0])
+    assert diverged([2.0, 25.0]) and diverged([2.0, float("nan")])
+    items = [{"i": i} for i in range(10)]
+    assert [d["i"] for d in spread_sample(items, 3)] == [0, 4, 9]
+    assert spread_sample(items, 0) == items and spread_sample(items, 20) == items
+
+
+def test_cli_refuses_too_few_iterations(run_tool, tmp_path, capsys):
+    code, err = run_tool("benchmark", ["--config-file", INSTANT_CONFIG, "--output",
+                                       tmp_path / "out", "--train-iters", "1"], capsys)
+    assert code == 2 and err.startswith("error: --train-iters 1")
+    assert not (tmp_path / "out").exists()
