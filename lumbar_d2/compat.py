@@ -12,7 +12,7 @@ Each patch is applied only when needed and recorded in :data:`ACTIVE`, which the
   names: it is aliased to ``BILINEAR`` (the same filter).
 * detectron2 imports ``pkg_resources`` (setuptools < 81); its absence is reported, not patched.
 * detectron2 v0.6 calls APIs that today's PyTorch warns about on every run
-  (``torch.jit.script`` deprecation, ``meshgrid`` indexing, non-writable NumPy arrays):
+  (``torch.jit`` deprecations, ``meshgrid`` indexing, non-writable NumPy arrays):
   those three messages are silenced so real warnings stay visible.
 * ``detectron2.export`` imports its Caffe2 exporter, and Caffe2 left PyTorch:
   :func:`tracing_adapter_class` then imports ``detectron2.export.flatten`` (TracingAdapter,
@@ -90,7 +90,7 @@ def _patch_pillow() -> None:
         ACTIVE.append("PIL.Image.LINEAR -> BILINEAR alias (Pillow >= 10)")
 
 
-_KNOWN_WARNINGS = (r"`torch.jit.script` is deprecated", r"torch.meshgrid: in an upcoming release",
+_KNOWN_WARNINGS = (r"`torch\.jit\.\w+` is deprecated", r"torch.meshgrid: in an upcoming release",
                    r"The given NumPy array is not writable")
 
 
