@@ -48,7 +48,8 @@ class ValidationHook(HookBase):
         self._loss_loader = build_detection_test_loader(cfg, dataset_name,
                                                         mapper=LumbarDatasetMapper(**kwargs))
 
-    def _validate(self) -> None:
+    def _validate(self, done: int) -> None:
+        """Validate after ``done`` completed iterations."""
         model = self.trainer.model
         evaluator = DiceEvaluator(self._name, None, self._cfg.LUMBAR.SCORE_THRESH,
                                   self._cfg.LUMBAR.MATCH_IOU, n_boot=0)
@@ -58,7 +59,7 @@ class ValidationHook(HookBase):
             scalars = {"val/dice": res["Dice"], "val/P_inst": res["P_inst"],
                        "val/R_inst": res["R_inst"], "val/loss": loss}
             self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
-            logger.info("validation @ iter %d: %s", self.trainer.iter + 1,
+            logger.info("validation after %d iterations: %s", done,
                         ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
         comm.synchronize()
 
@@ -78,11 +79,12 @@ class ValidationHook(HookBase):
 
     def after_step(self) -> None:
         if _due(self.trainer, self._period):
-            self._validate()
+            self._validate(self.trainer.iter + 1)
 
     def after_train(self) -> None:
+        # Detectron2 leaves trainer.iter = max_iter after a completed loop.
         if self.trainer.iter + 1 >= self.trainer.max_iter:
-            self._validate()
+            self._validate(min(self.trainer.iter + 1, self.trainer.max_iter))
 
 
 class EarlyStopHook(HookBase):

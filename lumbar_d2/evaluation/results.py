@@ -68,12 +68,13 @@ def overlay_figure(cfg, path: Path, n: int = 4, weights: Optional[str] = None) -
     from detectron2.data import DatasetCatalog
 
     from ..data.imageio import read_array, to_model_input
-    from ..inference.predictor import LumbarPredictor
+    from ..inference.predictor import LumbarPredictor, use_cpu_without_cuda
     from ..inference.visualize import draw_overlay
 
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights or str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
+    use_cpu_without_cuda(cfg)
     predictor = LumbarPredictor(cfg)
     names = predictor.class_names
     rows = []
