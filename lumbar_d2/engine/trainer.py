@@ -145,9 +145,7 @@ def prepare_config(cfg: CfgNode, source: str = "config") -> CfgNode:
     require_registered(names, source)
     check_weights(cfg.MODEL.WEIGHTS)
     _check_output_dir(cfg.OUTPUT_DIR)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu, AMP off)")
-        cfg.MODEL.DEVICE = "cpu"
+    use_cpu_without_cuda(cfg)
     if cfg.MODEL.DEVICE == "cpu":
         cfg.SOLVER.AMP.ENABLED = False
     check_patient_leakage({n: set(patient_ids(n).values()) - {""} for n in dict.fromkeys(names)},
@@ -166,6 +164,13 @@ def apply_epochs(cfg: CfgNode, n_images: int) -> None:
     cfg.SOLVER.CHECKPOINT_PERIOD = max(1, min(cfg.SOLVER.CHECKPOINT_PERIOD, iters))
     logger.info("%.1f epochs x %d images / batch %d -> %d iterations", cfg.LUMBAR.EPOCHS,
                 n_images, cfg.SOLVER.IMS_PER_BATCH, iters)
+
+
+def use_cpu_without_cuda(cfg: CfgNode) -> None:
+    """Fall back to CPU when the config asks for CUDA that this machine does not have."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
 
 
 def check_weights(weights: str) -> None:

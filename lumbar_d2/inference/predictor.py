@@ -55,7 +55,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.imageio import to_model_input
 from ..data.mapper import build_augmentations
-from ..engine.trainer import check_weights
+from ..engine.trainer import check_weights, use_cpu_without_cuda
 from ..evaluation.metrics import check_spacing
 from ..measure import (FLAG_SEP, MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS,
                        image_summary, measure_image, qc_flags)
@@ -167,13 +167,6 @@ def dataset_spacing(cfg: CfgNode) -> Optional[Spacing]:
     except LumbarError as e:
         logger.warning("%s; ignoring it", e)
         return None
-
-
-def use_cpu_without_cuda(cfg: CfgNode) -> None:
-    """Fall back to CPU when the config asks for CUDA that this machine does not have."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
 
 
 def _test_metadata(cfg: CfgNode) -> Dict:
