@@ -10,7 +10,7 @@ What is kept equal, so that the ratio ours/peer measures the models and not the 
 * data: one loader builder (``Trainer.build_train_loader``: our :class:`LumbarDatasetMapper`,
   its augmentations, resize and crop) seeded identically before each run, so both models see
   the same batches. Detectron2 ``Instances`` become torchvision targets with
-  :func:`instances_to_target`; images are fed as ``uint8 / 255`` floats, as torchvision's
+  :func:`lumbar_d2.peer.instances_to_target`; images are fed as ``uint8 / 255`` floats, as torchvision's
   ImageNet normalisation expects. The peer is built with ``_skip_resize=True`` (torchvision's
   own switch, used by its reference scripts for external resize augmentations), so in
   training it takes the mapper's resolution instead of resizing again.
@@ -18,15 +18,19 @@ What is kept equal, so that the ratio ours/peer measures the models and not the 
   ``MAX_SIZE_TEST``; its library-default 800 px is timed separately (what a torchvision user
   gets without tuning).
 * optimisation: ``Trainer.build_optimizer`` and ``Trainer.build_lr_scheduler`` for both (SGD,
-  same lr, momentum, weight decay, warm-up and steps: the first ``train_iters`` iterations of
-  the configured schedule), same batch size, same iterations, one shared step function (AMP
-  for both when ``SOLVER.AMP.ENABLED`` on CUDA). A model whose loss turns non-finite or grows
+  same momentum, weight decay, warm-up and steps: the first ``train_iters`` iterations of the
+  configured schedule), same batch size, same iterations, one shared step function (AMP for
+  both when ``SOLVER.AMP.ENABLED`` on CUDA). The base lr is the same unless ``peer_lr`` gives
+  the peer its own: from scratch it diverges at the lr our GroupNorm model trains with. A model whose loss turns non-finite or grows
   tenfold stops there, as Detectron2 and torchvision's reference script do, and is flagged.
 * timing: a training iteration is data fetch + forward + backward + optimizer step (median
   after warm-up). Inference is batch 1 under ``torch.inference_mode``, from the raw slice
   (normalisation, resize, forward, mask pasting at the original size) to CPU results, after
-  untimed warm-up calls; ours is the product path :class:`LumbarPredictor`. The test slices
-  are spread evenly over the test split (it is sorted by patient).
+  untimed warm-up calls; ours is the product path :class:`LumbarPredictor` at the operating
+  point ``tools/predict.py`` uses (:func:`operating_point`: detections below
+  ``LUMBAR.SCORE_THRESH`` are dropped before the mask head; Dice/P/R are unchanged by it,
+  COCO AP then ranks only the kept detections). The test slices are spread evenly over the
+  test split (it is sorted by patient).
 
 What is *not* equal, on purpose: each model keeps its library's defaults. The peer without
 pretrained weights uses trainable ``nn.BatchNorm2d`` (torchvision picks
@@ -38,7 +42,10 @@ scratch configs). ``setup`` in the JSON lists these side by side.
 Accuracy: a trained ``MODEL.WEIGHTS`` given on the command line (different from the config
 file's own value) is scored as "ours (checkpoint)" beside the paper; the equal-budget pair
 "ours" / "peer" is trained here from the config file's initialisation and from random
-weights. Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
+weights. A short run says little about accuracy, so :func:`train_peer` trains the peer for a
+full schedule (``tools/train_peer.py``) and ``peer_weights`` puts that checkpoint beside ours
+in the "trained models" table: as torchvision builds it at our test size, with our test-time
+settings (:func:`lumbar_d2.peer.peer_test_settings`), and at torchvision's default 800 px. Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
 + :func:`lumbar_d2.evaluation.metrics.summarize` (instance P/R at mask IoU
 ``LUMBAR.MATCH_IOU``, pixel Dice, on predictions with score >= ``LUMBAR.SCORE_THRESH``) and
 :func:`lumbar_d2.evaluation.offline.coco_ap` (all predictions).
@@ -71,34 +78,33 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
-from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.convert import convert_sudirman
-from .data.imageio import read_array, to_model_input
+from .data.imageio import read_array
 from .data.mapper import build_augmentations
 from .data.phantom import write_sudirman_phantom
 from .data.register import register_dataset, unregister
 from .engine.trainer import Trainer, load_config, prepare_config
 from .evaluation import metrics, offline, report
-from .inference.predictor import LumbarPredictor, make_output_dir
+from .inference.predictor import LumbarPredictor, make_output_dir, operating_point
+from .peer import (Batch, Predict, build_peer, load_peer, peer_losses, peer_predictor,
+                   peer_setup, peer_test_settings, peer_test_size, peer_train_cfg, save_peer)
 from .utils.errors import LumbarError
+from .utils.io import write_json
 
 logger = logging.getLogger(__name__)
 
-Batch = List[dict]
 LossFn = Callable[[torch.nn.Module, Batch], Dict[str, torch.Tensor]]
-Predict = Callable[[np.ndarray], Instances]
 TRAIN_WARMUP = 3  # iterations left out of the median (allocator, worker start-up, caches)
 DIVERGENCE_FACTOR = 10.0  # a loss this many times the first one (or non-finite) = diverged
 SPEED_KEYS = ("train_s_per_iter", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
               "peak_rss_mb_train", "peak_rss_mb_infer", "rss_growth_mb_train",
               "rss_growth_mb_infer", "cuda_max_mem_mb_train", "cuda_max_mem_mb_infer")
-PEER_INIT = "random (weights=None, weights_backbone=None)"
 _CLEAR_REFS = "/proc/self/clear_refs"
 _RSS_RESETTABLE = os.access(_CLEAR_REFS, os.W_OK)
 
@@ -120,6 +126,12 @@ class BenchmarkOptions:
         scaling_factors: dataset size multiples.
         scaling_iters: training iterations per dataset size.
         peer_default_size: (min_size, max_size) of torchvision's defaults.
+        peer_lr: the peer's base learning rate (None: ``SOLVER.BASE_LR``), see
+            :func:`lumbar_d2.peer.peer_train_cfg`.
+        peer_weights: a peer trained by :func:`train_peer` for as many iterations as the
+            ``MODEL.WEIGHTS`` checkpoint: scored and timed beside it ("trained models").
+        also: more of our trained models, ``(config_file, weights)`` pairs, scored and timed
+            on the same slices (e.g. a full and a lite model against one peer).
     """
 
     train_iters: int = 20
@@ -134,6 +146,9 @@ class BenchmarkOptions:
     scaling_factors: Tuple[int, ...] = (1, 2, 4)
     scaling_iters: int = 5
     peer_default_size: Tuple[int, int] = (800, 1333)
+    peer_lr: Optional[float] = None
+    peer_weights: Optional[str] = None
+    also: Tuple[Tuple[str, str], ...] = ()
 
     def check(self) -> None:
         """Refuse settings that would give no measurement (one-line LumbarError)."""
@@ -146,6 +161,13 @@ class BenchmarkOptions:
             raise LumbarError(f"--threads {self.threads}: must be >= 1")
         if min(self.scaling_sizes, default=1) < 32 or self.scaling_iters < 2:
             raise LumbarError("scaling sizes must be >= 32 px and scaling iterations >= 2")
+        if self.peer_weights and not Path(self.peer_weights).is_file():
+            raise LumbarError(f"--peer-weights {self.peer_weights}: file not found; train the "
+                              "peer with tools/train_peer.py")
+        for config_file, weights in self.also:
+            if not (Path(config_file).is_file() and Path(weights).is_file()):
+                raise LumbarError(f"--also {config_file} {weights}: both files must exist "
+                                  "(a config and the model_final.pth trained with it)")
 
 
 @dataclass
@@ -188,7 +210,7 @@ def prepare(config_file: str, opts: Sequence[str], options: BenchmarkOptions) ->
     Raises:
         LumbarError: bad config, unregistered dataset, unloadable weights, no test images.
     """
-    cfg = prepare_config(load_config(config_file, opts), source=config_file)
+    cfg = operating_point(prepare_config(load_config(config_file, opts), source=config_file))
     init = load_config(config_file).MODEL.WEIGHTS
     if not cfg.DATASETS.TRAIN or not cfg.DATASETS.TEST:
         raise LumbarError(f"{config_file}: DATASETS.TRAIN and DATASETS.TEST must name "
@@ -245,59 +267,9 @@ def build_ours(cfg: CfgNode) -> torch.nn.Module:
     return model
 
 
-def build_peer(cfg: CfgNode, num_classes: int) -> MaskRCNN:
-    """torchvision's Mask R-CNN R50-FPN with library defaults and our test resolution.
-
-    Args:
-        cfg: gives the test resolution and the seed.
-        num_classes: foreground classes (torchvision adds background as label 0).
-    """
-    seed_all_rng(benchmark_seed(cfg))
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
-                                  num_classes=1 + num_classes, min_size=cfg.INPUT.MIN_SIZE_TEST,
-                                  max_size=cfg.INPUT.MAX_SIZE_TEST, _skip_resize=True)
-    return model.to(cfg.MODEL.DEVICE)
-
-
-def instances_to_target(instances: Instances) -> Dict[str, torch.Tensor]:
-    """Detectron2 ground-truth ``Instances`` -> a torchvision Mask R-CNN target.
-
-    Boxes stay XYXY in pixels (float32); labels shift by one because torchvision reserves 0
-    for background; masks become uint8 NxHxW (polygons are rasterised). Boxes without area
-    are dropped, since torchvision refuses degenerate boxes in training.
-    """
-    height, width = instances.image_size
-    masks = instances.gt_masks
-    if isinstance(masks, PolygonMasks):
-        masks = BitMasks.from_polygon_masks(masks, height, width)
-    boxes = instances.gt_boxes.tensor.float()
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {"boxes": boxes[keep], "labels": instances.gt_classes[keep].long() + 1,
-            "masks": masks.tensor[keep].to(torch.uint8)}
-
-
-def to_torchvision_batch(batch: Batch, device: torch.device
-                         ) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
-    """Mapper output -> (float images in [0, 1], targets) on ``device``.
-
-    The channels stay in their stored order, as our model receives them: for grey slices
-    all three are equal, and a model trained from scratch has no channel convention.
-    """
-    images = [d["image"].to(device).float().div_(255.0) for d in batch]
-    targets = [{k: v.to(device) for k, v in instances_to_target(d["instances"]).items()}
-               for d in batch]
-    return images, targets
-
-
 def ours_losses(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
     """Loss dict of our model (Detectron2 takes the mapper's dicts as they are)."""
     return model(batch)
-
-
-def peer_losses(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
-    """Loss dict of the peer on the same batch, converted to torchvision's format."""
-    device = next(model.parameters()).device
-    return model(*to_torchvision_batch(batch, device))
 
 
 # -------------------------------------------------------------------------- measuring
@@ -401,10 +373,12 @@ def seeded_batches(cfg: CfgNode) -> Iterator[Batch]:
 
 
 def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: int,
-                desc: str) -> dict:
+                desc: str, after_step: Optional[Callable[[int, float], None]] = None) -> dict:
     """Train ``iters`` iterations with the config's optimizer, schedule and loader; time them.
 
     Batches come from :func:`seeded_batches`, so both models see the same ones.
+    ``after_step(iteration, loss)`` runs after each step, outside the timed part
+    (checkpointing of a long peer run).
 
     Returns:
         ``train_s_per_iter`` (median after :data:`TRAIN_WARMUP`), ``train_times_s``,
@@ -428,6 +402,8 @@ def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: in
             times.append(time.perf_counter() - start)
             scheduler.step()
             storage.step()
+            if after_step is not None:
+                after_step(len(losses) - 1, losses[-1])
             if diverged(losses):
                 logger.warning("%s: training diverged at iteration %d (loss %.3g, first %.3g); "
                                "stopped there, as both libraries' trainers do", desc,
@@ -490,41 +466,6 @@ def predict_timed(predict: Predict, images: Sequence[np.ndarray], warmup: int, d
     return outputs, {**latency_stats(times), "detections_per_image": n_det, **memory}
 
 
-def peer_predictor(peer: MaskRCNN, normalize: bool) -> Predict:
-    """The peer's equivalent of :class:`LumbarPredictor`: raw slice -> CPU ``Instances``.
-
-    Same normalisation (:func:`to_model_input`); torchvision resizes to its ``min_size`` and
-    pastes masks at the original size; masks are thresholded at 0.5 as Detectron2 does.
-    """
-    device = next(peer.parameters()).device
-    peer.eval()
-
-    def predict(image: np.ndarray) -> Instances:
-        arr = to_model_input(image, normalize=normalize)
-        tensor = torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-        with torch.inference_mode():
-            out = peer([tensor.to(device).float().div_(255.0)])[0]
-        inst = Instances(tuple(image.shape[:2]))
-        inst.pred_boxes = Boxes(out["boxes"].cpu())
-        inst.scores = out["scores"].cpu()
-        inst.pred_classes = out["labels"].cpu() - 1
-        inst.pred_masks = (out["masks"][:, 0] > 0.5).cpu()
-        return inst
-    return predict
-
-
-@contextmanager
-def peer_test_size(peer: MaskRCNN, min_size: int, max_size: int) -> Iterator[MaskRCNN]:
-    """Temporarily run the peer at another test resolution (e.g. its 800 px default)."""
-    transform = peer.transform
-    saved = transform.min_size, transform.max_size
-    transform.min_size, transform.max_size = (min_size,), max_size
-    try:
-        yield peer
-    finally:
-        transform.min_size, transform.max_size = saved
-
-
 def use_channels_last(model: torch.nn.Module, enabled: bool) -> None:
     """Convert conv weights to channels-last memory format (NHWC kernels) when enabled."""
     if enabled:
@@ -559,6 +500,52 @@ def accuracy(setup: Setup, outputs: Sequence[Instances]) -> dict:
     return {**summary, "coco": coco}
 
 
+# ---------------------------------------------------------------- a full-length peer run
+PEER_WEIGHTS = "peer_final.pth"
+
+
+def train_peer(config_file: str, opts: Sequence[str], output_dir: str, iters: int,
+               lr: Optional[float] = None, checkpoint_period: int = 100,
+               threads: Optional[int] = None) -> dict:
+    """Train the peer for a full schedule, as ``tools/train_net.py`` trains ours.
+
+    Same loader, augmentations, batch, optimizer and schedule as our config (the first
+    ``iters`` iterations; pass ``SOLVER.STEPS`` / ``SOLVER.MAX_ITER`` overrides to match the
+    run you compare with), only the base lr may differ (:func:`peer_train_cfg`). The state
+    dict is saved atomically every ``checkpoint_period`` iterations and at the end as
+    ``<output_dir>/peer_final.pth``, next to ``peer_train.json`` (losses, s/iter, settings).
+    :func:`run_benchmark` scores it with ``BenchmarkOptions.peer_weights``.
+
+    Raises:
+        LumbarError: bad config, data, learning rate or output folder.
+    """
+    if iters < 2 or checkpoint_period < 1:
+        raise LumbarError(f"iterations {iters} / checkpoint period {checkpoint_period}: need "
+                          ">= 2 and >= 1")
+    _set_threads(threads)
+    setup = prepare(config_file, opts, BenchmarkOptions(train_iters=iters, infer_images=1))
+    cfg = peer_train_cfg(setup.train_cfg, lr)
+    out_dir = make_output_dir(output_dir)
+    peer = build_peer(cfg, len(setup.classes), benchmark_seed(cfg))
+    weights = out_dir / PEER_WEIGHTS
+
+    def checkpoint(iteration: int, loss: float) -> None:
+        if (iteration + 1) % checkpoint_period == 0:
+            save_peer(peer, weights)
+            logger.info("peer iteration %d: loss %.3f, saved %s", iteration + 1, loss, weights)
+
+    stats = train_timed(peer, peer_losses, cfg, iters, "train peer", after_step=checkpoint)
+    save_peer(peer, weights)
+    result = {"iters": iters, "iters_done": len(stats["train_losses"]), "weights": str(weights),
+              "base_lr": cfg.SOLVER.BASE_LR, "steps": list(cfg.SOLVER.STEPS),
+              "max_iter": cfg.SOLVER.MAX_ITER, "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
+              "batch_size": cfg.SOLVER.IMS_PER_BATCH, "config_file": config_file,
+              "opts": list(opts), "setup": peer_setup(peer),
+              **machine_info(setup.device), "threads": torch.get_num_threads(), **stats}
+    write_json(out_dir / "peer_train.json", report.jsonable(result))
+    return result
+
+
 # ------------------------------------------------------------------------------ phases
 def _evaluate(predict: Predict, setup: Setup, images: Sequence[np.ndarray],
               options: BenchmarkOptions, desc: str) -> Tuple[dict, dict]:
@@ -577,20 +564,54 @@ def _ours_predictor(cfg: CfgNode, weights: str, options: BenchmarkOptions) -> Lu
 
 
 def run_peer(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptions) -> dict:
-    """Train, score and time the peer; also time it at torchvision's default resolution."""
-    peer = build_peer(setup.train_cfg, len(setup.classes))
+    """Train, score and time the peer (equal budget); time it at torchvision's default size.
+
+    With ``options.peer_weights`` the default-size timing is left to
+    :func:`run_peer_checkpoint`: a trained peer detects discs, and its mask head and pasting
+    cost are part of its speed (an untrained one detects nothing).
+    """
+    cfg = peer_train_cfg(setup.train_cfg, options.peer_lr)
+    peer = build_peer(cfg, len(setup.classes), benchmark_seed(cfg))
     setup_rows = peer_setup(peer)
-    speed = train_timed(peer, peer_losses, setup.train_cfg, options.train_iters, "train peer")
+    speed = train_timed(peer, peer_losses, cfg, options.train_iters, "train peer")
     use_channels_last(peer, options.channels_last)
     predict = peer_predictor(peer, setup.cfg.INPUT.NORMALIZE)
     acc, infer = _evaluate(predict, setup, images, options, "infer peer")
-    with peer_test_size(peer, *options.peer_default_size):
-        _, default_res = predict_timed(predict, images, options.infer_warmup,
-                                       "infer peer @default", setup.device)
-    min_size, max_size = options.peer_default_size
-    default_res.update(min_size=min_size, max_size=max_size)
-    return {"accuracy": acc, "speed": {**speed, **infer}, "default_res": default_res,
-            "setup": setup_rows}
+    out = {"accuracy": acc, "speed": {**speed, **infer}, "setup": setup_rows,
+           "base_lr": cfg.SOLVER.BASE_LR}
+    if not options.peer_weights:
+        with peer_test_size(peer, *options.peer_default_size):
+            _, out["default_res"] = predict_timed(predict, images, options.infer_warmup,
+                                                  "infer peer @default", setup.device)
+        out["default_res"].update(zip(("min_size", "max_size"), options.peer_default_size))
+    return out
+
+
+def run_peer_checkpoint(setup: Setup, images: Sequence[np.ndarray],
+                        options: BenchmarkOptions) -> List[dict]:
+    """Score and time the trained peer three ways: as built, with our test settings, at 800 px.
+
+    Returns:
+        Rows ``{"model", "settings", "accuracy", "speed"}`` for the "trained models" table.
+    """
+    peer = load_peer(setup.cfg, len(setup.classes), options.peer_weights)
+    use_channels_last(peer, options.channels_last)
+    predict = peer_predictor(peer, setup.cfg.INPUT.NORMALIZE)
+    size = f"{setup.cfg.INPUT.MIN_SIZE_TEST}/{setup.cfg.INPUT.MAX_SIZE_TEST}"
+    default = "{}/{}".format(*options.peer_default_size)
+    runs = [(f"torchvision defaults, test size {size} (as ours)", nullcontext()),
+            (f"our test settings (size {size}, score, proposals, detections)",
+             peer_test_settings(peer, setup.cfg)),
+            (f"torchvision defaults incl. test size {default}",
+             peer_test_size(peer, *options.peer_default_size))]
+    rows = []
+    for settings, context in runs:
+        with context:
+            acc, speed = _evaluate(predict, setup, images, options, f"infer peer ({settings})")
+        rows.append({"model": "peer (checkpoint)", "settings": settings, "accuracy": acc,
+                     "speed": speed})
+    rows[-1]["speed"].update(zip(("min_size", "max_size"), options.peer_default_size))
+    return rows
 
 
 def run_ours(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptions,
@@ -615,6 +636,45 @@ def run_ours(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptio
     return out, predictor
 
 
+def prepare_also(setup: Setup, opts: Sequence[str], options: BenchmarkOptions
+                 ) -> List[Tuple[str, CfgNode]]:
+    """(label, config) of each ``options.also`` model, checked before anything runs.
+
+    ``opts`` apply to each as to the main config, then its own ``MODEL.WEIGHTS``.
+
+    Raises:
+        LumbarError: bad config, or a test dataset other than the main config's.
+    """
+    out = []
+    test = setup.cfg.DATASETS.TEST[0]
+    for config_file, weights in options.also:
+        cfg = operating_point(prepare_config(
+            load_config(config_file, [*opts, "MODEL.WEIGHTS", weights]), source=config_file))
+        if cfg.DATASETS.TEST[:1] != (test,):
+            raise LumbarError(f"--also {config_file}: tests on {cfg.DATASETS.TEST}, not "
+                              f"{test}; compare models on the same test split")
+        out.append((f"ours ({Path(config_file).stem})", cfg))
+    return out
+
+
+def run_also(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptions,
+             models: Sequence[Tuple[str, CfgNode]]) -> List[dict]:
+    """Score and time each extra model of ours (see :func:`prepare_also`)."""
+    rows = []
+    for label, cfg in models:
+        predictor = _ours_predictor(cfg, cfg.MODEL.WEIGHTS, options)
+        acc, speed = _evaluate(predictor, setup, images, options, f"infer {label}")
+        rows.append({"model": label, "settings": _ours_settings(cfg), "accuracy": acc,
+                     "speed": speed})
+        del predictor
+    return rows
+
+
+def _ours_settings(cfg: CfgNode) -> str:
+    return (f"config, test size {cfg.INPUT.MIN_SIZE_TEST}/{cfg.INPUT.MAX_SIZE_TEST}, score >= "
+            f"{cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:g}")
+
+
 def ours_setup(cfg: CfgNode) -> Dict[str, str]:
     """Settings that differ between the libraries, as our config sets them."""
     m = cfg.MODEL
@@ -629,33 +689,6 @@ def ours_setup(cfg: CfgNode) -> Dict[str, str]:
             "anchor sizes / ratios": f"{[s[0] for s in m.ANCHOR_GENERATOR.SIZES]} / "
                                      f"{list(m.ANCHOR_GENERATOR.ASPECT_RATIOS[0])}",
             "test resize (min / max)": f"{cfg.INPUT.MIN_SIZE_TEST} / {cfg.INPUT.MAX_SIZE_TEST}"}
-
-
-def norm_layers(module: torch.nn.Module) -> str:
-    """Normalisation layer types in ``module`` and whether they learn, e.g. "BatchNorm2d"."""
-    names = set()
-    for m in module.modules():
-        if isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm,
-                          torchvision.ops.FrozenBatchNorm2d)):
-            frozen = not any(p.requires_grad for p in m.parameters(recurse=False))
-            names.add(type(m).__name__ + (" (frozen)" if frozen else ""))
-    return ", ".join(sorted(names)) or "none"
-
-
-def peer_setup(peer: MaskRCNN) -> Dict[str, str]:
-    """The same settings read from the torchvision model object itself."""
-    rpn, heads, anchors = peer.rpn, peer.roi_heads, peer.rpn.anchor_generator
-    norms = " / ".join(norm_layers(m) for m in (peer.backbone.body, peer.backbone.fpn,
-                                                heads.mask_head))
-    return {"init": PEER_INIT, "norm: backbone / FPN / mask head": norms,
-            "RPN proposals train / test":
-                f"{rpn._post_nms_top_n['training']} / {rpn._post_nms_top_n['testing']}",
-            "RoIs sampled per image": str(heads.fg_bg_sampler.batch_size_per_image),
-            "max detections per image": str(heads.detections_per_img),
-            "anchor sizes / ratios": f"{[s[0] for s in anchors.sizes]} / "
-                                     f"{list(anchors.aspect_ratios[0])}",
-            "test resize (min / max)": f"{peer.transform.min_size[-1]} / "
-                                       f"{peer.transform.max_size}"}
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -778,6 +811,27 @@ def _meta(setup: Setup, config_file: str, opts: Sequence[str], options: Benchmar
             "options": asdict(options)}
 
 
+def trained_rows(setup: Setup, ours: dict, peer_rows: List[dict],
+                 also_rows: Sequence[dict] = ()) -> List[dict]:
+    """The checkpoint comparison: our checkpoint first, our other models, the peer's rows.
+
+    Each row gets ``throughput_vs_ours`` = our images/s / its images/s (> 1: ours faster)
+    and ``dice_vs_ours`` = its pixel Dice - ours. Empty without both checkpoints.
+    """
+    if not (setup.checkpoint and peer_rows):
+        return []
+    rows = [{"model": "ours (checkpoint)", "settings": _ours_settings(setup.cfg),
+             "accuracy": ours["checkpoint_accuracy"], "speed": ours["checkpoint_speed"]}]
+    rows += list(also_rows) + peer_rows
+    ours_ips = rows[0]["speed"]["infer_images_per_s"]
+    ours_dice = rows[0]["accuracy"].get("dice_micro")
+    for row in rows:
+        ips, dice = row["speed"]["infer_images_per_s"], row["accuracy"].get("dice_micro")
+        row["throughput_vs_ours"] = ours_ips / ips if ips else None
+        row["dice_vs_ours"] = (dice - ours_dice if None not in (dice, ours_dice) else None)
+    return rows
+
+
 def _set_threads(threads: Optional[int]) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -806,11 +860,14 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
     options.check()
     _set_threads(options.threads)
     setup = prepare(config_file, opts, options)
+    also = prepare_also(setup, opts, options)
     out_dir = make_output_dir(output_dir)  # after the checks: a bad run leaves no folder
     images = [read_array(d["file_name"]) for d in setup.test_dicts]
     with tempfile.TemporaryDirectory(prefix="lumbar_bench_") as tmp:
         peer = run_peer(setup, images, options)
+        trained = run_peer_checkpoint(setup, images, options) if options.peer_weights else []
         ours, predictor = run_ours(setup, images, options, Path(tmp))
+        also_rows = run_also(setup, images, options, also)
         scaling = None if options.skip_scaling else {
             "latency_vs_size": latency_vs_size(predictor, images[0], options.scaling_sizes,
                                                options.scaling_repeats, setup.device),
@@ -823,16 +880,17 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
                      "paper": dict(report.PAPER, note=report.PAPER_NOTE)},
         "speed": {"ours": ours["speed"], "peer": peer["speed"],
                   "ours_checkpoint": ours.get("checkpoint_speed"),
-                  "peer_default_res": peer["default_res"],
+                  "peer_default_res": peer.get("default_res") or trained[-1]["speed"],
                   "ratio": speed_ratios(ours["speed"], peer["speed"])},
+        "trained": trained_rows(setup, ours, trained, also_rows),
         "scaling": scaling,
     }
     write_outputs(result, out_dir)  # adds result["files"]
     return result
 
 
-__all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "prepare", "instances_to_target",
-           "to_torchvision_batch", "seeded_batches", "build_ours", "build_peer", "train_timed",
-           "predict_timed", "peer_predictor", "accuracy", "latency_stats", "speed_ratios",
-           "latency_vs_size", "dataset_scaling", "resize_short_side", "subset_ground_truth",
-           "spread_sample", "diverged", "norm_layers"]
+__all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "train_peer", "prepare",
+           "seeded_batches", "build_ours", "train_timed", "predict_timed", "accuracy",
+           "latency_stats", "speed_ratios", "trained_rows", "latency_vs_size",
+           "dataset_scaling", "resize_short_side", "subset_ground_truth", "spread_sample",
+           "diverged"]

@@ -89,6 +89,33 @@ def _segm_ap(summary: dict) -> Optional[float]:
     return ((summary.get("coco") or {}).get("segm") or {}).get("AP")
 
 
+def trained_section(result: dict) -> List[str]:
+    """Trained checkpoints side by side: accuracy, latency and ours/them throughput."""
+    rows = result.get("trained") or []
+    if not rows:
+        return []
+    m = result["meta"]
+    table = [[r["model"], r["settings"]]
+             + [_pct(r["accuracy"].get(k)) for k in ("dice_micro", "inst_precision",
+                                                     "inst_recall")]
+             + [_num(_segm_ap(r["accuracy"]), "{:.1f}"),
+                _num(r["speed"].get("latency_ms_p50"), "{:.0f}"),
+                _num(r["speed"].get("infer_images_per_s"), "{:.2f}"),
+                _num(r["speed"].get("detections_per_image"), "{:.1f}"),
+                _num(r.get("throughput_vs_ours"), "{:.2f}x"),
+                _num(None if r.get("dice_vs_ours") is None else 100 * r["dice_vs_ours"],
+                     "{:+.1f}")]
+             for r in rows]
+    header = ["model", "test-time settings", "Dice %", "P %", "R %", "segm AP",
+              "latency p50 (ms)", "images/s", "detections", "ours faster by", "Dice vs ours"]
+    caption = ("Both checkpoints trained for the same iterations on the same data, batch, "
+               "augmentations and schedule (see `peer_train.json` for the peer's run); "
+               f"{m['test_images_used']} test slices, batch 1, {m['device']}, "
+               f"{m['threads']} torch thread(s). \"ours faster by\" = our images/s / the "
+               "row's images/s; \"Dice vs ours\" in percentage points.")
+    return ["## Trained models", "", caption, ""] + md_table(header, table) + [""]
+
+
 def accuracy_section(result: dict) -> List[str]:
     """Accuracy table with the paper column (percent)."""
     m, paper = result["meta"], result["accuracy"]["paper"]
@@ -176,6 +203,7 @@ def format_markdown(result: dict) -> str:
     """The whole ``benchmark.md``."""
     lines = ["# Benchmark: lumbar-d2 (Detectron2) vs torchvision Mask R-CNN", ""]
     lines += md_table(["run", ""], _run_rows(result)) + [""]
+    lines += trained_section(result)
     lines += accuracy_section(result) + speed_section(result) + setup_section(result)
     lines += scaling_section(result.get("scaling"))
     return "\n".join(lines)

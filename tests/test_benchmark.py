@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,13 @@ from conftest import INSTANT_CONFIG
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from inference_helpers import save_random_checkpoint
 
-from lumbar_d2.benchmark import (BenchmarkOptions, SPEED_KEYS, diverged, instances_to_target,
-                                 run_benchmark, seeded_batches, spread_sample,
-                                 to_torchvision_batch)
+from lumbar_d2.benchmark import (BenchmarkOptions, SPEED_KEYS, diverged, run_benchmark,
+                                 seeded_batches, spread_sample, train_peer)
+from lumbar_d2.engine import load_config
 from lumbar_d2.evaluation import report
+from lumbar_d2.peer import (build_peer, instances_to_target, load_peer, peer_test_settings,
+                            to_torchvision_batch)
+from lumbar_d2.utils.errors import LumbarError
 
 TINY_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
              "INPUT.MAX_SIZE_TEST", "128"]
@@ -73,8 +77,9 @@ def test_benchmark_on_tiny_phantom(phantom_root, tmp_path, isolated_catalog):
     run_benchmark(str(INSTANT_CONFIG), opts + TINY_OPTS, str(tmp_path / "out"), options)
 
     result = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert set(result) == {"meta", "setup", "accuracy", "speed", "scaling", "files"}
+    assert set(result) == {"meta", "setup", "accuracy", "speed", "scaling", "trained", "files"}
     assert result["scaling"] is None and result["files"]["plot"] is None
+    assert result["trained"] == []  # no --peer-weights: no checkpoint comparison
     assert result["meta"]["test_images_used"] == 2
     assert result["meta"]["checkpoint"] == str(checkpoint)
     assert result["setup"]["ours"]["init"].startswith("random")  # trained from the file's ""
@@ -136,3 +141,52 @@ def test_cli_refuses_too_few_iterations(run_tool, tmp_path, capsys):
                                        tmp_path / "out", "--train-iters", "1"], capsys)
     assert code == 2 and err.startswith("error: --train-iters 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_trained_peer_is_saved_loaded_and_compared(phantom_root, tmp_path, isolated_catalog):
+    checkpoint = save_random_checkpoint(tmp_path)
+    opts = ["LUMBAR.DATASETS_ROOT", str(phantom_root), "OUTPUT_DIR", str(tmp_path / "d2")]
+    run = train_peer(str(INSTANT_CONFIG), opts + TINY_OPTS, str(tmp_path / "peer"), iters=3,
+                     lr=0.001, checkpoint_period=2)
+    saved = json.loads((tmp_path / "peer" / "peer_train.json").read_text())
+    assert saved["iters_done"] == 3 and saved["base_lr"] == 0.001
+    assert len(saved["train_losses"]) == 3 and saved["weights"] == run["weights"]
+    assert not list((tmp_path / "peer").glob(".*tmp*"))  # atomic writes left no temp files
+
+    options = BenchmarkOptions(train_iters=2, infer_images=2, infer_warmup=0, skip_scaling=True,
+                               peer_default_size=(160, 160), peer_weights=run["weights"],
+                               peer_lr=0.001)
+    result = run_benchmark(str(INSTANT_CONFIG), opts + TINY_OPTS + ["MODEL.WEIGHTS",
+                           str(checkpoint)], str(tmp_path / "out"), options)
+    rows = result["trained"]
+    assert [r["model"] for r in rows] == ["ours (checkpoint)"] + ["peer (checkpoint)"] * 3
+    ours_ips = rows[0]["speed"]["infer_images_per_s"]
+    assert rows[0]["throughput_vs_ours"] == pytest.approx(1.0)
+    for row in rows[1:]:  # hand-computed ratio: our images/s over the row's
+        assert row["throughput_vs_ours"] == pytest.approx(ours_ips
+                                                          / row["speed"]["infer_images_per_s"])
+        assert row["accuracy"]["n_images"] == 2
+    assert rows[-1]["speed"]["min_size"] == 160  # the torchvision-default row
+    assert result["speed"]["peer_default_res"] is rows[-1]["speed"]
+    md = Path(result["files"]["markdown"]).read_text()
+    assert "## Trained models" in md and md.count("| peer (checkpoint) |") == 3
+
+
+def test_load_peer_refuses_a_wrong_file(tmp_path):
+    cfg = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu"])
+    bad = tmp_path / "not_a_peer.pth"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(LumbarError, match="not_a_peer.pth: not a torchvision Mask R-CNN"):
+        load_peer(cfg, 1, str(bad))
+
+
+def test_peer_test_settings_apply_ours_and_restore_defaults():
+    cfg = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "77",
+                                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5",
+                                            "TEST.DETECTIONS_PER_IMAGE", "9"])
+    peer = build_peer(cfg, 1)
+    with peer_test_settings(peer, cfg):
+        assert peer.rpn._post_nms_top_n["testing"] == 77
+        assert peer.roi_heads.score_thresh == 0.5 and peer.roi_heads.detections_per_img == 9
+    assert peer.rpn._post_nms_top_n["testing"] == 1000  # torchvision defaults are back
+    assert peer.roi_heads.score_thresh == 0.05 and peer.roi_heads.detections_per_img == 100

@@ -213,3 +213,35 @@ def test_cli_prints_table_and_reports_errors(tmp_path, gt_path, capsys):
     assert cli.main(["--gt", str(tmp_path / "nope.json"), "--predictions", pred,
                      "--output", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_threshold_sweep_hand_computed(tmp_path, gt_path):
+    """Perfect discs at 0.9/0.9/0.6 and a 64 px false positive at 0.4 on the empty slice."""
+    from lumbar_d2.evaluation.offline import best_threshold, format_sweep
+
+    preds = _perfect_results()
+    preds[2]["score"] = 0.6  # image 2's disc (100 px)
+    preds.append(dict(_ann(_rect(20, 24, 4, 20), 3), score=0.4))
+    res = evaluate_files(gt_path, _write(tmp_path / "pred.json", preds), str(tmp_path / "o"),
+                         n_boot=0, sweep=[0.7, 0.3, 0.5])
+    rows = {r["score_threshold"]: r for r in res["threshold_sweep"]}
+    assert list(rows) == [0.3, 0.5, 0.7]  # sorted
+    # 0.3: 3 TP + 1 FP; GT 228 px, predicted 292 px, overlap 228
+    assert rows[0.3]["inst_precision"] == pytest.approx(0.75)
+    assert rows[0.3]["inst_recall"] == pytest.approx(1.0)
+    assert rows[0.3]["dice_micro"] == pytest.approx(2 * 228 / (228 + 292))
+    assert rows[0.5]["dice_micro"] == pytest.approx(1.0) and rows[0.5]["n_predictions"] == 3
+    # 0.7: image 2's disc dropped: 2 of 3 found, 128 of 228 px
+    assert rows[0.7]["inst_recall"] == pytest.approx(2 / 3)
+    assert rows[0.7]["dice_micro"] == pytest.approx(2 * 128 / (228 + 128))
+    assert res["best_threshold"] == 0.5 == best_threshold(res["threshold_sweep"])
+    assert "0.50" in format_sweep(res["threshold_sweep"]).split("<- best Dice")[0][-80:]
+    saved = _strict_json(tmp_path / "o" / "metrics.json")
+    assert saved["best_threshold"] == 0.5 and len(saved["threshold_sweep"]) == 3
+
+
+def test_sweep_rejects_thresholds_outside_unit_range(tmp_path, gt_path):
+    preds = _write(tmp_path / "pred.json", _perfect_results())
+    with pytest.raises(LumbarError, match="score threshold 1.5 is outside"):
+        evaluate_files(gt_path, preds, str(tmp_path / "o"), sweep=[0.5, 1.5])
+    assert not (tmp_path / "o").exists()

@@ -226,3 +226,13 @@ def test_images_json_is_coco_shaped(run: Tuple[dict, Path]) -> None:
     images = json.loads(Path(run[0]["images"]).read_text())
     assert set(images) == {"images", "categories", "annotations"}
     assert [im["id"] for im in images["images"]] == [1, 2, 3]
+
+
+def test_outputs_default_to_the_operating_point() -> None:
+    """Without --score-thresh, written detections use LUMBAR.SCORE_THRESH, not 0.05."""
+    from lumbar_d2.inference.predictor import _prediction_config
+
+    cfg = tiny_cfg()
+    cfg.LUMBAR.SCORE_THRESH = 0.8
+    assert _prediction_config(cfg, None, "sagittal", 1).MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.8
+    assert _prediction_config(cfg, 0.3, "sagittal", 1).MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.3

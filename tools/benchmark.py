@@ -8,6 +8,7 @@ Writes <output>/benchmark.json, benchmark.md and benchmark.png (see lumbar_d2/be
 Usage:
     python tools/benchmark.py --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
         --output results/benchmark_spider --train-iters 20 --infer-images 20 \
+        --peer-weights output/peer_spider/peer_final.pth --peer-lr 0.0025 \
         MODEL.WEIGHTS output/spider_disc/model_final.pth
 """
 import argparse
@@ -37,6 +38,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="torch threads (default: as set, e.g. by OMP_NUM_THREADS)")
     p.add_argument("--channels-last", action="store_true",
                    help="run inference of both models with channels-last weights")
+    p.add_argument("--peer-weights",
+                   help="peer trained by tools/train_peer.py for as many iterations as "
+                        "MODEL.WEIGHTS: both checkpoints are scored and timed side by side")
+    p.add_argument("--peer-lr", type=float,
+                   help="peer base learning rate for the equal-budget run (default: "
+                        "SOLVER.BASE_LR; use the value the peer checkpoint was trained with)")
+    p.add_argument("--also", nargs=2, action="append", default=[],
+                   metavar=("CONFIG", "WEIGHTS"),
+                   help="another trained model of ours to score and time on the same slices "
+                        "(repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides; MODEL.WEIGHTS <model_final.pth> = checkpoint to score")
@@ -49,7 +60,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     options = BenchmarkOptions(train_iters=args.train_iters, infer_images=args.infer_images,
                                skip_scaling=args.skip_scaling, threads=args.threads,
-                               channels_last=args.channels_last)
+                               channels_last=args.channels_last,
+                               peer_weights=args.peer_weights, peer_lr=args.peer_lr,
+                               also=tuple(tuple(pair) for pair in args.also))
     try:
         result = run_benchmark(args.config_file, args.opts, args.output, options)
     except LumbarError as e:

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from lumbar_d2.evaluation.offline import evaluate_files, format_result
+from lumbar_d2.evaluation.offline import evaluate_files, format_result, format_sweep
 from lumbar_d2.utils.errors import LumbarError
 
 
@@ -31,6 +31,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="pixel size in mm; overrides the GT's info.pixel_spacing")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="patient bootstrap resamples for 95%% CIs; 0 = none (default 1000)")
+    p.add_argument("--sweep", type=float, nargs="+", default=[], metavar="SCORE",
+                   help="also report pooled Dice/P/R at each of these score thresholds and "
+                        "the best-Dice one (pick LUMBAR.SCORE_THRESH on the val split)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     return p.parse_args(argv)
 
@@ -41,12 +44,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         result = evaluate_files(args.gt, args.predictions, args.output, args.score_threshold,
-                                args.iou_threshold, args.pixel_spacing, args.bootstrap)
+                                args.iou_threshold, args.pixel_spacing, args.bootstrap,
+                                args.sweep)
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.verbose:  # verbose mode already logged the table
         print(format_result(result))
+    if args.sweep:
+        print(format_sweep(result["threshold_sweep"]))
     return 0
 
 

@@ -38,8 +38,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="horizontal-flip test-time augmentation (swaps anterior/posterior on "
                         "sagittal slices; best with models trained with INPUT.AUG.HFLIP)")
     p.add_argument("--score-thresh", type=float,
-                   help="keep detections scoring at least this (overrides "
-                        "MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
+                   help="keep detections scoring at least this (default: the config's "
+                        "LUMBAR.SCORE_THRESH, the operating point Dice/P/R are reported at)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="slices per forward pass; >1 helps on GPU (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")

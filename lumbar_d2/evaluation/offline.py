@@ -303,10 +303,52 @@ def per_image_records(gt: dict, results: List[dict], score_threshold: float,
     return records
 
 
+SWEEP_KEYS = ("dice_micro", "dice_macro", "inst_precision", "inst_recall", "inst_f1")
+
+
+def threshold_sweep(gt: dict, results: List[dict], thresholds: Sequence[float],
+                    iou_threshold: float, spacing: Tuple[float, float]) -> List[dict]:
+    """Pooled Dice and instance P/R/F1 at each score threshold (no bootstrap).
+
+    Choosing ``LUMBAR.SCORE_THRESH`` is model selection: sweep on the validation split and
+    report the test split at the chosen value, never the test split's best.
+    """
+    rows = []
+    for t in sorted(thresholds):
+        summary = metrics.summarize(per_image_records(gt, results, t, iou_threshold, spacing),
+                                    n_boot=0)
+        rows.append({"score_threshold": t, **{k: summary.get(k) for k in SWEEP_KEYS},
+                     "n_predictions": sum(r["score"] >= t for r in results)})
+    return rows
+
+
+def best_threshold(rows: List[dict], key: str = "dice_micro") -> Optional[float]:
+    """The swept threshold with the highest ``key`` (the lowest one on ties); None if none."""
+    scored = [r for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return max(scored, key=lambda r: (r[key], -r["score_threshold"]))["score_threshold"] \
+        if scored else None
+
+
+def format_sweep(rows: List[dict]) -> str:
+    """Plain-text sweep table with the best-Dice threshold marked."""
+    best = best_threshold(rows)
+    lines = ["score >=  pixel Dice  Dice mac  inst P   inst R   inst F1  predictions"]
+    for r in rows:
+        cells = [f"{100 * r[k]:7.1f}" if r[k] is not None and np.isfinite(r[k]) else "      -"
+                 for k in SWEEP_KEYS]
+        mark = "  <- best Dice" if r["score_threshold"] == best else ""
+        lines.append(f"{r['score_threshold']:8.2f}  {cells[0]:>10} {cells[1]:>9} "
+                     f"{cells[2]:>7}  {cells[3]:>7}  {cells[4]:>7}  {r['n_predictions']:11d}"
+                     + mark)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- top level
-def _check_settings(score_threshold: float, iou_threshold: float, n_boot: int) -> None:
-    if not 0.0 <= score_threshold <= 1.0:
-        raise LumbarError(f"score threshold {score_threshold} is outside [0, 1]; pass e.g. 0.5")
+def _check_settings(score_threshold: float, iou_threshold: float, n_boot: int,
+                    sweep: Sequence[float] = ()) -> None:
+    for t in (score_threshold, *sweep):
+        if not 0.0 <= t <= 1.0:
+            raise LumbarError(f"score threshold {t} is outside [0, 1]; pass e.g. 0.5")
     if not 0.0 < iou_threshold <= 1.0:
         raise LumbarError(f"IoU threshold {iou_threshold} is outside (0, 1]; pass e.g. 0.5")
     if n_boot < 0:
@@ -334,7 +376,8 @@ def format_result(result: dict) -> str:
 
 def evaluate_files(gt_json: str, predictions: str, output_dir: str,
                    score_threshold: float = 0.5, iou_threshold: float = 0.5,
-                   pixel_spacing: Optional[tuple] = None, n_boot: int = 1000) -> dict:
+                   pixel_spacing: Optional[tuple] = None, n_boot: int = 1000,
+                   sweep: Sequence[float] = ()) -> dict:
     """Score saved predictions against a COCO ground truth; write metrics.json and a CSV.
 
     All inputs are read and checked before anything is written, so bad input leaves no
@@ -348,14 +391,17 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
         iou_threshold: mask IoU for an instance match.
         pixel_spacing: (row_mm, col_mm); overrides the GT's ``info.pixel_spacing``.
         n_boot: patient bootstrap resamples for 95 % CIs (0: none).
+        sweep: score thresholds for :func:`threshold_sweep` (written as ``threshold_sweep``
+            and ``best_threshold`` in metrics.json; empty: no sweep).
 
     Returns:
-        ``{"coco", "per_class", "overall", "settings"}`` (NaN kept as float NaN).
+        ``{"coco", "per_class", "overall", "settings"}`` (NaN kept as float NaN), plus
+        ``threshold_sweep`` / ``best_threshold`` with ``sweep``.
 
     Raises:
         LumbarError: unreadable or inconsistent input, or bad settings.
     """
-    _check_settings(score_threshold, iou_threshold, n_boot)
+    _check_settings(score_threshold, iou_threshold, n_boot, sweep)
     gt = load_ground_truth(gt_json)
     spacing, unit = resolve_spacing(gt, gt_json, pixel_spacing)
     results, pred_info = load_predictions(predictions, gt)
@@ -372,6 +418,9 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
         "hd95": "95th percentile of pooled symmetric boundary distances (MedPy hd95)",
     }
     result = {"coco": coco, "per_class": per_class, "overall": overall, "settings": settings}
+    if sweep:
+        result["threshold_sweep"] = threshold_sweep(gt, results, sweep, iou_threshold, spacing)
+        result["best_threshold"] = best_threshold(result["threshold_sweep"])
     out = Path(output_dir)
     report.write_per_image_csv(records, out / "per_image.csv")
     write_json(out / "metrics.json", report.jsonable(result))

@@ -348,7 +348,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         pixel_spacing: (row_mm, col_mm) overriding DICOM and dataset spacing.
         orientation: "sagittal" or "axial" (orders discs / reads levels, picks QC counts).
         tta: horizontal-flip test-time augmentation.
-        score_thresh: overrides ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
+        score_thresh: keep detections scoring at least this (default:
+            ``LUMBAR.SCORE_THRESH``, the evaluated operating point).
         batch_size: slices per forward pass (>1 helps on GPU).
 
     Returns:
@@ -381,20 +382,35 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     return result
 
 
+def operating_point(cfg: CfgNode, score_thresh: Optional[float] = None) -> CfgNode:
+    """Clone of ``cfg`` whose detector keeps only detections at the operating point.
+
+    The operating point is ``LUMBAR.SCORE_THRESH`` (the threshold the evaluator's Dice/P/R
+    use) unless ``score_thresh`` overrides it. ``SCORE_THRESH_TEST`` stays low in configs so
+    that COCO AP can rank weak detections; written outputs must not: a 0.05-score box must
+    not become a measured disc. Dice/P/R are unchanged by this (weaker boxes cannot suppress
+    stronger ones in NMS), while the mask head runs on fewer boxes.
+
+    Raises:
+        LumbarError: threshold outside [0, 1].
+    """
+    cfg = cfg.clone()
+    score_thresh = cfg.LUMBAR.SCORE_THRESH if score_thresh is None else score_thresh
+    if not 0.0 <= score_thresh <= 1.0:
+        raise LumbarError(f"score threshold {score_thresh}: must be in [0, 1]")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
+    return cfg
+
+
 def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,
                        batch_size: int) -> CfgNode:
-    """Validated clone of ``cfg`` with the score threshold override applied."""
+    """Validated :func:`operating_point` clone of ``cfg`` for :func:`run_prediction`."""
     if orientation not in ORIENTATIONS:
         raise LumbarError(f"orientation {orientation!r} is not supported; use one of "
                           f"{', '.join(ORIENTATIONS)}")
     if batch_size < 1:
         raise LumbarError(f"batch size {batch_size}: must be >= 1")
-    cfg = cfg.clone()
-    if score_thresh is not None:
-        if not 0.0 <= score_thresh <= 1.0:
-            raise LumbarError(f"score threshold {score_thresh}: must be in [0, 1]")
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
-    return cfg
+    return operating_point(cfg, score_thresh)
 
 
 def make_output_dir(output_dir: str) -> Path:
