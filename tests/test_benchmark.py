@@ -155,11 +155,14 @@ def test_trained_peer_is_saved_loaded_and_compared(phantom_root, tmp_path, isola
 
     options = BenchmarkOptions(train_iters=2, infer_images=2, infer_warmup=0, skip_scaling=True,
                                peer_default_size=(160, 160), peer_weights=run["weights"],
-                               peer_lr=0.001)
+                               peer_lr=0.001, also=((str(INSTANT_CONFIG), str(checkpoint)),))
     result = run_benchmark(str(INSTANT_CONFIG), opts + TINY_OPTS + ["MODEL.WEIGHTS",
                            str(checkpoint)], str(tmp_path / "out"), options)
     rows = result["trained"]
-    assert [r["model"] for r in rows] == ["ours (checkpoint)"] + ["peer (checkpoint)"] * 3
+    also = f"ours ({INSTANT_CONFIG.stem})"
+    assert [r["model"] for r in rows] == ["ours (checkpoint)", also] + ["peer (checkpoint)"] * 3
+    # the same weights through --also: the same detections, so the same accuracy
+    assert rows[1]["accuracy"]["dice_micro"] == rows[0]["accuracy"]["dice_micro"]
     ours_ips = rows[0]["speed"]["infer_images_per_s"]
     assert rows[0]["throughput_vs_ours"] == pytest.approx(1.0)
     for row in rows[1:]:  # hand-computed ratio: our images/s over the row's
@@ -190,3 +193,15 @@ def test_peer_test_settings_apply_ours_and_restore_defaults():
         assert peer.roi_heads.score_thresh == 0.5 and peer.roi_heads.detections_per_img == 9
     assert peer.rpn._post_nms_top_n["testing"] == 1000  # torchvision defaults are back
     assert peer.roi_heads.score_thresh == 0.05 and peer.roi_heads.detections_per_img == 100
+
+
+def test_also_must_test_on_the_same_split(phantom_root, tmp_path, isolated_catalog):
+    from lumbar_d2.benchmark import prepare, prepare_also
+
+    checkpoint = save_random_checkpoint(tmp_path)
+    opts = ["LUMBAR.DATASETS_ROOT", str(phantom_root), "OUTPUT_DIR", str(tmp_path)] + TINY_OPTS
+    options = BenchmarkOptions(also=((str(INSTANT_CONFIG), str(checkpoint)),))
+    setup = prepare(str(INSTANT_CONFIG), opts, options)
+    assert prepare_also(setup, opts, options)[0][1].MODEL.WEIGHTS == str(checkpoint)
+    with pytest.raises(LumbarError, match="compare models on the same test split"):
+        prepare_also(setup, opts + ["DATASETS.TEST", "('lumbar_phantom_train',)"], options)
