@@ -395,11 +395,13 @@ def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: in
     # Detectron2's heads log to an EventStorage (as inside its trainers); unused by the peer.
     with peak_memory("train", device) as memory, logging_redirect_tqdm(), \
             EventStorage(0) as storage:
-        for _ in tqdm(range(iters), desc=desc, unit="it"):
+        bar = tqdm(range(iters), desc=desc, unit="it")
+        for _ in bar:
             start = time.perf_counter()
             losses.append(_train_step(model, loss_fn, next(batches), optimizer, scaler))
             _sync(device)
             times.append(time.perf_counter() - start)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             scheduler.step()
             storage.step()
             if after_step is not None:
