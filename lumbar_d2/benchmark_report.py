@@ -104,16 +104,26 @@ def trained_section(result: dict) -> List[str]:
                 _num(r["speed"].get("detections_per_image"), "{:.1f}"),
                 _num(r.get("throughput_vs_ours"), "{:.2f}x"),
                 _num(None if r.get("dice_vs_ours") is None else 100 * r["dice_vs_ours"],
-                     "{:+.1f}")]
+                     "{:+.1f}"), _oracle(r["accuracy"].get("oracle"))]
              for r in rows]
     header = ["model", "test-time settings", "Dice %", "P %", "R %", "segm AP",
-              "latency p50 (ms)", "images/s", "detections", "ours faster by", "Dice vs ours"]
+              "latency p50 (ms)", "images/s", "detections", "ours faster by", "Dice vs ours",
+              "best-threshold Dice % (score)"]
     caption = ("Both checkpoints trained for the same iterations on the same data, batch, "
                "augmentations and schedule (see `peer_train.json` for the peer's run); "
                f"{m['test_images_used']} test slices, batch 1, {m['device']}, "
-               f"{m['threads']} torch thread(s). \"ours faster by\" = our images/s / the "
-               "row's images/s; \"Dice vs ours\" in percentage points.")
+               f"{m['threads']} torch thread(s). Dice/P/R at our operating point (score >= "
+               f"{m['score_thresh']:g}, chosen on the validation split). \"ours faster by\" = "
+               "our images/s / the row's images/s; \"Dice vs ours\" in percentage points. "
+               "The last column is each row's best Dice over score thresholds picked on these "
+               "test slices: an optimistic ceiling, for the peer, which was not tuned.")
     return ["## Trained models", "", caption, ""] + md_table(header, table) + [""]
+
+
+def _oracle(oracle: Optional[dict]) -> str:
+    if not oracle:
+        return "-"
+    return f"{_pct(oracle.get('dice_micro'))} ({oracle['score_threshold']:g})"
 
 
 def accuracy_section(result: dict) -> List[str]:
