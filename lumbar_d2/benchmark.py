@@ -56,8 +56,10 @@ import ctypes
 import datetime
 import gc
 import itertools
+import json
 import logging
 import os
+import pickle
 import platform
 import resource
 import statistics
@@ -605,6 +607,7 @@ def run_peer_checkpoint(setup: Setup, images: Sequence[np.ndarray],
         Rows ``{"model", "settings", "accuracy", "speed"}`` for the "trained models" table.
     """
     peer = load_peer(setup.cfg, len(setup.classes), options.peer_weights)
+    iterations = checkpoint_iterations(options.peer_weights)
     use_channels_last(peer, options.channels_last)
     predict = peer_predictor(peer, setup.cfg.INPUT.NORMALIZE)
     size = f"{setup.cfg.INPUT.MIN_SIZE_TEST}/{setup.cfg.INPUT.MAX_SIZE_TEST}"
@@ -619,7 +622,7 @@ def run_peer_checkpoint(setup: Setup, images: Sequence[np.ndarray],
         with context:
             acc, speed = _evaluate(predict, setup, images, options, f"infer peer ({settings})")
         rows.append({"model": "peer (checkpoint)", "settings": settings, "accuracy": acc,
-                     "speed": speed})
+                     "speed": speed, "iterations": iterations})
     rows[-1]["speed"].update(zip(("min_size", "max_size"), options.peer_default_size))
     return rows
 
@@ -675,7 +678,7 @@ def run_also(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptio
         predictor = _ours_predictor(cfg, cfg.MODEL.WEIGHTS, options)
         acc, speed = _evaluate(predictor, setup, images, options, f"infer {label}")
         rows.append({"model": label, "settings": _ours_settings(cfg), "accuracy": acc,
-                     "speed": speed})
+                     "speed": speed, "iterations": checkpoint_iterations(cfg.MODEL.WEIGHTS)})
         del predictor
     return rows
 
@@ -821,6 +824,23 @@ def _meta(setup: Setup, config_file: str, opts: Sequence[str], options: Benchmar
             "options": asdict(options)}
 
 
+def checkpoint_iterations(weights: str) -> Optional[int]:
+    """Training iterations behind a checkpoint, or None when it does not say.
+
+    Detectron2 checkpoints store the last iteration index; :func:`train_peer` writes
+    ``peer_train.json`` beside the peer's weights.
+    """
+    path = Path(weights)
+    peer_log = path.parent / "peer_train.json"
+    try:
+        if path.suffix == ".pth" and peer_log.is_file() and path.name == PEER_WEIGHTS:
+            return int(json.loads(peer_log.read_text())["iters_done"])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return int(checkpoint["iteration"]) + 1
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError):
+        return None
+
+
 def trained_rows(setup: Setup, ours: dict, peer_rows: List[dict],
                  also_rows: Sequence[dict] = ()) -> List[dict]:
     """The checkpoint comparison: our checkpoint first, our other models, the peer's rows.
@@ -831,7 +851,8 @@ def trained_rows(setup: Setup, ours: dict, peer_rows: List[dict],
     if not (setup.checkpoint and peer_rows):
         return []
     rows = [{"model": "ours (checkpoint)", "settings": _ours_settings(setup.cfg),
-             "accuracy": ours["checkpoint_accuracy"], "speed": ours["checkpoint_speed"]}]
+             "accuracy": ours["checkpoint_accuracy"], "speed": ours["checkpoint_speed"],
+             "iterations": checkpoint_iterations(setup.checkpoint)}]
     rows += list(also_rows) + peer_rows
     ours_ips = rows[0]["speed"]["infer_images_per_s"]
     ours_dice = rows[0]["accuracy"].get("dice_micro")

@@ -95,7 +95,7 @@ def trained_section(result: dict) -> List[str]:
     if not rows:
         return []
     m = result["meta"]
-    table = [[r["model"], r["settings"]]
+    table = [[r["model"], _num(r.get("iterations"), "{:d}"), r["settings"]]
              + [_pct(r["accuracy"].get(k)) for k in ("dice_micro", "inst_precision",
                                                      "inst_recall")]
              + [_num(_segm_ap(r["accuracy"]), "{:.1f}"),
@@ -106,11 +106,12 @@ def trained_section(result: dict) -> List[str]:
                 _num(None if r.get("dice_vs_ours") is None else 100 * r["dice_vs_ours"],
                      "{:+.1f}"), _oracle(r["accuracy"].get("oracle"))]
              for r in rows]
-    header = ["model", "test-time settings", "Dice %", "P %", "R %", "segm AP",
+    header = ["model", "iterations", "test-time settings", "Dice %", "P %", "R %", "segm AP",
               "latency p50 (ms)", "images/s", "detections", "ours faster by", "Dice vs ours",
               "best-threshold Dice % (score)"]
-    caption = ("Both checkpoints trained for the same iterations on the same data, batch, "
-               "augmentations and schedule (see `peer_train.json` for the peer's run); "
+    caption = ("Trained checkpoints on the same data, batch, augmentations and LR schedule "
+               "(iterations read from each checkpoint; the peer's run is in its "
+               "`peer_train.json`); "
                f"{m['test_images_used']} test slices, batch 1, {m['device']}, "
                f"{m['threads']} torch thread(s). Dice/P/R at our operating point (score >= "
                f"{m['score_thresh']:g}, chosen on the validation split). \"ours faster by\" = "

@@ -163,6 +163,8 @@ def test_trained_peer_is_saved_loaded_and_compared(phantom_root, tmp_path, isola
     assert [r["model"] for r in rows] == ["ours (checkpoint)", also] + ["peer (checkpoint)"] * 3
     # the same weights through --also: the same detections, so the same accuracy
     assert rows[1]["accuracy"]["dice_micro"] == rows[0]["accuracy"]["dice_micro"]
+    # iterations: the random checkpoint does not say; the peer's from its peer_train.json
+    assert [r["iterations"] for r in rows] == [None, None, 3, 3, 3]
     ours_ips = rows[0]["speed"]["infer_images_per_s"]
     assert rows[0]["throughput_vs_ours"] == pytest.approx(1.0)
     for row in rows[1:]:  # hand-computed ratio: our images/s over the row's

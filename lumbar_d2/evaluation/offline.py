@@ -323,9 +323,12 @@ def threshold_sweep(gt: dict, results: List[dict], thresholds: Sequence[float],
 
 
 def best_threshold(rows: List[dict], key: str = "dice_micro") -> Optional[float]:
-    """The swept threshold with the highest ``key`` (the lowest one on ties); None if none."""
+    """The swept threshold with the highest ``key``; None if none.
+
+    On ties the highest threshold wins: the same Dice with fewer detections to review.
+    """
     scored = [r for r in rows if r.get(key) is not None and np.isfinite(r[key])]
-    return max(scored, key=lambda r: (r[key], -r["score_threshold"]))["score_threshold"] \
+    return max(scored, key=lambda r: (r[key], r["score_threshold"]))["score_threshold"] \
         if scored else None
 
 
