@@ -12,21 +12,18 @@ Usage:
         MODEL.WEIGHTS output/spider_disc/model_final.pth
 """
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.benchmark import BenchmarkOptions, run_benchmark
-from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="our model config (configs/*.yaml)")
-    p.add_argument("--output", required=True, help="folder for benchmark.json/.md/.png")
+    p = tool_parser(__doc__, "our model config (configs/*.yaml)",
+                    "folder for benchmark.json/.md/.png")
     p.add_argument("--train-iters", type=int, default=20,
                    help="training iterations per model, first few are warm-up (default 20)")
     p.add_argument("--infer-images", type=int, default=20,
@@ -48,28 +45,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    metavar=("CONFIG", "WEIGHTS"),
                    help="another trained model of ours to score and time on the same slices "
                         "(repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                   help="config overrides; MODEL.WEIGHTS <model_final.pth> = checkpoint to score")
+    add_tail(p, "config overrides; MODEL.WEIGHTS <model_final.pth> = checkpoint to score")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     options = BenchmarkOptions(train_iters=args.train_iters, infer_images=args.infer_images,
                                skip_scaling=args.skip_scaling, threads=args.threads,
                                channels_last=args.channels_last,
                                peer_weights=args.peer_weights, peer_lr=args.peer_lr,
                                also=tuple(tuple(pair) for pair in args.also))
-    try:
+
+    def body() -> int:
         result = run_benchmark(args.config_file, args.opts, args.output, options)
-    except LumbarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(Path(result["files"]["markdown"]).read_text())
-    return 0
+        print(Path(result["files"]["markdown"]).read_text())
+        return 0
+    return run_tool(body, args.verbose)
 
 
 if __name__ == "__main__":

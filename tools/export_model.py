@@ -12,7 +12,6 @@ Usage:
         MODEL.WEIGHTS output/spider_disc/model_final.pth
 """
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
@@ -21,23 +20,18 @@ from lumbar_d2.data import register_all_lumbar
 from lumbar_d2.engine.trainer import check_weights, load_config
 from lumbar_d2.inference.export import FORMATS, export_model
 from lumbar_d2.inference.predictor import use_cpu_without_cuda
-from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="model config (configs/*.yaml)")
-    p.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
+    p = tool_parser(__doc__, "model config (configs/*.yaml)", "folder for model.ts / model.onnx")
     p.add_argument("--sample-image", help="slice to trace on (default: first dataset image)")
     p.add_argument("--format", choices=sorted(FORMATS), default="torchscript",
                    help="what to export (default torchscript)")
     p.add_argument("--runs", type=int, default=10,
                    help="timed runs per model for the latency comparison; 0 = no timing "
                         "(default 10)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                   help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
+    add_tail(p, "config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
     return p.parse_args(argv)
 
 
@@ -62,20 +56,16 @@ def format_report(result: dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         cfg = load_config(args.config_file, args.opts)
         register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
         use_cpu_without_cuda(cfg)
         check_weights(cfg.MODEL.WEIGHTS)
-        result = export_model(cfg, args.output, args.sample_image, args.format,
-                              n_runs=args.runs)
-    except LumbarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_report(result))
-    return 0
+        print(format_report(export_model(cfg, args.output, args.sample_image, args.format,
+                                         n_runs=args.runs)))
+        return 0
+    return run_tool(body, args.verbose)
 
 
 if __name__ == "__main__":

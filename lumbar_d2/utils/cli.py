@@ -1,0 +1,39 @@
+"""What the tools' command lines share: the fixed part of the parser and the error contract.
+
+Every tool takes ``--config-file``, ``--output``, ``-v`` and trailing ``KEY VALUE`` config
+overrides, and reports a :class:`LumbarError` as one ``error: ...`` line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from .errors import LumbarError
+
+
+def tool_parser(doc: str, config_help: str, output_help: str) -> argparse.ArgumentParser:
+    """Parser with the tool's summary (``doc`` up to the first blank line), config and output."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help=config_help)
+    p.add_argument("--output", required=True, help=output_help)
+    return p
+
+
+def add_tail(p: argparse.ArgumentParser, opts_help: str) -> None:
+    """``-v/--verbose`` and the trailing config overrides (always the last arguments)."""
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help=opts_help)
+
+
+def run_tool(body: Callable[[], int], verbose: bool) -> int:
+    """Configure logging, run ``body``; a :class:`LumbarError` becomes one line and exit 2."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return body()
+    except LumbarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
