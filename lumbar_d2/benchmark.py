@@ -10,10 +10,11 @@ What is kept equal, so that the ratio ours/peer measures the models and not the 
 * data: one loader builder (``Trainer.build_train_loader``: our :class:`LumbarDatasetMapper`,
   its augmentations, resize and crop) seeded identically before each run, so both models see
   the same batches. Detectron2 ``Instances`` become torchvision targets with
-  :func:`lumbar_d2.peer.instances_to_target`; images are fed as ``uint8 / 255`` floats, as torchvision's
-  ImageNet normalisation expects. The peer is built with ``_skip_resize=True`` (torchvision's
-  own switch, used by its reference scripts for external resize augmentations), so in
-  training it takes the mapper's resolution instead of resizing again.
+  :func:`lumbar_d2.peer.instances_to_target`; images are fed as ``uint8 / 255`` floats, as
+  torchvision's ImageNet normalisation expects. The peer is built with
+  ``_skip_resize=True`` (torchvision's own switch, used by its reference scripts for external
+  resize augmentations), so in training it takes the mapper's resolution instead of resizing
+  again.
 * test resolution: the peer's ``min_size``/``max_size`` are our ``INPUT.MIN_SIZE_TEST`` /
   ``MAX_SIZE_TEST``; its library-default 800 px is timed separately (what a torchvision user
   gets without tuning).
@@ -21,8 +22,9 @@ What is kept equal, so that the ratio ours/peer measures the models and not the 
   same momentum, weight decay, warm-up and steps: the first ``train_iters`` iterations of the
   configured schedule), same batch size, same iterations, one shared step function (AMP for
   both when ``SOLVER.AMP.ENABLED`` on CUDA). The base lr is the same unless ``peer_lr`` gives
-  the peer its own: from scratch it diverges at the lr our GroupNorm model trains with. A model whose loss turns non-finite or grows
-  tenfold stops there, as Detectron2 and torchvision's reference script do, and is flagged.
+  the peer its own: from scratch it diverges at the lr our GroupNorm model trains with. A
+  model whose loss turns non-finite or grows tenfold stops there, as Detectron2 and
+  torchvision's reference script do, and is flagged.
 * timing: a training iteration is data fetch + forward + backward + optimizer step (median
   after warm-up). Inference is batch 1 under ``torch.inference_mode``, from the raw slice
   (normalisation, resize, forward, mask pasting at the original size) to CPU results, after
@@ -45,7 +47,8 @@ file's own value) is scored as "ours (checkpoint)" beside the paper; the equal-b
 weights. A short run says little about accuracy, so :func:`train_peer` trains the peer for a
 full schedule (``tools/train_peer.py``) and ``peer_weights`` puts that checkpoint beside ours
 in the "trained models" table: as torchvision builds it at our test size, with our test-time
-settings (:func:`lumbar_d2.peer.peer_test_settings`), and at torchvision's default 800 px. Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
+settings (:func:`lumbar_d2.peer.peer_test_settings`), and at torchvision's default 800 px.
+Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
 + :func:`lumbar_d2.evaluation.metrics.summarize` (instance P/R at mask IoU
 ``LUMBAR.MATCH_IOU``, pixel Dice, on predictions with score >= ``LUMBAR.SCORE_THRESH``) and
 :func:`lumbar_d2.evaluation.offline.coco_ap` (all predictions).
@@ -514,6 +517,7 @@ def accuracy(setup: Setup, outputs: Sequence[Instances]) -> dict:
 
 # ---------------------------------------------------------------- a full-length peer run
 PEER_WEIGHTS = "peer_final.pth"
+PEER_LOG = "peer_train.json"
 
 
 def train_peer(config_file: str, opts: Sequence[str], output_dir: str, iters: int,
@@ -554,7 +558,7 @@ def train_peer(config_file: str, opts: Sequence[str], output_dir: str, iters: in
               "batch_size": cfg.SOLVER.IMS_PER_BATCH, "config_file": config_file,
               "opts": list(opts), "setup": peer_setup(peer),
               **machine_info(setup.device), "threads": torch.get_num_threads(), **stats}
-    write_json(out_dir / "peer_train.json", report.jsonable(result))
+    write_json(out_dir / PEER_LOG, report.jsonable(result))
     return result
 
 
@@ -595,8 +599,13 @@ def run_peer(setup: Setup, images: Sequence[np.ndarray], options: BenchmarkOptio
         with peer_test_size(peer, *options.peer_default_size):
             _, out["default_res"] = predict_timed(predict, images, options.infer_warmup,
                                                   "infer peer @default", setup.device)
-        out["default_res"].update(zip(("min_size", "max_size"), options.peer_default_size))
+        out["default_res"].update(_default_size(options))
     return out
+
+
+def _default_size(options: BenchmarkOptions) -> Dict[str, int]:
+    """``min_size`` / ``max_size`` of torchvision's default resize, tagged on its timings."""
+    return dict(zip(("min_size", "max_size"), options.peer_default_size))
 
 
 def run_peer_checkpoint(setup: Setup, images: Sequence[np.ndarray],
@@ -623,7 +632,7 @@ def run_peer_checkpoint(setup: Setup, images: Sequence[np.ndarray],
             acc, speed = _evaluate(predict, setup, images, options, f"infer peer ({settings})")
         rows.append({"model": "peer (checkpoint)", "settings": settings, "accuracy": acc,
                      "speed": speed, "iterations": iterations})
-    rows[-1]["speed"].update(zip(("min_size", "max_size"), options.peer_default_size))
+    rows[-1]["speed"].update(_default_size(options))
     return rows
 
 
@@ -831,9 +840,9 @@ def checkpoint_iterations(weights: str) -> Optional[int]:
     ``peer_train.json`` beside the peer's weights.
     """
     path = Path(weights)
-    peer_log = path.parent / "peer_train.json"
+    peer_log = path.parent / PEER_LOG
     try:
-        if path.suffix == ".pth" and peer_log.is_file() and path.name == PEER_WEIGHTS:
+        if path.name == PEER_WEIGHTS and peer_log.is_file():
             return int(json.loads(peer_log.read_text())["iters_done"])
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return int(checkpoint["iteration"]) + 1

@@ -189,7 +189,8 @@ def test_load_peer_refuses_a_wrong_file(tmp_path):
 
 
 def test_peer_test_settings_apply_ours_and_restore_defaults():
-    cfg = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "77",
+    cfg = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu",
+                                            "MODEL.RPN.POST_NMS_TOPK_TEST", "77",
                                             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5",
                                             "TEST.DETECTIONS_PER_IMAGE", "9"])
     peer = build_peer(cfg, 1)

@@ -7,7 +7,8 @@ learning rate may differ (--lr; torchvision's recipe scaled to the batch). Write
 ``tools/benchmark.py --peer-weights <output>/peer_final.pth``.
 
 Usage (matches the 560-iteration SPIDER run of ours):
-    python tools/train_peer.py --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
+    python tools/train_peer.py \
+        --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
         --output output/peer_spider --iters 560 --lr 0.0025 \
         SOLVER.MAX_ITER 560 SOLVER.STEPS "(420, 510)"
 """
