@@ -15,6 +15,6 @@ setup(
                       "pycocotools>=2.0.6", "numpy>=1.23", "fvcore>=0.1.5", "scipy>=1.8",
                       "tqdm", "matplotlib", "tensorboard", "setuptools>=77,<81"],
     extras_require={"dicom": ["pydicom>=2.3"], "export": ["onnx"],
-                    "dev": ["pytest>=7", "pydicom>=2.3"]},
+                    "dev": ["pytest>=7", "pydicom>=2.3", "hypothesis>=6"]},
     entry_points={"console_scripts": ["lumbar-doctor=lumbar_d2.doctor:main"]},
 )
