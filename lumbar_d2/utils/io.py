@@ -2,7 +2,8 @@
 
 A temp file is created in the destination folder and moved over the target with
 ``os.replace`` only after the writer finished, so a crash, a full disk or a bad input never
-leaves a half-written JSON, CSV or PNG behind.
+leaves a half-written JSON, CSV or PNG behind. Files get mode 0666 less the umask (0644 by
+default), as a plain ``open`` would give, not ``mkstemp``'s private 0600.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from others
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as e:
@@ -43,6 +45,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
