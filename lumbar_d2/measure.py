@@ -20,7 +20,6 @@ diameter. ``angle_deg`` is the direction of the longer side in mm space, in imag
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import re
@@ -30,13 +29,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .evaluation.metrics import check_spacing
+from .data.layouts import SUDIRMAN_LEVELS
+from .geometry import Spacing, check_spacing, mask_iou_matrix
 from .utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
 
-Spacing = Tuple[float, float]
-Box = Tuple[int, int, int, int]  # y0, y1, x0, x1 (exclusive ends)
 
 DISC_CLASS = "disc"
 CANAL_CLASSES = ("canal", "thecal_sac")
@@ -44,10 +42,21 @@ ORIENTATIONS = ("sagittal", "axial")
 # A sagittal lumbar slice shows L1-S1 (5 discs) and often some thoracic discs; an axial slice
 # cuts one disc.
 EXPECTED_DISCS: Dict[str, Tuple[int, int]] = {"sagittal": (5, 11), "axial": (1, 1)}
-# The Sudirman lumbar spine MRI dataset images the three lowest lumbar discs on axial T2
-# slices; file names end in D3/D4/D5 for L3-L4, L4-L5 and L5-S1.
-SUDIRMAN_LEVELS = {"3": "L3-L4", "4": "L4-L5", "5": "L5-S1"}
 _LEVEL_RE = re.compile(r"(?:^|[_-])D(\d)(?=$|[_.-])", re.IGNORECASE)
+# Sagittal disc levels, named from the caudal end (see :func:`sagittal_level_names`). The label
+# value of a level follows SPINEPS: 100 + the number of the vertebra above the disc, counting
+# C1 = 1 ... C7 = 7, T1 = 8 ... T12 = 19, L1 = 20 ... L5 = 24 (so L5-S1 = 124, T12-L1 = 119).
+VERTEBRAE = ([f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)]
+             + [f"L{i}" for i in range(1, 6)] + ["S1"])
+# C2-C3 ... L5-S1 (no disc between C1 and C2), each with its label value.
+LEVEL_VALUES: Dict[str, int] = {f"{upper}-{lower}": 100 + number
+                                for number, (upper, lower)
+                                in enumerate(zip(VERTEBRAE[1:-1], VERTEBRAE[2:]), start=2)}
+# A cranio-caudal gap between neighbouring discs above this multiple of the median gap means a
+# disc was probably missed there (every name above it is then one level too low).
+LEVEL_GAP_FACTOR = 1.6
+# Fewer discs than L1-L2..L5-S1 on a lumbar sagittal view: a cut field of view or missed discs.
+MIN_LUMBAR_DISCS = 5
 
 MEASUREMENT_FIELDS = ["file_name", "instance_id", "class", "score", "level", "order",
                       "area_px", "area_mm2", "width_mm", "height_mm", "angle_deg",
@@ -109,7 +118,9 @@ def measure_image(masks: Sequence[np.ndarray], classes: Sequence[str], scores: S
         scores: detection score per instance.
         spacing: (row_mm, col_mm) pixel size of the image.
         orientation: "sagittal" fills ``order`` (1 = most cranial, ranked by centroid_y within
-            each class, top of image = cranial); "axial" fills ``level`` from ``file_name``.
+            each class, top of image = cranial) and the discs' ``level``, counted from the
+            lowest disc (:func:`sagittal_level_names`); "axial" fills ``level`` from
+            ``file_name``.
         file_name: image name written to each row (and parsed for the axial level).
 
     Returns:
@@ -126,8 +137,61 @@ def measure_image(masks: Sequence[np.ndarray], classes: Sequence[str], scores: S
             for i, (mask, cls, score) in enumerate(zip(masks, classes, scores))]
     if orientation == "sagittal":
         _assign_order(rows)
+        discs = sorted((r for r in rows if r["class"] == DISC_CLASS and r["area_px"]),
+                       key=lambda r: r["order"], reverse=True)  # caudal first
+        for row, name in zip(discs, sagittal_level_names(len(discs))):
+            row["level"] = name
     logger.debug("%s: measured %d instances (%s)", file_name, len(rows), orientation)
     return rows
+
+
+def measure_prediction(masks: Sequence[np.ndarray], classes: Sequence[str],
+                       scores: Sequence[float], spacing: Optional[Spacing],
+                       orientation: str = "sagittal", file_name: str = ""
+                       ) -> Tuple[List[Dict], Dict]:
+    """Measurement rows (with the image's QC flags and ``unit``) and the summary of one image.
+
+    Args:
+        masks, classes, scores, orientation, file_name: as for :func:`measure_image`.
+        spacing: (row_mm, col_mm), or None when unknown: lengths are then in pixels and
+            ``unit`` is "px" in every row and in the summary.
+    """
+    rows = measure_image(masks, classes, scores, spacing or (1.0, 1.0), orientation, file_name)
+    flags = qc_flags(rows, masks, orientation=orientation)
+    unit = "mm" if spacing else "px"
+    for row in rows:
+        row.update(qc_flags=FLAG_SEP.join(flags), unit=unit)
+    return rows, {**image_summary(rows, flags, file_name), "unit": unit}
+
+
+def sagittal_level_names(n: int) -> List[str]:
+    """Names of ``n`` sagittal discs ordered caudal -> cranial: L5-S1, L4-L5, ..., T12-L1, ...
+
+    The count starts at the caudal end: the lowest disc found is taken to be L5-S1, since a
+    lumbar field of view always ends at the sacrum while its top varies. A missed disc or a
+    false positive below L5-S1 shifts every name above it; :func:`level_qc` flags the
+    spacing and count patterns that betray this. Discs above C2-C3 get "".
+    """
+    names = list(reversed(LEVEL_VALUES))  # L5-S1 first
+    return names[:n] + [""] * max(0, n - len(names))
+
+
+def level_qc(positions_mm: Sequence[float]) -> List[str]:
+    """QC flags of the level names of discs at these cranio-caudal positions (any order).
+
+    * ``level_gap``: a gap between neighbouring discs exceeds :data:`LEVEL_GAP_FACTOR` x the
+      median gap (needs 3 or more gaps): a disc was probably missed there.
+    * ``level_count_low``: fewer than :data:`MIN_LUMBAR_DISCS` discs, so the caudal-end count
+      may not start at L5-S1 (cut field of view or missed discs).
+    """
+    pos = np.sort(np.asarray([p for p in positions_mm if np.isfinite(p)], dtype=np.float64))
+    flags = []
+    gaps = np.diff(pos)
+    if gaps.size >= 3 and np.any(gaps > LEVEL_GAP_FACTOR * np.median(gaps)):
+        flags.append("level_gap")
+    if pos.size < MIN_LUMBAR_DISCS:
+        flags.append("level_count_low")
+    return flags
 
 
 def parse_level(file_name: str) -> str:
@@ -186,6 +250,9 @@ def qc_flags(rows: Sequence[Dict], masks: Sequence[np.ndarray],
               "area_outlier": _has_area_outlier(disc_areas, area_z),
               "overlap": _has_overlap(masks, overlap_iou),
               "low_score": any(r["score"] < min_score for r in rows)}
+    if orientation == "sagittal":
+        positions = [r["centroid_y_mm"] for r in rows if r["class"] == DISC_CLASS]
+        checks["level_gap"] = "level_gap" in level_qc(positions)
     return sorted(flag for flag, raised in checks.items() if raised)
 
 
@@ -237,29 +304,10 @@ def _has_area_outlier(areas: Sequence[float], area_z: float) -> bool:
 
 
 def _has_overlap(masks: Sequence[np.ndarray], overlap_iou: float) -> bool:
-    """True if any pair of masks has IoU > ``overlap_iou`` (pairs compared on box overlap)."""
-    masks = [np.asarray(m) != 0 for m in masks]
-    areas = [int(np.count_nonzero(m)) for m in masks]
-    boxes = [_bbox(m) for m in masks]
-    for i, j in itertools.combinations(range(len(masks)), 2):
-        if boxes[i] is None or boxes[j] is None:
-            continue
-        y0, x0 = max(boxes[i][0], boxes[j][0]), max(boxes[i][2], boxes[j][2])
-        y1, x1 = min(boxes[i][1], boxes[j][1]), min(boxes[i][3], boxes[j][3])
-        if y0 >= y1 or x0 >= x1:
-            continue
-        inter = int(np.count_nonzero(masks[i][y0:y1, x0:x1] & masks[j][y0:y1, x0:x1]))
-        if inter / (areas[i] + areas[j] - inter) > overlap_iou:
-            return True
-    return False
-
-
-def _bbox(mask: np.ndarray) -> Optional[Box]:
-    """Tight (y0, y1, x0, x1) box of a boolean mask with exclusive ends; None if empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    """True if any pair of masks has IoU > ``overlap_iou``."""
+    iou = mask_iou_matrix(masks, masks)
+    np.fill_diagonal(iou, 0.0)
+    return bool(np.any(iou > overlap_iou))
 
 
 def _check_orientation(orientation: str) -> str:

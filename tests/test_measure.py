@@ -5,8 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
-from lumbar_d2.measure import (MEASUREMENT_FIELDS, image_summary, measure_image,
-                               measure_instance, parse_level, qc_flags)
+from lumbar_d2.measure import (
+    LEVEL_VALUES,
+    MEASUREMENT_FIELDS,
+    image_summary,
+    level_qc,
+    measure_image,
+    measure_instance,
+    parse_level,
+    qc_flags,
+    sagittal_level_names,
+)
 from lumbar_d2.utils.errors import LumbarError
 
 
@@ -93,8 +102,32 @@ def test_sagittal_order_cranial_to_caudal_per_class():
     assert [r["order"] for r in rows] == [3, 1, 2, 1]
     assert [r["instance_id"] for r in rows] == [0, 1, 2, 3]
     assert all(list(r) == MEASUREMENT_FIELDS for r in rows)
-    assert {r["level"] for r in rows} == {""}
+    assert [r["level"] for r in rows] == ["L5-S1", "L3-L4", "L4-L5", ""]  # from the caudal end
     assert rows[0]["file_name"] == "case1.png" and rows[0]["area_mm2"] == pytest.approx(100.0)
+
+
+def test_sagittal_level_names_and_values():
+    assert sagittal_level_names(7) == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1",
+                                       "T11-T12"]
+    assert sagittal_level_names(24)[-2:] == ["C2-C3", ""]  # no names above C2-C3
+    assert LEVEL_VALUES["L5-S1"] == 124 and LEVEL_VALUES["T12-L1"] == 119
+    assert LEVEL_VALUES["C2-C3"] == 102 and len(set(LEVEL_VALUES.values())) == 23
+
+
+@pytest.mark.parametrize("positions, flags", [
+    ([0, 30, 60, 90, 120, 150], []),
+    ([0, 30, 60, 120, 150, 180], ["level_gap"]),  # a disc missing between 60 and 120
+    ([0, 30, 60], ["level_count_low"]),
+])
+def test_level_qc(positions, flags):
+    assert level_qc(positions) == flags
+
+
+def test_sagittal_gap_flagged_on_a_slice():
+    masks = _stack(7)
+    del masks[3]
+    assert "level_gap" in _flags(masks)
+    assert "level_gap" not in _flags(_stack(7))
 
 
 def test_axial_rows_get_level_not_order():
