@@ -16,7 +16,7 @@ import logging
 import sys
 
 from lumbar_d2.data.convert import convert_masks, convert_sudirman, parse_class_map, summary_table
-from lumbar_d2.data.register import datasets_root
+from lumbar_d2.data.register import check_dataset_name, datasets_root
 from lumbar_d2.utils import LumbarError
 
 
@@ -53,13 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = parse_args(argv)
-    out = datasets_root(a.root) / a.name
     common = dict(val=a.val, test=a.test, seed=a.seed, split_by=a.split_by,
                   split_file=a.split_file, min_area=a.min_area, ignore_unknown=a.ignore_unknown)
     if a.pixel_spacing:
         common["pixel_spacing"] = tuple(a.pixel_spacing)
     classes = a.classes.split(",") if a.classes else None
     try:
+        out = datasets_root(a.root) / check_dataset_name(a.name)
         if a.format == "sudirman":
             if not a.input:
                 raise LumbarError("--format sudirman needs --input <Sudirman root folder>")

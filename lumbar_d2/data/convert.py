@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_group, atomic_path, json_text
+from ..utils.io import atomic_folder, atomic_path, json_text
 from . import layouts, splits
 from .imageio import read_array, read_label
 from .instances import CONNECTIVITY, DEFAULT_MIN_AREA, connected_instances
@@ -82,7 +83,8 @@ def convert(samples: Sequence[layouts.Sample], problems: List[str], out_dir: Pat
         LumbarError: listing every problem found (one per line), before anything is written.
     """
     out_dir = Path(out_dir)
-    _check_classes(opts)
+    _check_options(opts)
+    _check_replaceable(out_dir)
     checked, more = validate(samples, opts)
     problems = problems + more
     if not checked and not problems:
@@ -93,16 +95,34 @@ def convert(samples: Sequence[layouts.Sample], problems: List[str], out_dir: Pat
     assign = _assign_splits(checked, opts)
     stacked = any(len(c.sample.images) > 1 for c in checked)
     image_root = out_dir if stacked else _common_root([c.sample.images[0] for c in checked])
-    cocos = _build_cocos(checked, assign, opts, image_root, out_dir if stacked else None)
-    _write(out_dir, cocos, opts, image_root)
+    # The dataset folder is replaced as a whole: files of an earlier conversion (a split that
+    # this one lacks, temp files of a killed run) never mix with this one's.
+    with atomic_folder(out_dir) as stage:
+        cocos = _build_cocos(checked, assign, opts, image_root, stage if stacked else None)
+        _write(stage, out_dir, cocos, opts, image_root)
     return cocos
 
 
-def _check_classes(opts: ConvertOptions) -> None:
+def _check_options(opts: ConvertOptions) -> None:
     unknown = [c for c in opts.classes if c not in opts.class_map.values()]
     if unknown:
         raise LumbarError(f"--classes {unknown} not in the class map {opts.class_map}; pick from "
                           f"{sorted(set(opts.class_map.values()))}")
+    spacing = opts.pixel_spacing
+    if spacing is not None and not (len(spacing) == 2 and all(
+            isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing)):
+        raise LumbarError(f"--pixel-spacing {' '.join(map(str, spacing))}: give two positive "
+                          "numbers ROW COL in mm per pixel, or leave it out for pixel units")
+    if opts.seed < 0:
+        raise LumbarError(f"--seed {opts.seed}: must be >= 0")
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that is not an earlier conversion (no meta.json)."""
+    if out_dir.exists() and not (out_dir.is_dir() and (
+            (out_dir / "meta.json").is_file() or not any(out_dir.iterdir()))):
+        raise LumbarError(f"{out_dir}: folder exists and is not a converted dataset (no "
+                          "meta.json); choose another --name or --root, or remove the folder")
 
 
 def validate(samples: Sequence[layouts.Sample], opts: ConvertOptions
@@ -140,6 +160,9 @@ def _assign_splits(checked: Sequence[_Checked], opts: ConvertOptions) -> Dict[st
         return splits.image_level_split([c.sample.key for c in checked], opts.val, opts.test,
                                         opts.seed)
     pids = [c.sample.patient_id for c in checked]
+    if len(set(pids)) == 1 and len(pids) > 1:
+        logger.warning("all %d slices have patient id %r: a split by patient needs several "
+                       "patients; check --patient-regex", len(pids), pids[0])
     by_patient = (splits.read_split_file(opts.split_file, pids) if opts.split_file
                   else splits.split_patients(pids, opts.val, opts.test, opts.seed))
     return {c.sample.key: by_patient[c.sample.patient_id] for c in checked}
@@ -194,8 +217,9 @@ def _stack(sample: layouts.Sample, out_dir: Path) -> str:
     return rel
 
 
-def _write(out_dir: Path, cocos: Dict[str, dict], opts: ConvertOptions, image_root: Path
-           ) -> None:
+def _write(stage: Path, out_dir: Path, cocos: Dict[str, dict], opts: ConvertOptions,
+           image_root: Path) -> None:
+    """Write the dataset's files into ``stage``; an error names the file's final path."""
     info = {"description": "lumbar-d2 conversion", "source": opts.source,
             "command": " ".join(shlex.quote(a) for a in sys.argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -204,18 +228,20 @@ def _write(out_dir: Path, cocos: Dict[str, dict], opts: ConvertOptions, image_ro
             "class_map": {str(k): v for k, v in sorted(opts.class_map.items())},
             "min_area": opts.min_area, "connectivity": CONNECTIVITY, **opts.extra_info}
     patient_split = {im["patient_id"]: s for s, coco in cocos.items() for im in coco["images"]}
-    # All files or none, so a full disk leaves no half dataset. meta.json (what registration
-    # looks for) is entered first because the group renames in reverse order: it lands last.
-    with atomic_group() as tmp_for:
-        tmp_for(out_dir / "meta.json").write_text(json_text({
-            "classes": list(opts.classes), "image_root": str(image_root),
-            "pixel_spacing": info["pixel_spacing"], "splits": sorted(cocos),
-            "source": opts.source}))
-        for split, coco in cocos.items():
-            tmp_for(out_dir / "annotations" / f"{split}.json").write_text(
-                json_text({"info": info, **coco}, indent=None))
-        if opts.split_by == "patient":
-            tmp_for(out_dir / "splits.csv").write_text(splits.split_csv_text(patient_split))
+    files = {"meta.json": json_text({
+        "classes": list(opts.classes), "image_root": str(image_root),
+        "pixel_spacing": info["pixel_spacing"], "splits": sorted(cocos), "source": opts.source})}
+    for split, coco in cocos.items():
+        files[f"annotations/{split}.json"] = json_text({"info": info, **coco}, indent=None)
+    if opts.split_by == "patient":
+        files["splits.csv"] = splits.split_csv_text(patient_split)
+    (stage / "annotations").mkdir(exist_ok=True)
+    for rel, text in files.items():
+        try:
+            (stage / rel).write_text(text)
+        except OSError as e:
+            raise LumbarError(f"cannot write {out_dir / rel}: {e.strerror}; free disk space or "
+                              "choose another --root") from None
 
 
 def summary_table(cocos: Mapping[str, dict]) -> str:

@@ -40,6 +40,10 @@ def read_array(path: Union[str, Path]) -> np.ndarray:
     if arr is None or arr.size == 0:
         raise LumbarError(f"{path}: cannot decode image (corrupt or truncated); re-export or "
                           "remove it")
+    pages = _tiff_pages(data)
+    if pages > 1:
+        raise LumbarError(f"{path}: multi-page TIFF ({pages} pages); lumbar-d2 reads one 2-D "
+                          "slice per file: save each page as its own file")
     if arr.dtype not in (np.uint8, np.uint16):
         raise LumbarError(f"{path}: unsupported pixel type {arr.dtype}; save as 8- or 16-bit")
     if arr.ndim == 3 and arr.shape[2] == 4:
@@ -90,6 +94,14 @@ def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
     elif arr.shape[2] == 2:
         arr = np.concatenate([arr, arr.mean(axis=2, keepdims=True).astype(np.uint8)], axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _tiff_pages(data: np.ndarray) -> int:
+    """Number of pages of a TIFF file's bytes (``cv2.imdecode`` silently reads page 1 only)."""
+    if bytes(data[:4]) not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+    return len(pages) if ok else 1
 
 
 def _is_grey(arr: np.ndarray) -> bool:

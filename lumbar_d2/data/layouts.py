@@ -85,7 +85,7 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
     images, problems = _index_unique(images_dir)
     masks, more = _index_unique(masks_dir)
     problems += more
-    samples = []
+    samples, no_id = [], []
     for stem, img in sorted(images.items()):
         mask = masks.pop(stem, None)
         m = rx.search(img.name)
@@ -94,8 +94,14 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
         elif not m:
             problems.append(f"{img}: --patient-regex {patient_regex!r} does not match the name")
         else:
-            pid = m.groupdict().get("patient") or m.group(1 if m.groups() else 0)
-            samples.append(Sample(stem, [img], mask, pid))
+            pid = m.group("patient") if "patient" in rx.groupindex else m.group(
+                1 if m.groups() else 0)
+            no_id += [img.name] if not pid else []
+            samples.append(Sample(stem, [img], mask, pid or ""))
+    if no_id:  # one line for the regex, not one per file
+        problems.append(f"--patient-regex {patient_regex!r} gives an empty patient id for "
+                        f"{len(no_id)} file(s), e.g. {no_id[0]}; its group 'patient' (or first "
+                        r"group) must capture the id, e.g. '^([^_]+)_'")
     problems += [f"{p}: mask has no image in {images_dir}; add it or remove the mask"
                  for p in masks.values()]
     return samples, problems

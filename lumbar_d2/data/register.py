@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -16,9 +17,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..utils.errors import LumbarError
+from .splits import SPLITS
 
 logger = logging.getLogger(__name__)
 ENV_ROOT = "LUMBAR_D2_DATASETS"
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# Registered names that a dataset folder would give but could not: name -> why (one line).
+_UNUSABLE: Dict[str, str] = {}
 # A fixed palette so overlays of the same class look the same across datasets (BGR-agnostic).
 COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
           (145, 30, 180)]
@@ -29,15 +34,38 @@ def datasets_root(root: Optional[str] = None) -> Path:
     return Path(root or os.environ.get(ENV_ROOT) or "datasets")
 
 
-def register_dataset(name: str, folder: Path) -> List[str]:
-    """Register the splits of one converted dataset folder; return the registered names."""
-    folder = Path(folder)
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a valid dataset name (a plain folder name inside the datasets root)."""
+    if not DATASET_NAME.fullmatch(name):
+        raise LumbarError(f"--name {name!r}: use only letters, digits, '_' and '-' (the "
+                          "dataset becomes <datasets root>/<name> and lumbar_<name>_<split>)")
+    return name
+
+
+def _read_meta(folder: Path) -> dict:
+    """The dataset's meta.json, checked for the keys registration uses."""
     meta_file = folder / "meta.json"
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as e:
         raise LumbarError(f"{meta_file}: cannot read dataset metadata ({e}); re-run "
-                          "tools/convert_dataset.py")
+                          "tools/convert_dataset.py") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("splits"), list)
+            and isinstance(meta.get("classes"), list) and isinstance(meta.get("image_root"), str)
+            and set(meta["splits"]) <= set(SPLITS)):
+        raise LumbarError(f"{meta_file}: not the metadata of a converted dataset (needs "
+                          "'splits', 'classes' and 'image_root'); re-run tools/convert_dataset.py")
+    return meta
+
+
+def register_dataset(name: str, folder: Path) -> List[str]:
+    """Register the splits of one converted dataset folder; return the registered names.
+
+    A split whose annotation file is missing is not registered; :func:`require_registered`
+    names the file if a config asks for it.
+    """
+    folder = Path(folder)
+    meta = _read_meta(folder)
     names = []
     for split in meta["splits"]:
         ds_name = f"lumbar_{name}_{split}"
@@ -45,6 +73,11 @@ def register_dataset(name: str, folder: Path) -> List[str]:
         if ds_name in DatasetCatalog.list():
             names.append(ds_name)
             continue
+        if not json_file.is_file():
+            _UNUSABLE[ds_name] = (f"{json_file} is missing; re-run tools/convert_dataset.py "
+                                  f"for '{name}'")
+            continue
+        _UNUSABLE.pop(ds_name, None)
         image_root = meta["image_root"]
         DatasetCatalog.register(ds_name, lambda j=str(json_file), r=image_root, n=ds_name:
                                 load_coco_json(j, r, n))
@@ -62,9 +95,17 @@ def register_all_lumbar(root: Optional[str] = None) -> List[str]:
     """Register every ``<root>/<name>/meta.json`` dataset; return all registered names."""
     root_path = datasets_root(root)
     names: List[str] = []
+    _UNUSABLE.clear()
     if root_path.is_dir():
         for meta in sorted(root_path.glob("*/meta.json")):
-            names += register_dataset(meta.parent.name, meta.parent)
+            name = meta.parent.name
+            if not DATASET_NAME.fullmatch(name):  # e.g. a converter's hidden staging folder
+                continue
+            try:
+                names += register_dataset(name, meta.parent)
+            except LumbarError as e:  # one foreign folder must not block every dataset
+                logger.warning("skipping %s: %s", meta.parent, e)
+                _UNUSABLE.update({f"lumbar_{name}_{s}": str(e) for s in SPLITS})
     return names
 
 
@@ -79,6 +120,8 @@ def require_registered(names: Sequence[str], source: str = "config") -> None:
     """One-line error listing the lumbar datasets when a name is not registered."""
     known = DatasetCatalog.list()
     for n in names:
+        if n not in known and n in _UNUSABLE:
+            raise LumbarError(f"{source}: dataset {n!r} cannot be registered: {_UNUSABLE[n]}")
         if n not in known:
             lumbar = sorted(k for k in known if k.startswith("lumbar_")) or ["none"]
             raise LumbarError(f"{source}: dataset {n!r} is not registered; registered lumbar "
@@ -91,5 +134,9 @@ def patient_ids(name: str) -> Dict[int, str]:
     json_file = MetadataCatalog.get(name).get("json_file")
     if not json_file:
         return {}
-    with open(json_file) as f:
-        return {im["id"]: str(im.get("patient_id", "")) for im in json.load(f)["images"]}
+    try:
+        with open(json_file) as f:
+            return {im["id"]: str(im.get("patient_id", "")) for im in json.load(f)["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LumbarError(f"{json_file}: cannot read the annotations of {name} "
+                          f"({type(e).__name__}: {e}); re-run tools/convert_dataset.py") from None

@@ -12,7 +12,7 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -45,8 +45,9 @@ def split_patients(patients: Iterable[str], val: float = 0.15, test: float = 0.1
 
 
 def _count(value: float, n: int, name: str) -> int:
-    if value < 0:
-        raise LumbarError(f"--{name} {value}: must be >= 0")
+    if not (math.isfinite(value) and value >= 0) or (value >= 1 and value != int(value)):
+        raise LumbarError(f"--{name} {value}: give a fraction in [0, 1) of the patients or a "
+                          "whole number of patients (>= 1); 0 drops the split")
     k = int(value) if value >= 1 else int(math.floor(value * n + 0.5))
     if value > 0 and k == 0:
         raise LumbarError(f"--{name} {value} leaves the '{name}' split empty with {n} patients; "
@@ -73,19 +74,54 @@ def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise LumbarError(f"{path}: split file not found; pass a CSV written by convert_dataset")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"patient_id", "split"} <= set(rows[0]):
-        raise LumbarError(f"{path}: split file needs columns patient_id,split")
-    assign = {r["patient_id"]: r["split"] for r in rows}
-    bad = sorted({s for s in assign.values() if s not in SPLITS})
+    rows = _split_rows(path)
+    assign: Dict[str, str] = {}
+    for line, pid, split in rows:
+        if split not in SPLITS:
+            raise LumbarError(f"{path}: line {line}: unknown split {split!r} for patient "
+                              f"{pid!r}; use one of {list(SPLITS)}")
+        if assign.setdefault(pid, split) != split:
+            raise LumbarError(f"{path}: line {line}: patient {pid!r} is in both "
+                              f"{assign[pid]!r} and {split!r}; keep one row per patient")
     missing = sorted(set(patients) - set(assign))
-    if bad:
-        raise LumbarError(f"{path}: unknown split name(s) {bad}; use {list(SPLITS)}")
     if missing:
         raise LumbarError(f"{path}: {len(missing)} patient(s) not in the split file, e.g. "
                           f"{missing[:3]}; re-create the split or add them")
     return assign
+
+
+def _split_rows(path: Path) -> List[Tuple[int, str, str]]:
+    """(line number, patient_id, split) of each non-blank row of a split file.
+
+    Tolerates what spreadsheets add: a UTF-8 byte-order mark, CRLF line ends, spaces around
+    names and values, and extra columns.
+    """
+    fix = "pass a patient_id,split CSV written by convert_dataset"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        table = [[cell.strip() for cell in row] for row in reader]
+    except UnicodeDecodeError:
+        raise LumbarError(f"{path}: split file is not UTF-8 text; {fix}") from None
+    except csv.Error as e:
+        raise LumbarError(f"{path}: cannot read split file ({e}); {fix}") from None
+    except OSError as e:
+        raise LumbarError(f"{path}: cannot read split file ({e.strerror}); {fix}") from None
+    header = table[0] if table else []
+    if not {"patient_id", "split"} <= set(header):
+        raise LumbarError(f"{path}: split file needs the header row patient_id,split (found "
+                          f"{','.join(header)[:60]!r}); {fix}")
+    i_pid, i_split = header.index("patient_id"), header.index("split")
+    rows = []
+    for line, row in enumerate(table[1:], start=2):
+        if not any(row):
+            continue
+        if len(row) <= max(i_pid, i_split) or not row[i_pid]:
+            raise LumbarError(f"{path}: line {line}: needs a patient_id and a split; {fix}")
+        rows.append((line, row[i_pid], row[i_split]))
+    if not rows:
+        raise LumbarError(f"{path}: split file has no patient rows; {fix}")
+    return rows
 
 
 def check_patient_leakage(groups: Mapping[str, Iterable[str]], allow: bool = False,

@@ -8,8 +8,11 @@ default), as a plain ``open`` would give, not ``mkstemp``'s private 0600.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -45,6 +48,62 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path`` that replaces ``path`` as a whole.
+
+    When the block succeeds, a previous folder at ``path`` is swapped out and deleted, so the
+    result never mixes the files of two runs; when it fails, ``path`` is left as it was.
+    Staging folders of killed runs (their process is gone) are deleted first.
+    """
+    path = Path(path)
+    prefix = f".{path.name}.{os.getpid()}."
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_stages(path)
+        stage = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise LumbarError(f"cannot write {path}: {e.strerror}; choose a writable output folder")
+    try:
+        os.chmod(stage, 0o777 & ~_umask())
+        yield stage
+        for _ in range(10):  # a concurrent run may put its folder in between: move it aside
+            old = stage.with_suffix(".old")
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, old)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                old.unlink() if old.is_symlink() else shutil.rmtree(old)
+            try:
+                os.rename(stage, path)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+    except OSError as e:
+        raise LumbarError(f"cannot write {path}: {e.strerror}; free disk space or choose "
+                          "another output folder") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_stale_stages(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp|.old`` folders beside ``path`` whose process has ended."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.*"):
+        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        if stale.suffix in (".tmp", ".old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
 
 
 def _umask() -> int:
