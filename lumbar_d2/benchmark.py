@@ -94,11 +94,13 @@ from .data.imageio import read_array
 from .data.mapper import build_augmentations
 from .data.phantom import write_sudirman_phantom
 from .data.register import register_dataset, unregister
-from .engine.trainer import Trainer, load_config, prepare_config
+from .engine.trainer import Trainer
 from .evaluation import metrics, offline, report
-from .inference.predictor import LumbarPredictor, make_output_dir, operating_point
+from .inference.batch import make_output_dir
+from .inference.predictor import LumbarPredictor, operating_point
 from .peer import (Batch, Predict, build_peer, load_peer, peer_losses, peer_predictor,
                    peer_setup, peer_test_settings, peer_test_size, peer_train_cfg, save_peer)
+from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
 from .utils.io import write_json
 

@@ -20,8 +20,9 @@ from detectron2.utils.logger import setup_logger
 
 from .data.convert import convert_sudirman, summary_table
 from .data.phantom import write_sudirman_phantom
-from .engine import build_trainer, load_config, prepare_config
-from .evaluation.results import overlay_figure
+from .engine import build_trainer
+from .runtime import load_config, prepare_config
+from .inference.visualize import overlay_figure
 from .utils.errors import LumbarError
 from .utils.io import write_json
 

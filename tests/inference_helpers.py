@@ -16,7 +16,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-from lumbar_d2.engine.trainer import load_config
+from lumbar_d2.runtime import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANT_CONFIG = str(REPO / "configs/quick_schedules/mask_rcnn_R_50_FPN_instant_test.yaml")

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -206,3 +207,12 @@ def test_written_files_honour_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_onnx_export_without_onnx_fails(ws: Workspace, run_tool, capsys, monkeypatch) -> None:
+    """--format onnx exported nothing and exited 0 when onnx is missing."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    argv = ["--config-file", INSTANT_CONFIG, "--output", ws.out / "export", "--format", "onnx",
+            "--sample-image", ws.data.images / P2]
+    check_bad_case(("export_model", lambda ws: argv, ("--format onnx", "pip install onnx")),
+                   ws, run_tool, capsys)

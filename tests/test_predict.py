@@ -17,9 +17,9 @@ from pycocotools.coco import COCO
 from inference_helpers import INSTANT_CONFIG, load_tool, save_random_checkpoint, tiny_cfg, tiny_opts
 from lumbar_d2.data.imageio import read_gray
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
-from lumbar_d2.inference.predictor import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, LumbarPredictor,
-                                           instance_id_image, output_stems, resolve_spacing,
-                                           run_prediction)
+from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, instance_id_image,
+                                       output_stems, resolve_spacing, run_prediction)
+from lumbar_d2.inference.predictor import LumbarPredictor
 from lumbar_d2.measure import MEASUREMENT_FIELDS
 from lumbar_d2.utils.errors import LumbarError
 from test_inference_io import _write_dicom
@@ -230,7 +230,7 @@ def test_images_json_is_coco_shaped(run: Tuple[dict, Path]) -> None:
 
 def test_outputs_default_to_the_operating_point() -> None:
     """Without --score-thresh, written detections use LUMBAR.SCORE_THRESH, not 0.05."""
-    from lumbar_d2.inference.predictor import _prediction_config
+    from lumbar_d2.inference.batch import _prediction_config
 
     cfg = tiny_cfg()
     cfg.LUMBAR.SCORE_THRESH = 0.8

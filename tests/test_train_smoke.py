@@ -7,7 +7,8 @@ from conftest import INSTANT_CONFIG
 
 
 def test_train_two_iterations_and_evaluate(phantom_root, tmp_path, isolated_catalog):
-    from lumbar_d2.engine import Trainer, load_config, prepare_config
+    from lumbar_d2.engine import Trainer
+    from lumbar_d2.runtime import load_config, prepare_config
 
     cfg = load_config(str(INSTANT_CONFIG), [
         "LUMBAR.DATASETS_ROOT", str(phantom_root), "OUTPUT_DIR", str(tmp_path),

@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from lumbar_d2.data.register import register_all_lumbar
-from lumbar_d2.engine import load_config
-from lumbar_d2.evaluation.results import collect_run
+from lumbar_d2.runtime import load_config
+from lumbar_d2.engine.results import collect_run
 from lumbar_d2.utils import LumbarError
 
 

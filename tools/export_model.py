@@ -17,9 +17,8 @@ from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.data import register_all_lumbar
-from lumbar_d2.engine.trainer import check_weights, load_config
 from lumbar_d2.inference.export import FORMATS, export_model
-from lumbar_d2.inference.predictor import use_cpu_without_cuda
+from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
 
 
@@ -60,8 +59,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     def body() -> int:
         cfg = load_config(args.config_file, args.opts)
         register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
-        use_cpu_without_cuda(cfg)
-        check_weights(cfg.MODEL.WEIGHTS)
         print(format_report(export_model(cfg, args.output, args.sample_image, args.format,
                                          n_runs=args.runs)))
         return 0

@@ -17,9 +17,9 @@ from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.data import register_all_lumbar
-from lumbar_d2.engine.trainer import check_weights, load_config
-from lumbar_d2.inference.predictor import run_prediction, use_cpu_without_cuda
+from lumbar_d2.inference.batch import run_prediction
 from lumbar_d2.measure import ORIENTATIONS
+from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.errors import LumbarError
 
 
@@ -49,11 +49,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def predict(args: argparse.Namespace) -> dict:
-    """Config -> datasets (for class names / spacing) -> device and weights checks -> run."""
+    """Config -> datasets (for class names / spacing) -> run (device and weights checked)."""
     cfg = load_config(args.config_file, args.opts)
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
-    use_cpu_without_cuda(cfg)
-    check_weights(cfg.MODEL.WEIGHTS)
     return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
                           orientation=args.orientation, tta=args.tta,
                           score_thresh=args.score_thresh, batch_size=args.batch_size)

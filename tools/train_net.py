@@ -16,7 +16,8 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from lumbar_d2.engine import Trainer, build_trainer, load_config, prepare_config
+from lumbar_d2.engine import Trainer, build_trainer
+from lumbar_d2.runtime import load_config, prepare_config
 from lumbar_d2.utils import LumbarError
 
 

@@ -30,14 +30,10 @@ import cv2
 import numpy as np
 
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path
+from ..utils.io import write_png
+from .layouts import SUDIRMAN_CLASSES, SUDIRMAN_IMAGES, SUDIRMAN_LABELS
 
-PHANTOM_LABELS: Dict[str, int] = {"disc": 50, "posterior_element": 100, "thecal_sac": 150,
-                                  "aap": 200, "other": 250}
-PIXEL_SPACING_MM = 0.6875
-LABEL_DIR = Path("05_Final_Ground_Truth_Data") / "Label_Images"
-IMAGE_DIRS = {"T1": Path("04_Intermediary_Ground_Truth_Data") / "T1_Output",
-              "T2": Path("04_Intermediary_Ground_Truth_Data") / "T2_Output"}
+PHANTOM_LABELS: Dict[str, int] = {name: label for label, name in SUDIRMAN_CLASSES.items()}
 _REF = 320.0  # geometry below is given in pixels of a 320 px (22 cm) field of view
 _SHIFT = 4  # sub-pixel bits for cv2 drawing: smooth outlines without anti-aliasing
 
@@ -330,8 +326,9 @@ def render_slice(rng: np.random.Generator, size: int, patient_params: PatientPar
 def sudirman_paths(root: Union[str, Path], patient: int, level: int) -> Dict[str, Path]:
     """The three files of one slice: ``{"T1": ..., "T2": ..., "label": ...}``."""
     root, stem = Path(root), f"{patient:04d}_D{level}"
-    paths = {mod: root / d / f"{mod}_{stem}.png" for mod, d in IMAGE_DIRS.items()}
-    paths["label"] = root / LABEL_DIR / f"L1_{stem}.png"
+    paths = {mod: root / SUDIRMAN_IMAGES.format(seq=mod) / f"{mod}_{stem}.png"
+             for mod in ("T1", "T2")}
+    paths["label"] = root / SUDIRMAN_LABELS / f"L1_{stem}.png"
     return paths
 
 
@@ -347,12 +344,6 @@ def _check_args(n_patients: int, levels: Iterable[int], seed: int, size: int) ->
     if size < 64:
         raise LumbarError(f"size={size}: too small for the phantom anatomy; use >= 64")
     return levels
-
-
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), arr):
-            raise LumbarError(f"cannot write {path}: PNG encoder failed")
 
 
 def write_sudirman_phantom(root: Union[str, Path], n_patients: int = 12,
@@ -379,5 +370,5 @@ def write_sudirman_phantom(root: Union[str, Path], n_patients: int = 12,
                                          prm, level)
             paths = sudirman_paths(root, patient, level)
             for key, arr in (("T1", t1), ("T2", t2), ("label", label)):
-                _write_png(paths[key], arr)
+                write_png(paths[key], arr)
     return root

@@ -24,9 +24,6 @@ ENV_ROOT = "LUMBAR_D2_DATASETS"
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Registered names that a dataset folder would give but could not: name -> why (one line).
 _UNUSABLE: Dict[str, str] = {}
-# A fixed palette so overlays of the same class look the same across datasets (BGR-agnostic).
-COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-          (145, 30, 180)]
 
 
 def datasets_root(root: Optional[str] = None) -> Path:
@@ -84,7 +81,7 @@ def register_dataset(name: str, folder: Path) -> List[str]:
         classes = meta["classes"]
         MetadataCatalog.get(ds_name).set(
             json_file=str(json_file), image_root=image_root, evaluator_type="lumbar",
-            thing_classes=list(classes), thing_colors=COLORS[:len(classes)],
+            thing_classes=list(classes),
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(classes))},
             pixel_spacing=meta.get("pixel_spacing"), dataset_folder=str(folder))
         names.append(ds_name)

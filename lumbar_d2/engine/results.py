@@ -17,9 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import cv2
-import numpy as np
-
+from ..inference.visualize import overlay_figure
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path, write_json
 
@@ -60,38 +58,6 @@ def plot_curves(events: List[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def overlay_figure(cfg, path: Path, n: int = 4, weights: Optional[str] = None) -> None:
-    """Ground truth (left) | prediction (right) for the first n slices of DATASETS.TEST[0]."""
-    import pycocotools.mask as mask_util
-    from detectron2.data import DatasetCatalog
-
-    from ..data.imageio import read_array, to_model_input
-    from ..inference.predictor import LumbarPredictor, use_cpu_without_cuda
-    from ..inference.visualize import draw_overlay
-
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = weights or str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
-    use_cpu_without_cuda(cfg)
-    predictor = LumbarPredictor(cfg)
-    names = predictor.class_names
-    rows = []
-    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:n]:
-        raw = read_array(d["file_name"])
-        inst = predictor(raw)
-        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH]
-        image = to_model_input(raw)
-        gt = [mask_util.decode(a["segmentation"]) > 0 for a in d["annotations"]]
-        gt_cls = [a["category_id"] for a in d["annotations"]]
-        pred_cls = inst.pred_classes.tolist()
-        rows.append(np.hstack([
-            draw_overlay(image, gt, [""] * len(gt), class_ids=gt_cls),
-            draw_overlay(image, list(inst.pred_masks.numpy()), [names[c] for c in pred_cls],
-                         inst.scores.tolist(), class_ids=pred_cls)]))
-    with atomic_path(path) as tmp:
-        cv2.imwrite(str(tmp), np.vstack(rows))
 
 
 def collect_run(cfg, results_dir: Path, extra: Optional[Dict] = None) -> dict:

@@ -13,14 +13,15 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..data.instances import decode_segmentations
 from ..data.register import patient_ids
 from ..utils.io import write_json
-from . import metrics, report
+from . import report
+from .records import image_records, summarize_classes
 
 logger = logging.getLogger(__name__)
 # Short keys shown in Detectron2's result table; per-class Dice is added as "Dice-<class>".
@@ -49,8 +50,9 @@ class DiceEvaluator(DatasetEvaluator):
         self._output_dir, self._score, self._iou, self._n_boot = (output_dir, score_thresh,
                                                                    iou_thresh, n_boot)
         pids = patient_ids(dataset_name)
-        self._gt = {d["image_id"]: (d["file_name"], pids.get(d["image_id"], ""),
-                                    d.get("annotations", []))
+        root = meta.get("image_root", None)
+        self._gt = {d["image_id"]: (_json_file_name(d["file_name"], root),
+                                    pids.get(d["image_id"], ""), d.get("annotations", []))
                     for d in DatasetCatalog.get(dataset_name)}
         self._records: List[dict] = []
 
@@ -64,25 +66,21 @@ class DiceEvaluator(DatasetEvaluator):
             inst = out["instances"].to("cpu")
             keep = inst.scores >= self._score
             pred_masks = inst.pred_masks[keep].numpy() if inst.has("pred_masks") else []
-            pred_cls = inst.pred_classes[keep].numpy()
-            gt_by_cls = defaultdict(list)
+            pred = defaultdict(list)
+            for mask, c in zip(pred_masks, inst.pred_classes[keep].tolist()):
+                pred[c].append(mask)
+            gt = defaultdict(list)
             for a in annos:
-                gt_by_cls[a["category_id"]].append(mask_util.decode(a["segmentation"]) > 0)
-            for c, name in enumerate(self._classes):
-                rec = metrics.image_metrics([m for m, k in zip(pred_masks, pred_cls) if k == c],
-                                            gt_by_cls[c], self._spacing, self._iou, shape=shape)
-                rec.update(file_name=os.path.basename(file_name), patient_id=pid, category=name,
-                           image_id=inp["image_id"])
-                self._records.append(rec)
+                if not a.get("iscrowd", 0):
+                    gt[a["category_id"]] += decode_segmentations([a["segmentation"]], *shape)
+            self._records += image_records(inp["image_id"], file_name, pid, self._classes,
+                                           pred, gt, shape, self._spacing, self._iou)
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         records = [r for part in comm.gather(self._records, dst=0) for r in part]
         if not comm.is_main_process():
             return {}
-        per_class = {c: metrics.summarize([r for r in records if r["category"] == c],
-                                          n_boot=self._n_boot) for c in self._classes}
-        overall = (per_class[self._classes[0]] if len(self._classes) == 1
-                   else metrics.summarize(records, n_boot=self._n_boot))
+        per_class, overall = summarize_classes(records, self._classes, self._n_boot)
         if self._output_dir:
             write_json(os.path.join(self._output_dir, "dice_metrics.json"),
                        report.jsonable({"per_class": per_class, "overall": overall,
@@ -95,3 +93,7 @@ class DiceEvaluator(DatasetEvaluator):
             result.update({f"Dice-{c}": float(s["dice_micro"]) for c, s in per_class.items()})
         return {"dice": result}
 
+
+def _json_file_name(path: str, image_root: Optional[str]) -> str:
+    """``file_name`` as the COCO JSON holds it (detectron2 joined it to ``image_root``)."""
+    return os.path.relpath(path, image_root) if image_root else path

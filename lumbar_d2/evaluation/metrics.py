@@ -38,7 +38,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-Spacing = Tuple[float, float]
+from ..geometry import Spacing, bbox_window, check_spacing, mask_iou_matrix, safe_ratio
+
 _BOUNDARY_STRUCTURE = np.ones((3, 3), dtype=bool)
 # Columns of the per-patient sum table used by summarize() and its bootstrap.
 _COLUMNS = ("tp_px", "fp_px", "fn_px", "tp", "fp", "fn", "dice_sum", "dice_n")
@@ -47,19 +48,6 @@ CI_METRICS = ("dice_micro", "dice_macro", "inst_precision", "inst_recall")
 
 
 # ---------------------------------------------------------------- pixel counts and ratios
-def safe_ratio(a, b):
-    """``a / b`` with NaN where ``b == 0``; works on scalars (-> float) and arrays.
-
-    NaN rather than 0 or 1 keeps an undefined value (e.g. Dice of two empty masks) out of
-    averages instead of biasing them.
-    """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    nonzero = b != 0
-    out = np.where(nonzero, a / np.where(nonzero, b, 1.0), np.nan)
-    return float(out) if out.ndim == 0 else out
-
-
 def dice_from_counts(tp, fp, fn):
     """Dice = 2TP / (2TP + FP + FN); NaN when TP + FP + FN == 0 (both masks empty)."""
     return safe_ratio(2 * np.asarray(tp), 2 * np.asarray(tp) + np.asarray(fp) + np.asarray(fn))
@@ -92,36 +80,6 @@ def _bool_pair(pred: np.ndarray, gt: np.ndarray) -> Tuple[np.ndarray, np.ndarray
 
 
 # ---------------------------------------------------------------------- instance matching
-def _stack(masks: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack([np.asarray(m) != 0 for m in masks])
-
-
-def mask_iou_matrix(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]
-                    ) -> np.ndarray:
-    """Mask IoU of every prediction with every GT instance, shape [P, G].
-
-    Masks are cropped to the joint bounding box of all foreground (which holds every
-    intersection) and the intersections of all pairs come from one float32 matrix product
-    (exact below 2**24 pixels), much faster than P*G logical ANDs on full slices. Two empty
-    masks get IoU 0, so they never match.
-    """
-    if len(pred_masks) == 0 or len(gt_masks) == 0:
-        return np.zeros((len(pred_masks), len(gt_masks)))
-    p, g = _stack(pred_masks), _stack(gt_masks)
-    if p.shape[1:] != g.shape[1:]:
-        raise ValueError(f"mask shapes differ: prediction {p.shape[1:]} vs ground truth "
-                         f"{g.shape[1:]}")
-    foreground = p.any(axis=0) | g.any(axis=0)
-    if not foreground.any():
-        return np.zeros((len(p), len(g)))
-    rows, cols = _bbox_window(foreground)
-    p = p[:, rows, cols].reshape(len(p), -1).astype(np.float32)
-    g = g[:, rows, cols].reshape(len(g), -1).astype(np.float32)
-    inter = (p @ g.T).astype(float)
-    union = p.sum(axis=1)[:, None] + g.sum(axis=1)[None, :] - inter
-    return np.nan_to_num(safe_ratio(inter, union), nan=0.0)
-
-
 def match_from_iou(iou: np.ndarray, iou_threshold: float = 0.5) -> List[Tuple[int, int, float]]:
     """One-to-one matching of a [P, G] IoU matrix that maximises the total matched IoU.
 
@@ -157,32 +115,9 @@ def match_instances(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndar
 
 
 # ---------------------------------------------------------------------- surface distances
-def check_spacing(spacing: Sequence[float]) -> Spacing:
-    """Validate a (row, col) pixel spacing; a wrong one would silently scale mm results.
-
-    Raises:
-        ValueError: not two finite positive numbers.
-    """
-    try:
-        spacing = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing must be two positive numbers (row, col), got {spacing!r}"
-                         ) from None
-    if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be two positive numbers (row, col), got {spacing}")
-    return spacing
-
-
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Mask pixels with a background 8-neighbour (pixels on the array edge included)."""
     return mask & ~ndimage.binary_erosion(mask, structure=_BOUNDARY_STRUCTURE, border_value=0)
-
-
-def _bbox_window(mask: np.ndarray) -> Tuple[slice, slice]:
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    r0, r1 = np.flatnonzero(rows)[[0, -1]]
-    c0, c1 = np.flatnonzero(cols)[[0, -1]]
-    return slice(r0, r1 + 1), slice(c0, c1 + 1)
 
 
 def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)
@@ -197,7 +132,7 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     spacing = check_spacing(spacing)
     if not pred.any() or not gt.any():
         return np.zeros(0), np.zeros(0)
-    window = _bbox_window(pred | gt)
+    window = bbox_window(pred | gt)
     pb, gb = _boundary(pred[window]), _boundary(gt[window])
     to_gt = ndimage.distance_transform_edt(~gb, sampling=spacing)[pb]
     to_pred = ndimage.distance_transform_edt(~pb, sampling=spacing)[gb]
@@ -229,7 +164,7 @@ def _union(masks: Sequence[np.ndarray], shape: Optional[Tuple[int, int]]) -> np.
         if shape is None:
             raise ValueError("shape is required when an image has no masks at all")
         return np.zeros(shape, dtype=bool)
-    union = _stack(masks).any(axis=0)
+    union = np.stack([np.asarray(m) != 0 for m in masks]).any(axis=0)
     if shape is not None and union.shape != tuple(shape):
         raise ValueError(f"masks have shape {union.shape}, expected {tuple(shape)}")
     return union

@@ -28,9 +28,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.imageio import read_label
+from ..data.instances import decode_segmentations, encode_rle
+from ..geometry import parse_spacing
 from ..utils.errors import LumbarError
 from ..utils.io import write_json
 from . import metrics, report
+from .records import BOOTSTRAP_SEED, image_records, summarize_classes
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ REQUIRED_FIELDS = {
 RESULT_FIELDS = ("image_id", "category_id", "segmentation", "score")
 # COCOeval.stats indices reported (detectron2's names); values are scaled to 0-100.
 COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
-BOOTSTRAP_SEED = 0
 
 
 # ------------------------------------------------------------------------- ground truth
@@ -91,11 +93,7 @@ def resolve_spacing(gt: dict, gt_json: str, override: Optional[Sequence[float]]
     value = override if override is not None else (gt.get("info") or {}).get("pixel_spacing")
     if value is None:
         return (1.0, 1.0), "px"
-    try:
-        return metrics.check_spacing(value), "mm"
-    except (TypeError, ValueError):
-        raise LumbarError(f"{where} = {value!r} is not two positive numbers [row_mm, col_mm]; "
-                          "fix it or leave it null for pixel units") from None
+    return parse_spacing(value, where, "fix it or leave it null for pixel units"), "mm"
 
 
 # -------------------------------------------------------------------------- predictions
@@ -144,14 +142,6 @@ def _validate_results(results, path: Path, gt: dict) -> None:
                               f"size {sizes[r['image_id']]}; re-export with the original size")
 
 
-def _encode(masks: np.ndarray) -> List[dict]:
-    """HxWxN boolean masks -> RLEs with str counts (as detectron2 writes them)."""
-    rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
 def _png_paths(folder: Path, gt: dict) -> Dict[int, Path]:
     """Image id -> expected PNG; refuses file-name stems that two images share."""
     paths: Dict[int, Path] = {}
@@ -184,7 +174,7 @@ def _results_from_pngs(folder: Path, gt: dict) -> Tuple[List[dict], int]:
         if ids.size:
             masks = label[:, :, None] == ids[None, None, :]
             results += [{"image_id": im["id"], "category_id": category, "segmentation": rle,
-                         "score": 1.0} for rle in _encode(masks)]
+                         "score": 1.0} for rle in encode_rle(masks)]
     if missing and len(missing) == len(gt["images"]):
         raise LumbarError(f"{folder}: none of the {len(missing)} images has a mask PNG (e.g. "
                           f"{missing[0]}); pass the folder holding <image stem>.png masks")
@@ -259,22 +249,6 @@ def coco_ap(gt: dict, results: List[dict]) -> Tuple[Dict[str, Dict[str, float]],
 
 
 # ------------------------------------------------------------------- per-image metrics
-def _rle(seg, height: int, width: int) -> dict:
-    """Compressed RLE of a COCO segmentation (RLE as is; polygons and raw RLE converted)."""
-    if isinstance(seg, list):
-        return mask_util.merge(mask_util.frPyObjects(seg, height, width))
-    if isinstance(seg.get("counts"), list):
-        return mask_util.frPyObjects(seg, height, width)
-    return seg
-
-
-def _decode(items: List[dict], height: int, width: int) -> List[np.ndarray]:
-    if not items:
-        return []
-    stack = mask_util.decode([_rle(it["segmentation"], height, width) for it in items])
-    return [stack[:, :, i] > 0 for i in range(stack.shape[2])]
-
-
 def _group(items) -> Dict[Tuple[int, int], List[dict]]:
     groups: Dict[Tuple[int, int], List[dict]] = defaultdict(list)
     for it in items:
@@ -284,23 +258,28 @@ def _group(items) -> Dict[Tuple[int, int], List[dict]]:
 
 def per_image_records(gt: dict, results: List[dict], score_threshold: float,
                       iou_threshold: float, spacing: Tuple[float, float]) -> List[dict]:
-    """One :func:`metrics.image_metrics` record per (GT image, category).
+    """One :func:`records.image_records` record per (GT image, category).
 
     Crowd GT regions (``iscrowd`` 1) are left out: they are not instances to find.
     """
     gt_by = _group(a for a in gt["annotations"] if not a.get("iscrowd", 0))
     pred_by = _group(r for r in results if r["score"] >= score_threshold)
-    records = []
+    categories = [c["name"] for c in gt["categories"]]
+    out = []
     for im in gt["images"]:
-        h, w = im["height"], im["width"]
-        for cat in gt["categories"]:
-            key = (im["id"], cat["id"])
-            rec = metrics.image_metrics(_decode(pred_by[key], h, w), _decode(gt_by[key], h, w),
-                                        spacing, iou_threshold, shape=(h, w))
-            rec.update(image_id=im["id"], file_name=im["file_name"],
-                       patient_id=im.get("patient_id"), category=cat["name"])
-            records.append(rec)
-    return records
+        shape = (im["height"], im["width"])
+        pred, truth = (_masks_by_class(by, im["id"], gt["categories"], shape)
+                       for by in (pred_by, gt_by))
+        out += image_records(im["id"], im["file_name"], im.get("patient_id"), categories,
+                             pred, truth, shape, spacing, iou_threshold)
+    return out
+
+
+def _masks_by_class(groups: Dict[Tuple[int, int], List[dict]], image_id: int,
+                    categories: List[dict], shape: Tuple[int, int]) -> Dict[int, list]:
+    """Decoded masks of one image per class index (position in ``categories``)."""
+    return {k: decode_segmentations([it["segmentation"] for it in groups[(image_id, c["id"])]],
+                                    *shape) for k, c in enumerate(categories)}
 
 
 SWEEP_KEYS = ("dice_micro", "dice_macro", "inst_precision", "inst_recall", "inst_f1")
@@ -358,15 +337,6 @@ def _check_settings(score_threshold: float, iou_threshold: float, n_boot: int,
         raise LumbarError(f"bootstrap count {n_boot} is negative; pass 0 to skip CIs")
 
 
-def _summaries(records: List[dict], names: List[str], n_boot: int) -> Tuple[dict, dict]:
-    """Per-class summaries and the pooled one (the same dict when there is one class)."""
-    per_class = {n: metrics.summarize([r for r in records if r["category"] == n], n_boot,
-                                      BOOTSTRAP_SEED) for n in names}
-    overall = (per_class[names[0]] if len(names) == 1
-               else metrics.summarize(records, n_boot, BOOTSTRAP_SEED))
-    return per_class, overall
-
-
 def format_result(result: dict) -> str:
     """The report table of an :func:`evaluate_files` result (classes, plus pooled if > 1)."""
     rows = dict(result["per_class"])
@@ -410,7 +380,8 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
     results, pred_info = load_predictions(predictions, gt)
     coco, box_source = coco_ap(gt, results)
     records = per_image_records(gt, results, score_threshold, iou_threshold, spacing)
-    per_class, overall = _summaries(records, [c["name"] for c in gt["categories"]], n_boot)
+    per_class, overall = summarize_classes(records, [c["name"] for c in gt["categories"]],
+                                           n_boot)
     settings = {
         "gt_json": os.fspath(gt_json), "predictions": os.fspath(predictions), **pred_info,
         "n_predictions": len(results),

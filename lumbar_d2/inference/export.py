@@ -261,6 +261,17 @@ def _median_ms(fn: Callable[[], object], n_runs: int) -> float:
     return statistics.median(times[WARMUP_RUNS:])
 
 
+def _onnx_installed() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+ONNX_MISSING = "the onnx package is not installed (pip install onnx, or lumbar_d2[export])"
+
+
 def export_onnx(adapter: torch.nn.Module, image: torch.Tensor, path: Path, names: List[str]
                 ) -> str:
     """Try ONNX export of the traced adapter; return "ok", "skipped: ..." or "failed: ...".
@@ -268,10 +279,10 @@ def export_onnx(adapter: torch.nn.Module, image: torch.Tensor, path: Path, names
     ONNX is optional (``pip install onnx``): a failure is reported, never raised, since the
     TorchScript model is the supported artefact. Only an unwritable ``path`` raises.
     """
-    try:
-        import onnx
-    except ImportError:
-        return "skipped: onnx is not installed (pip install onnx, or lumbar_d2[export])"
+    if not _onnx_installed():
+        return f"skipped: {ONNX_MISSING}"
+    import onnx
+
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters \
         else {}
     try:
@@ -310,6 +321,8 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
         raise LumbarError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     if n_runs < 0:
         raise LumbarError(f"timed runs {n_runs}: give 0 (no timing) or more")
+    if fmt == "onnx" and not _onnx_installed():  # nothing else to export: fail before work
+        raise LumbarError(f"--format onnx: {ONNX_MISSING}, or use --format torchscript")
     root = make_output_dir(output_dir)
     array = sample_image(cfg, image)  # before building the model: fail fast on a bad path
     predictor = LumbarPredictor(cfg)
@@ -326,6 +339,9 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
         result["onnx"] = export_onnx(adapter, image_tensor, root / "model.onnx",
                                      meta["outputs"])
         result["onnx_path"] = str(root / "model.onnx") if result["onnx"] == "ok" else None
+        if fmt == "onnx" and result["onnx_path"] is None:
+            raise LumbarError(f"{root / 'model.onnx'}: ONNX export {result['onnx']}; use "
+                              "--format torchscript")
     write_json(root / "export.json", result)
     return result
 

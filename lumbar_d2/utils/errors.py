@@ -7,3 +7,8 @@ class LumbarError(Exception):
     The message is one line that names the offending file (or key) and says how to fix it.
     Tools catch it, print ``error: <message>`` and exit with status 2; no traceback.
     """
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (whitespace collapsed, outer quotes dropped)."""
+    return " ".join(str(error).split()).strip("'\"")

@@ -10,12 +10,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+
+import cv2
+import numpy as np
 
 from .errors import LumbarError
 
@@ -141,3 +146,24 @@ def write_text(path: PathLike, text: str) -> Path:
 def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON (see :func:`json_text`) atomically."""
     return write_text(path, json_text(obj, indent))
+
+
+def write_csv(path: PathLike, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write dict ``rows`` as CSV with header ``fields`` (``\\n`` line ends) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def write_png(path: PathLike, image: np.ndarray) -> Path:
+    """Write an 8/16-bit grey or BGR image as PNG atomically.
+
+    Raises:
+        LumbarError: the encoder refused the array (e.g. an unsupported dtype).
+    """
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise LumbarError(f"cannot write {path}: PNG encoder failed; check the output folder")
+    return Path(path)

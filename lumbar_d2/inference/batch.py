@@ -1,0 +1,270 @@
+"""The batch job :func:`run_prediction` over files and folders, and the files it writes.
+
+Output files (``<out>/``):
+
+* ``masks/<stem>.png``: instance-id image, 0 = background, k = instance k (1-based, in score
+  order; where masks overlap the higher score wins), uint8, or uint16 above 255 instances.
+* ``overlays/<stem>.png``: contours, ``id:class score`` labels on the normalised slice.
+* ``predictions.json``: COCO results (``image_id``, ``category_id`` = class index + 1,
+  ``bbox`` xywh, ``score``, compressed-RLE ``segmentation``), and ``images.json``: a COCO
+  file with ``images`` (id, file_name, height, width) and ``categories``, so
+  ``COCO("images.json").loadRes("predictions.json")`` works.
+* ``measurements.csv`` (:data:`lumbar_d2.measure.MEASUREMENT_FIELDS` + ``unit``) and
+  ``summary.csv`` (one row per image, with the spacing used and where it came from). When no
+  pixel spacing is known, the ``*_mm`` columns hold pixel units and ``unit`` says ``px``.
+* ``failures.csv``: ``file, error`` of each input that could not be read (always written).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..data.imageio import to_model_input
+from ..geometry import Spacing, parse_spacing
+from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
+from ..utils.errors import LumbarError
+from ..utils.io import write_csv, write_json, write_png
+from .io import LoadedImage, list_inputs, load_image
+from .predictor import LumbarPredictor, dataset_spacing, operating_point
+from .visualize import draw_overlay
+
+logger = logging.getLogger(__name__)
+
+MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
+SUMMARY_COLUMNS = SUMMARY_FIELDS + ["height", "width", "unit", "spacing_row_mm",
+                                    "spacing_col_mm", "spacing_source"]
+FAILURE_COLUMNS = ["file", "error"]
+_MAX_PNG_INSTANCES = np.iinfo(np.uint16).max
+
+
+# --------------------------------------------------------------------------- per image
+def instance_id_image(masks: np.ndarray) -> np.ndarray:
+    """NxHxW boolean masks (score order) -> HxW ids, 0 = background, higher score on top.
+
+    uint8 up to 255 instances, uint16 above, so any reader gets the smallest lossless PNG.
+    """
+    n = len(masks)
+    if n > _MAX_PNG_INSTANCES:
+        raise ValueError(f"{n} instances do not fit a 16-bit PNG")
+    out = np.zeros(masks.shape[1:], dtype=np.uint8 if n <= 255 else np.uint16)
+    for i in reversed(range(n)):  # lower scores first, so the higher score wins overlaps
+        out[masks[i]] = i + 1
+    return out
+
+
+def resolve_spacing(override: Optional[Spacing], loaded: Optional[Spacing],
+                    dataset: Optional[Spacing]) -> Tuple[Optional[Spacing], str]:
+    """(spacing, source): --pixel-spacing > DICOM PixelSpacing > dataset metadata > none."""
+    for value, source in ((override, "override"), (loaded, "dicom"), (dataset, "dataset")):
+        if value is not None:
+            return (float(value[0]), float(value[1])), source
+    return None, "none"
+
+
+@dataclass
+class PredictionWriter:
+    """Writes each image's mask and overlay PNGs and collects the rows of the tables."""
+
+    root: Path
+    class_names: List[str]
+    orientation: str
+    results: List[Dict] = field(default_factory=list)
+    images: List[Dict] = field(default_factory=list)
+    rows: List[Dict] = field(default_factory=list)
+    summaries: List[Dict] = field(default_factory=list)
+    failures: List[Dict] = field(default_factory=list)
+
+    def add(self, loaded: LoadedImage, instances: Instances, stem: str,
+            spacing: Tuple[Optional[Spacing], str]) -> None:
+        """Write one image's mask and overlay PNGs and record its table rows."""
+        image_id = len(self.images) + 1
+        height, width = instances.image_size
+        masks = instances.pred_masks.numpy().astype(bool)
+        write_png(self.root / "masks" / f"{stem}.png", instance_id_image(masks))
+        names = [self.class_names[c] for c in instances.pred_classes.tolist()]
+        scores = instances.scores.tolist()
+        display = to_model_input(loaded.array, normalize=True)
+        write_png(self.root / "overlays" / f"{stem}.png",
+                  draw_overlay(display, masks, names, scores, instances.pred_classes.tolist()))
+        self.images.append({"id": image_id, "file_name": loaded.path, "height": height,
+                            "width": width, "mask_png": f"masks/{stem}.png"})
+        for res in instances_to_coco_json(instances, image_id):
+            self.results.append({**res, "category_id": res["category_id"] + 1})
+        value, source = spacing
+        rows, summary = measure_prediction(list(masks), names, scores, value,
+                                           self.orientation, loaded.path)
+        self.rows += rows
+        self.summaries.append({**summary, "height": height, "width": width,
+                               "spacing_source": source,
+                               "spacing_row_mm": value[0] if value else "",
+                               "spacing_col_mm": value[1] if value else ""})
+
+    def write_tables(self) -> Dict[str, str]:
+        """Write the JSON and CSV outputs; return their paths by name."""
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
+        paths = {"predictions": write_json(self.root / "predictions.json", self.results, None),
+                 "images": write_json(self.root / "images.json",
+                                      {"images": self.images, "categories": categories,
+                                       "annotations": []}),
+                 "measurements": write_csv(self.root / "measurements.csv",
+                                           MEASUREMENT_COLUMNS, self.rows),
+                 "summary": write_csv(self.root / "summary.csv", SUMMARY_COLUMNS,
+                                      self.summaries),
+                 "failures": write_csv(self.root / "failures.csv", FAILURE_COLUMNS,
+                                       self.failures)}
+        return {k: str(v) for k, v in paths.items()}
+
+
+def output_stems(files: Sequence[Path]) -> List[str]:
+    """PNG stem per input: the file stem, or a path-derived name where stems collide.
+
+    ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
+    common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
+    """
+    stems = [f.stem for f in files]
+    clashing = {s for s in stems if stems.count(s) > 1}
+    if not clashing:
+        return stems
+    common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
+    out = []
+    for f, stem in zip(files, stems):
+        if stem not in clashing:
+            out.append(stem)
+            continue
+        rel = f.resolve().relative_to(common)
+        out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
+    return out
+
+
+def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
+    common: Tuple[str, ...] = ()
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common += (level[0],)
+    return common
+
+
+# --------------------------------------------------------------------------- batch job
+def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
+                   pixel_spacing: Optional[Sequence[float]] = None,
+                   orientation: str = "sagittal", tta: bool = False,
+                   score_thresh: Optional[float] = None, batch_size: int = 1) -> Dict:
+    """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
+
+    A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
+    slice does not stop a folder. Arguments, inputs and weights are checked before the
+    output folder is created. Output layout: see the module docstring.
+
+    Args:
+        cfg: model config (``MODEL.WEIGHTS`` set); not modified.
+        inputs: a file, a folder (recursive) or a glob (see :func:`list_inputs`).
+        output_dir: results folder (created). Inputs inside it are ignored.
+        pixel_spacing: (row_mm, col_mm) overriding DICOM and dataset spacing.
+        orientation: "sagittal" or "axial" (orders discs / reads levels, picks QC counts).
+        tta: horizontal-flip test-time augmentation.
+        score_thresh: keep detections scoring at least this (default:
+            ``LUMBAR.SCORE_THRESH``, the evaluated operating point).
+        batch_size: slices per forward pass (>1 helps on GPU).
+
+    Returns:
+        ``n_ok``, ``n_failed``, ``output_dir`` and the path of each written table.
+
+    Raises:
+        LumbarError: bad arguments, no inputs, unwritable output folder, missing weights.
+    """
+    cfg = _prediction_config(cfg, score_thresh, orientation, batch_size)
+    override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
+    files = _inputs_outside(list_inputs(inputs), Path(output_dir))
+    predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
+    root = make_output_dir(output_dir)
+    out = PredictionWriter(root, predictor.class_names, orientation)
+    default_spacing = dataset_spacing(cfg)
+    pending: List[Tuple[LoadedImage, str]] = []
+    with logging_redirect_tqdm():
+        for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
+            loaded = _load_or_record(path, out.failures)
+            if loaded is not None:
+                pending.append((loaded, stem))
+            if len(pending) == batch_size:
+                _predict_pending(predictor, pending, out, override, default_spacing)
+                pending = []
+        _predict_pending(predictor, pending, out, override, default_spacing)
+    result = {"n_ok": len(out.images), "n_failed": len(out.failures), "output_dir": str(root),
+              **out.write_tables()}
+    logger.info("predicted %d images, %d failed -> %s", result["n_ok"], result["n_failed"],
+                root)
+    return result
+
+
+def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,
+                       batch_size: int) -> CfgNode:
+    """Validated :func:`operating_point` clone of ``cfg`` for :func:`run_prediction`."""
+    if orientation not in ORIENTATIONS:
+        raise LumbarError(f"orientation {orientation!r} is not supported; use one of "
+                          f"{', '.join(ORIENTATIONS)}")
+    if batch_size < 1:
+        raise LumbarError(f"batch size {batch_size}: must be >= 1")
+    return operating_point(cfg, score_thresh)
+
+
+def make_output_dir(output_dir: str) -> Path:
+    """Create the output folder up front, so an unwritable one fails before the model runs.
+
+    Raises:
+        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
+    """
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
+                          "writable folder") from None
+    return root
+
+
+def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
+    """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
+    root = root.resolve()
+    kept = [f for f in files if root not in f.resolve().parents]
+    if len(kept) < len(files):
+        logger.info("skipping %d files inside the output folder %s", len(files) - len(kept),
+                    root)
+    if not kept:
+        raise LumbarError(f"{root}: every input is inside the output folder; choose an "
+                          "output folder outside the inputs")
+    return kept
+
+
+def _load_or_record(path: Path, failures: List[Dict]) -> Optional[LoadedImage]:
+    """The loaded slice, or None after logging and recording why it could not be read."""
+    try:
+        return load_image(path)
+    except LumbarError as e:
+        logger.warning("skipping %s", e)
+        failures.append({"file": str(path), "error": str(e)})
+        return None
+
+
+def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str]],
+                     out: PredictionWriter, override: Optional[Spacing],
+                     default_spacing: Optional[Spacing]) -> None:
+    """Predict a batch of loaded slices and hand each result to ``out``."""
+    predictions = predictor.predict_batch([loaded.array for loaded, _ in pending])
+    for (loaded, stem), instances in zip(pending, predictions):
+        spacing = resolve_spacing(override, loaded.spacing, default_spacing)
+        out.add(loaded, instances, stem, spacing)
+
+
+__all__ = ["FAILURE_COLUMNS", "MEASUREMENT_COLUMNS", "PredictionWriter", "SUMMARY_COLUMNS",
+           "instance_id_image", "make_output_dir", "output_stems", "resolve_spacing",
+           "run_prediction"]

@@ -1,0 +1,132 @@
+"""Ground floor of every entry point: config loading and preparation, device fallback and
+weight / checkpoint checks.
+
+Tools, inference, the demo and the trainer import these from here, so nothing has to import
+the trainer to load a config. ``prepare_config`` is what training and evaluation run before
+a model is built: registered datasets, weights, output folder, device, patient leakage and
+the epoch schedule are all checked up front, each failure a one-line :class:`LumbarError`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from point_rend import add_pointrend_config  # also registers PointRend's mask head
+
+from . import compat  # noqa: F401  (point_rend imports detectron2.layers, which needs it)
+from .config import add_lumbar_config
+from .data.register import patient_ids, register_all_lumbar, require_registered
+from .data.splits import check_patient_leakage
+from .utils.errors import LumbarError, one_line
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """get_cfg -> add_lumbar_config -> merge file -> merge opts, with one-line errors."""
+    cfg = get_cfg()
+    add_pointrend_config(cfg)  # PointRend's keys (only added), for its mask head
+    add_lumbar_config(cfg)
+    if not Path(config_file).is_file():
+        raise LumbarError(f"{config_file}: config file not found; see configs/")
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise LumbarError(f"{config_file}: {one_line(e)}; check the key against "
+                          "detectron2/config/defaults.py and lumbar_d2/config.py")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise LumbarError(f"command-line override: {one_line(e)}; use KEY VALUE pairs of "
+                          "existing keys")
+    return cfg
+
+
+def prepare_config(cfg: CfgNode, source: str = "config") -> CfgNode:
+    """Register datasets, check names, weights, device and leakage, derive the schedule."""
+    register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names += [cfg.LUMBAR.VAL_DATASET] if cfg.LUMBAR.VAL_DATASET else []
+    require_registered(names, source)
+    check_weights(cfg.MODEL.WEIGHTS)
+    check_output_dir(cfg.OUTPUT_DIR)
+    use_cpu_without_cuda(cfg)
+    if cfg.MODEL.DEVICE == "cpu":
+        cfg.SOLVER.AMP.ENABLED = False
+    check_patient_leakage({n: set(patient_ids(n).values()) - {""} for n in dict.fromkeys(names)},
+                          allow=cfg.LUMBAR.ALLOW_PATIENT_OVERLAP, source=source)
+    if cfg.LUMBAR.EPOCHS > 0 and cfg.DATASETS.TRAIN:
+        apply_epochs(cfg, sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN))
+    return cfg
+
+
+def apply_epochs(cfg: CfgNode, n_images: int) -> None:
+    """MAX_ITER = ceil(EPOCHS * n_images / IMS_PER_BATCH); STEPS at STEP_FRACTIONS of it."""
+    iters = max(1, math.ceil(cfg.LUMBAR.EPOCHS * n_images / cfg.SOLVER.IMS_PER_BATCH))
+    cfg.SOLVER.MAX_ITER = iters
+    cfg.SOLVER.STEPS = tuple(int(f * iters) for f in cfg.LUMBAR.STEP_FRACTIONS)
+    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, iters // 4)
+    cfg.SOLVER.CHECKPOINT_PERIOD = max(1, min(cfg.SOLVER.CHECKPOINT_PERIOD, iters))
+    logger.info("%.1f epochs x %d images / batch %d -> %d iterations", cfg.LUMBAR.EPOCHS,
+                n_images, cfg.SOLVER.IMS_PER_BATCH, iters)
+
+
+def use_cpu_without_cuda(cfg: CfgNode) -> None:
+    """Fall back to CPU when the config asks for CUDA that this machine does not have."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+
+
+def checkpoint_problem(path: os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be loaded as a checkpoint (one line), or None if it loads.
+
+    Uses Detectron2's own loader (.pkl pickle or torch.load), so "loads here" means "loads at
+    training start". A save cut short by a kill or a full disk, or a broken download, would
+    otherwise surface as a raw zip/pickle traceback after the model was built.
+    """
+    try:
+        DetectionCheckpointer(torch.nn.Module())._load_file(str(path))
+    except Exception as e:  # torch.load/pickle raise RuntimeError, UnpicklingError, EOFError...
+        first_sentence = one_line(e).split(". ")[0][:120]  # torch adds paragraphs of advice
+        return f"{type(e).__name__}: {first_sentence}"
+    return None
+
+
+def check_weights(weights: str) -> None:
+    """Refuse a missing, empty or unloadable local MODEL.WEIGHTS file before any model is built."""
+    if not weights or "://" in weights:
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise LumbarError(f"MODEL.WEIGHTS {weights}: file not found; give a .pth/.pkl path or "
+                          "'' to train from scratch")
+    if path.stat().st_size == 0:
+        raise LumbarError(f"MODEL.WEIGHTS {weights}: file is empty; re-download or re-train it")
+    why = checkpoint_problem(path)
+    if why:
+        raise LumbarError(f"MODEL.WEIGHTS {weights}: cannot be loaded ({why}); re-download or "
+                          "re-train it")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Fail before the model is built, not in default_setup, if OUTPUT_DIR cannot be created.
+
+    Checks without creating anything: the nearest existing ancestor must be a writable folder.
+    """
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise LumbarError(f"OUTPUT_DIR {output_dir}: {existing} is not a writable folder; "
+                          "choose another OUTPUT_DIR")
+
+
+__all__ = ["apply_epochs", "check_output_dir", "check_weights", "checkpoint_problem",
+           "load_config", "prepare_config", "use_cpu_without_cuda"]
