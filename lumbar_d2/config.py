@@ -27,6 +27,14 @@ def add_lumbar_config(cfg: CN) -> None:
     cfg.LUMBAR.ALLOW_PATIENT_OVERLAP = False
     # Bootstrap resamples (over patients) for the 95 % confidence intervals; 0 = none.
     cfg.LUMBAR.BOOTSTRAP = 1000
+    # >0: train for this many minutes of wall-clock time instead of SOLVER.MAX_ITER (which then
+    # only caps the run); the LR drops by SOLVER.GAMMA at LUMBAR.STEP_FRACTIONS of the budget.
+    # Gives every variant of a CPU study the same budget whatever its speed per iteration.
+    cfg.LUMBAR.TIME_BUDGET_MIN = 0.0
+    # Trained weights shipped in the repository for this config (path relative to the repo
+    # root) and their sha256: used by inference when MODEL.WEIGHTS is empty (model_zoo.py).
+    cfg.LUMBAR.SHIPPED_WEIGHTS = ""
+    cfg.LUMBAR.SHIPPED_SHA256 = ""
 
     cfg.INPUT.AUG = CN()
     # Random rotation range in degrees (sagittal spines tilt; axial slices rotate in-plane).
@@ -39,5 +47,10 @@ def add_lumbar_config(cfg: CN) -> None:
     # Left-right flip: valid for axial slices (near-symmetric), not for sagittal ones, where
     # it would swap anterior and posterior.
     cfg.INPUT.AUG.HFLIP = False
+    # Gaussian noise, std drawn from [0, NOISE] x 255 per slice (bright, noisy scanners); 0 = off.
+    cfg.INPUT.AUG.NOISE = 0.0
+    # Smooth multiplicative bias field (coil shading): gain in [1 - B, 1 + B] across the slice
+    # from a random low-order polynomial; 0 = off.
+    cfg.INPUT.AUG.BIAS_FIELD = 0.0
     # Percentile intensity normalisation of each slice to uint8 (see lumbar_d2.data.imageio).
     cfg.INPUT.NORMALIZE = True

@@ -8,6 +8,9 @@
    fails), verify its sha256 from the index, and pip-install its pure-Python ``detectron2``
    package under the distribution name ``detectron2``. The missing compiled ops are covered
    at import time by :mod:`lumbar_d2.compat`.
+3. The same sdist holds Detectron2's ``projects/``: its ``PointRend/point_rend`` package is
+   installed the same way (distribution ``detectron2-pointrend``), unchanged, for the
+   PointRend mask head (``configs/*pointrend*``).
 
 Only the standard library and pip are used, so this runs before anything else is installed.
 Usage: python tools/install_detectron2.py
@@ -36,9 +39,17 @@ setup(name="detectron2", version="0.6", description="detectron2 v0.6 (pure Pytho
 """
 
 
-def importable() -> bool:
-    return subprocess.run([sys.executable, "-c", "import detectron2"],
-                          capture_output=True).returncode == 0
+POINTREND_SETUP_PY = """from setuptools import setup
+setup(name="detectron2-pointrend", version="0.6",
+      description="Detectron2 v0.6 projects/PointRend (from {sdist})",
+      packages=["point_rend"], python_requires=">=3.7")
+"""
+
+
+def importable(module: str = "detectron2") -> bool:
+    """Installed in this Python (found, not imported: point_rend needs lumbar_d2.compat first)."""
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def sdist_url() -> tuple:
@@ -53,11 +64,21 @@ def sdist_url() -> tuple:
     return url.split("#")[0], digest.group(1) if digest else None
 
 
+def _install(src: Path, setup_py: str) -> None:
+    """pip-install the package folder(s) under ``src`` with our own ``setup.py``."""
+    (src / "setup.py").write_text(setup_py)
+    for extra in ("pyproject.toml", "setup.cfg"):
+        (src / extra).unlink(missing_ok=True)
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "--no-build-isolation", str(src)])
+
+
 def main() -> int:
-    if importable():
+    missing = [m for m in ("detectron2", "point_rend") if not importable(m)]
+    if not missing:
         out = subprocess.run([sys.executable, "-c", "import detectron2; print(detectron2.__file__)"],
                              capture_output=True, text=True).stdout.strip()
-        print(f"detectron2 already importable ({out}); keeping it")
+        print(f"detectron2 and point_rend already importable ({out}); keeping them")
         return 0
     url, sha = sdist_url()
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,13 +89,14 @@ def main() -> int:
             sys.exit(f"error: sha256 mismatch for {SDIST}; retry the download")
         with tarfile.open(tarball) as tf:
             tf.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(tmp)
-        src = next(Path(tmp).glob("pb1-detectron2-*/detectron2")).parent
-        (src / "setup.py").write_text(SETUP_PY.format(sdist=SDIST, requires=REQUIRES))
-        for extra in ("pyproject.toml", "setup.cfg"):
-            (src / extra).unlink(missing_ok=True)
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-build-isolation",
-                               str(src)])
-    print("installed pure-Python detectron2 0.6; compiled ops are replaced by lumbar_d2.compat")
+        root = next(Path(tmp).glob("pb1-detectron2-*"))
+        if "detectron2" in missing:
+            _install(root, SETUP_PY.format(sdist=SDIST, requires=REQUIRES))
+            print("installed pure-Python detectron2 0.6; compiled ops are replaced by "
+                  "lumbar_d2.compat")
+        if "point_rend" in missing:
+            _install(root / "projects" / "PointRend", POINTREND_SETUP_PY.format(sdist=SDIST))
+            print("installed Detectron2's PointRend project (point_rend) from the same sdist")
     return 0
 
 

@@ -8,7 +8,8 @@ Differences from Detectron2's ``DatasetMapper``:
   ``INPUT.MIN_SIZE_TRAIN``, contrast / brightness / gamma jitter (intensity only, no colour
   ops: the channels are the same grey slice), and a left-right flip only when
   ``INPUT.AUG.HFLIP`` (valid for axial slices; a sagittal flip would swap anterior/posterior).
-  Vertical flips are never used: cranial-caudal order is anatomy.
+  Vertical flips are never used: cranial-caudal order is anatomy. Optional bias field
+  (``INPUT.AUG.BIAS_FIELD``) and Gaussian noise (``INPUT.AUG.NOISE``) mimic other scanners.
 * ``INPUT.CROP`` crops *after* the resize: training on native-resolution crops keeps thin
   sagittal discs sharp at a fraction of the full-slice cost; testing uses the full slice.
 * boxes are recomputed from the transformed masks, since rotation loosens boxes.
@@ -44,6 +45,55 @@ def _gamma(img: np.ndarray, gamma: float) -> np.ndarray:
     return out.round().astype(np.uint8) if img.dtype == np.uint8 else out
 
 
+class RandomNoise(T.Augmentation):
+    """Additive Gaussian noise with a std drawn per slice from [0, max_std] x 255."""
+
+    def __init__(self, max_std: float):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        std = float(np.random.uniform(0, self.max_std)) * 255.0
+        seed = int(np.random.randint(2**31))
+        return T.ColorTransform(lambda img: _add_noise(img, std, seed))
+
+
+def _add_noise(img: np.ndarray, std: float, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0.0, std, img.shape[:2]).astype(np.float32)
+    out = img.astype(np.float32) + (noise[..., None] if img.ndim == 3 else noise)
+    return _like(out, img)
+
+
+class RandomBiasField(T.Augmentation):
+    """Smooth multiplicative shading, gain in [1 - strength, 1 + strength] over the slice.
+
+    A random quadratic in normalised (x, y), as MRI receive-coil inhomogeneity is smooth.
+    """
+
+    def __init__(self, strength: float):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        coef = np.random.uniform(-1, 1, 5)
+        return T.ColorTransform(lambda img: _bias_field(img, coef, self.strength))
+
+
+def _bias_field(img: np.ndarray, coef: np.ndarray, strength: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32),
+                       np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
+    field = coef[0] * x + coef[1] * y + coef[2] * x * y + coef[3] * x * x + coef[4] * y * y
+    field = 1.0 + strength * field / max(float(np.abs(field).max()), 1e-6)
+    out = img.astype(np.float32) * (field[..., None] if img.ndim == 3 else field)
+    return _like(out, img)
+
+
+def _like(out: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """Back to the input's dtype: clipped, rounded uint8 for uint8 input."""
+    return np.clip(out, 0, 255).round().astype(np.uint8) if img.dtype == np.uint8 else out
+
+
 def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     """Resize (+ rotation, flip and intensity jitter when training), from the config."""
     if not is_train:
@@ -58,8 +108,12 @@ def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
         augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if aug.HFLIP:
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
+    if aug.BIAS_FIELD > 0:
+        augs.append(RandomBiasField(aug.BIAS_FIELD))
     augs += [T.RandomContrast(*aug.CONTRAST), T.RandomBrightness(*aug.BRIGHTNESS),
              RandomGamma(tuple(aug.GAMMA))]
+    if aug.NOISE > 0:
+        augs.append(RandomNoise(aug.NOISE))
     return augs
 
 

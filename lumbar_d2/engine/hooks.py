@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Optional
+import time
+from typing import Callable, Optional, Sequence
 
 import torch
 from detectron2.data import build_detection_test_loader
@@ -85,6 +86,35 @@ class ValidationHook(HookBase):
         # Detectron2 leaves trainer.iter = max_iter after a completed loop.
         if self.trainer.iter + 1 >= self.trainer.max_iter:
             self._validate(min(self.trainer.iter + 1, self.trainer.max_iter))
+
+
+class TimeBudgetHook(HookBase):
+    """Train for ``minutes`` of wall-clock time: LR x ``gamma`` at each of ``fractions`` of
+    the budget, then stop as if ``SOLVER.MAX_ITER`` had been reached (final checkpoint, final
+    validation and test hooks run as usual).
+
+    Placed after Detectron2's ``LRScheduler`` hook, it scales the LR that hook set, so warm-up
+    still applies; ``SOLVER.STEPS`` should lie beyond the run.
+    """
+
+    def __init__(self, minutes: float, fractions: Sequence[float], gamma: float):
+        self._budget, self._fractions, self._gamma = 60.0 * minutes, sorted(fractions), gamma
+        self._start = 0.0
+
+    def before_train(self) -> None:
+        self._start = time.perf_counter()
+
+    def after_step(self) -> None:
+        frac = (time.perf_counter() - self._start) / self._budget
+        factor = self._gamma ** sum(frac >= f for f in self._fractions)
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] *= factor
+        if frac >= 1.0:
+            done = self.trainer.iter + 1
+            logger.info("time budget of %.1f min reached after %d iterations",
+                        self._budget / 60, done)
+            self.trainer.max_iter = done  # the after_train hooks then treat the run as complete
+            raise EarlyStop()
 
 
 class EarlyStopHook(HookBase):
