@@ -46,7 +46,8 @@ from ..compat import tracing_adapter_class
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path, write_json
 from .io import load_image
-from .predictor import LumbarPredictor, make_output_dir
+from .batch import make_output_dir
+from .predictor import LumbarPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -323,9 +324,9 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
         raise LumbarError(f"timed runs {n_runs}: give 0 (no timing) or more")
     if fmt == "onnx" and not _onnx_installed():  # nothing else to export: fail before work
         raise LumbarError(f"--format onnx: {ONNX_MISSING}, or use --format torchscript")
-    root = make_output_dir(output_dir)
     array = sample_image(cfg, image)  # before building the model: fail fast on a bad path
-    predictor = LumbarPredictor(cfg)
+    predictor = LumbarPredictor(cfg)  # checks MODEL.WEIGHTS before anything is written
+    root = make_output_dir(output_dir)
     traced, meta, adapter = trace(predictor, array)
     result: Dict = {"meta": meta, "torchscript": None, "onnx": "not requested",
                     "onnx_path": None, "comparison": None}
