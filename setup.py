@@ -13,7 +13,11 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.0", "torchvision>=0.15", "opencv-python-headless>=4.5",
                       "pycocotools>=2.0.6", "numpy>=1.23", "fvcore>=0.1.5", "scipy>=1.8",
-                      "tqdm", "matplotlib", "tensorboard", "setuptools>=77,<81"],
+                      "tqdm", "matplotlib", "tensorboard", "setuptools>=77,<81",
+                      # volumes: SimpleITK reads/writes DICOM series, NIfTI, MetaImage;
+                      # nibabel keeps a NIfTI input's header bit-exact in the label volume;
+                      # pydicom groups a folder's DICOM files by series
+                      "SimpleITK>=2.2", "nibabel>=3.2", "pydicom>=2.3"],
     extras_require={"dicom": ["pydicom>=2.3"], "export": ["onnx"],
                     "dev": ["pytest>=7", "pydicom>=2.3", "hypothesis>=6"]},
     entry_points={"console_scripts": ["lumbar-doctor=lumbar_d2.doctor:main"]},

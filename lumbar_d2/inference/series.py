@@ -1,0 +1,324 @@
+"""Whole series: a 3-D volume through the 2-D model, linked discs, levels, files per series.
+
+:func:`predict_volume` slices a :class:`~.volume.Volume` sagittally (:meth:`Volume.sagittal`),
+runs each slice through a slice predictor, links the 2-D disc instances into 3-D discs
+(:mod:`.linking`), names them by level from the caudal end
+(:func:`lumbar_d2.measure.sagittal_level_names`) and measures them. :func:`write_series`
+writes, under ``<output>/<series name>/``:
+
+* ``labels.nii.gz`` (NIfTI and DICOM inputs) or ``labels.mha`` (MetaImage inputs): the disc
+  label volume in the input's exact geometry; value = :data:`lumbar_d2.measure.LEVEL_VALUES`
+  (SPINEPS numbering: 100 + the vertebra above, L5-S1 = 124, L4-L5 = 123, ..., T12-L1 = 119),
+  0 = background.
+* ``discs.csv``: one row per disc (:data:`DISC_FIELDS`).
+* ``overlay.png``: the mid-sagittal slice with each disc's contour and level;
+  ``montage.png``: every slice, small, with the same colours per disc.
+
+Slices whose pixels are not square (row and column spacing differ by more than 5 %, e.g. a
+volume acquired axially and resliced sagittally) are resampled to square pixels at the finer
+spacing before the model sees them, and the masks are resampled back (area-weighted, kept
+where >= 0.5), so the model always sees anatomy in its true proportions.
+
+QC flags of a disc: ``low_score`` (mean score < 0.7), ``at_volume_edge`` (on the first or last
+slice: the disc may extend outside the volume), ``slice_gap`` (missed on a slice inside its
+range). Flags of a series: those of :func:`lumbar_d2.measure.level_qc` (``level_gap``,
+``level_count_low``), ``dropped_single_slice`` (slice-wise false positives were dropped) and
+``no_discs``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from ..data.imageio import to_model_input
+from ..measure import (
+    DISC_CLASS,
+    FLAG_SEP,
+    LEVEL_VALUES,
+    level_qc,
+    measure_instance,
+    sagittal_level_names,
+)
+from ..utils.errors import LumbarError
+from ..utils.io import write_csv, write_png
+from .linking import LinkedDisc, SliceInstance, link_instances
+from .visualize import draw_overlay
+from .volume import Volume, VolumeInputs, read_dicom_series, read_volume, write_labels
+
+logger = logging.getLogger(__name__)
+
+Spacing = Tuple[float, float]
+DISC_FIELDS = ["series", "level", "label_value", "volume_ml", "height_mm", "ap_diameter_mm",
+               "n_slices", "first_slice", "last_slice", "mid_slice", "mean_score", "qc_flags"]
+SERIES_FIELDS = ["series", "input", "source", "n_slices", "size", "spacing_mm", "n_discs",
+                 "n_dropped", "levels", "qc_flags"]
+SQUARE_TOLERANCE = 0.05
+LOW_SCORE = 0.7
+MONTAGE_TILE = 160  # px width of one slice in the montage
+
+
+@dataclass
+class SlicePrediction:
+    """What a slice predictor returns for one slice: NxHxW masks, scores, class names."""
+
+    masks: np.ndarray
+    scores: Sequence[float]
+    classes: Sequence[str]
+
+
+SlicePredictor = Callable[[Sequence[np.ndarray]], List[SlicePrediction]]
+
+
+def detectron2_slice_predictor(predictor: Any) -> SlicePredictor:
+    """Wrap a :class:`~.predictor.LumbarPredictor` (``predict_batch`` -> ``Instances``)."""
+    def predict(images: Sequence[np.ndarray]) -> List[SlicePrediction]:
+        out = []
+        for inst in predictor.predict_batch(list(images)):
+            out.append(SlicePrediction(inst.pred_masks.numpy().astype(bool),
+                                       inst.scores.tolist(),
+                                       [predictor.class_names[c]
+                                        for c in inst.pred_classes.tolist()]))
+        return out
+    return predict
+
+
+@dataclass
+class Disc:
+    """A named 3-D disc with its measurements (one :data:`DISC_FIELDS` row)."""
+
+    linked: LinkedDisc
+    level: str
+    row: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VolumeResult:
+    """Everything :func:`write_series` needs: the slices, the discs, and the series QC."""
+
+    volume: Volume
+    slices: np.ndarray
+    spacing: Spacing
+    slice_mm: float
+    discs: List[Disc]
+    dropped: List[LinkedDisc]
+    flags: List[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """NxHxW uint8 label array in sagittal order (values: ``LEVEL_VALUES``)."""
+        out = np.zeros(self.slices.shape, dtype=np.uint8)
+        for disc in self.discs:
+            value = LEVEL_VALUES.get(disc.level, 0)
+            for m in disc.linked.members:
+                y0, y1, x0, x1 = m.box
+                out[m.slice_index, y0:y1, x0:x1][m.crop] = value
+        return out
+
+    def summary(self) -> Dict[str, Any]:
+        """The :data:`SERIES_FIELDS` row of this series."""
+        n, h, w = self.slices.shape
+        return {"series": self.volume.name, "input": self.volume.path,
+                "source": self.volume.source, "n_slices": n, "size": f"{n}x{h}x{w}",
+                "spacing_mm": "x".join(f"{v:.4g}" for v in (self.slice_mm, *self.spacing)),
+                "n_discs": len(self.discs), "n_dropped": len(self.dropped),
+                "levels": " ".join(d.level for d in self.discs),
+                "qc_flags": FLAG_SEP.join(self.flags)}
+
+
+# ------------------------------------------------------------------------------ predicting
+def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
+                   ) -> VolumeResult:
+    """Predict every sagittal slice, link, name and measure the discs (see the module doc)."""
+    slices, spacing, slice_mm = volume.sagittal()
+    per_slice: List[List[SliceInstance]] = []
+    for start in range(0, len(slices), max(1, batch_size)):
+        batch = slices[start:start + batch_size]
+        images = [square_pixels(s, spacing, cv2.INTER_LINEAR) for s in batch]
+        for k, pred in enumerate(predict(images), start=start):
+            per_slice.append([
+                SliceInstance.from_mask(k, _native_mask(mask, slices.shape[1:]), score)
+                for mask, score, cls in zip(pred.masks, pred.scores, pred.classes)
+                if cls == DISC_CLASS])
+    kept, dropped = link_instances(per_slice)
+    discs = _named(kept, spacing)
+    for disc in discs:
+        disc.row = _measure_disc(disc, volume.name, spacing, slice_mm, len(slices))
+    positions = [_centre_row(d.linked) * spacing[0] for d in discs]
+    flags = level_qc(positions) if discs else ["no_discs"]
+    if dropped:
+        flags.append("dropped_single_slice")
+    logger.info("%s: %d slices, %d discs (%s), %d single-slice detections dropped",
+                volume.name, len(slices), len(discs), " ".join(d.level for d in discs),
+                len(dropped))
+    return VolumeResult(volume, slices, spacing, slice_mm, discs, dropped, sorted(flags))
+
+
+def square_pixels(image: np.ndarray, spacing: Spacing, interpolation: int) -> np.ndarray:
+    """``image`` resampled to square pixels at the finer spacing, or as is when within 5 %."""
+    row_mm, col_mm = spacing
+    if abs(row_mm / col_mm - 1.0) <= SQUARE_TOLERANCE:
+        return image
+    fine = min(row_mm, col_mm)
+    size = (max(1, round(image.shape[1] * col_mm / fine)),
+            max(1, round(image.shape[0] * row_mm / fine)))
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def _native_mask(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape == tuple(shape):
+        return mask
+    resized = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]),
+                         interpolation=cv2.INTER_AREA if mask.shape[0] > shape[0]
+                         else cv2.INTER_LINEAR)
+    return resized >= 0.5
+
+
+def _centre_row(disc: LinkedDisc) -> float:
+    """Area-weighted mean row of a disc over its slices (rows grow towards the feet)."""
+    total = sum(m.area * (m.box[0] + np.nonzero(m.crop)[0].mean()) for m in disc.members)
+    return float(total / disc.n_voxels)
+
+
+def _named(kept: List[LinkedDisc], spacing: Spacing) -> List[Disc]:
+    """Discs ordered caudal -> cranial, with their level names."""
+    ordered = sorted(kept, key=_centre_row, reverse=True)
+    return [Disc(d, name) for d, name in zip(ordered, sagittal_level_names(len(ordered)))]
+
+
+def _measure_disc(disc: Disc, series: str, spacing: Spacing, slice_mm: float,
+                  n_slices: int) -> Dict[str, Any]:
+    """The :data:`DISC_FIELDS` row: volume, mid-sagittal height and AP diameter, QC."""
+    linked = disc.linked
+    weights = np.array([m.area for m in linked.members], dtype=np.float64)
+    centre = float(np.average(linked.slices, weights=weights))
+    mid = min(linked.members, key=lambda m: (abs(m.slice_index - centre), -m.area))
+    size = measure_instance(mid.crop, spacing)
+    flags = []
+    if linked.mean_score < LOW_SCORE:
+        flags.append("low_score")
+    if linked.slices[0] == 0 or linked.slices[-1] == n_slices - 1:
+        flags.append("at_volume_edge")
+    if linked.slices[-1] - linked.slices[0] + 1 > len(linked.members):
+        flags.append("slice_gap")
+    voxel_ml = spacing[0] * spacing[1] * slice_mm / 1000.0
+    return {"series": series, "level": disc.level,
+            "label_value": LEVEL_VALUES.get(disc.level, 0),
+            "volume_ml": round(linked.n_voxels * voxel_ml, 4),
+            "height_mm": _round(size["height_mm"]), "ap_diameter_mm": _round(size["width_mm"]),
+            "n_slices": len(linked.members), "first_slice": linked.slices[0],
+            "last_slice": linked.slices[-1], "mid_slice": mid.slice_index,
+            "mean_score": round(linked.mean_score, 4), "qc_flags": FLAG_SEP.join(flags)}
+
+
+def _round(value: float) -> float:
+    return value if math.isnan(value) else round(value, 3)
+
+
+# ------------------------------------------------------------------------------ writing
+def write_series(result: VolumeResult, root: Path) -> Dict[str, str]:
+    """Write the label volume, ``discs.csv``, ``overlay.png`` and ``montage.png``."""
+    folder = root / result.volume.name
+    paths = {"labels": write_labels(result.volume, result.labels, folder),
+             "discs": write_csv(folder / "discs.csv", DISC_FIELDS,
+                                [d.row for d in result.discs])}
+    overlay, tiles = series_pictures(result)
+    paths.update(overlay=write_png(folder / "overlay.png", overlay),
+                 montage=write_png(folder / "montage.png", tiles))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def mid_sagittal_index(result: VolumeResult) -> int:
+    """The median of the discs' mid slices; the middle slice without discs."""
+    mids = [d.row["mid_slice"] for d in result.discs]
+    return int(np.median(mids)) if mids else len(result.slices) // 2
+
+
+def slice_overlay(result: VolumeResult, k: int, labels: bool = True) -> np.ndarray:
+    """BGR picture of slice ``k`` with the contour (and level) of each disc, square pixels."""
+    masks, names, colours = [], [], []
+    for i, disc in enumerate(result.discs):
+        for m in disc.linked.members:
+            if m.slice_index == k:
+                masks.append(m.paste(result.slices.shape[1:]))
+                names.append(disc.level)
+                colours.append(i)
+    picture = draw_overlay(to_model_input(result.slices[k]), masks,
+                           names if labels else [""] * len(masks), None, colours)
+    return square_pixels(picture, result.spacing, cv2.INTER_AREA)
+
+
+def series_pictures(result: VolumeResult) -> Tuple[np.ndarray, np.ndarray]:
+    """(mid-sagittal overlay, montage of every slice) as BGR uint8 images."""
+    overlay = slice_overlay(result, mid_sagittal_index(result))
+    tiles = []
+    for k in range(len(result.slices)):
+        tile = slice_overlay(result, k, labels=False)
+        scale = MONTAGE_TILE / tile.shape[1]
+        tile = cv2.resize(tile, (MONTAGE_TILE, max(1, round(tile.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, str(k), (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        tiles.append(tile)
+    return overlay, montage(tiles)
+
+
+def montage(tiles: List[np.ndarray], columns: Optional[int] = None) -> np.ndarray:
+    """Tiles of equal width in a grid (row-major), padded with black."""
+    columns = columns or max(1, math.ceil(math.sqrt(len(tiles))))
+    height = max(t.shape[0] for t in tiles)
+    rows = math.ceil(len(tiles) / columns)
+    out = np.zeros((rows * height, columns * tiles[0].shape[1], 3), dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        out[r * height:r * height + tile.shape[0],
+            c * tile.shape[1]:(c + 1) * tile.shape[1]] = tile
+    return out
+
+
+# ------------------------------------------------------------------------------ batch
+SERIES_CSV = "series.csv"
+
+
+def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
+                failures: List[Dict[str, str]], batch_size: int = 1) -> List[Dict[str, Any]]:
+    """Predict every volume file and DICOM series of ``found`` into ``root/<name>/``.
+
+    A volume that cannot be read is recorded in ``failures`` (``file``, ``error``) and the
+    others go on. Writes ``root/series.csv`` (:data:`SERIES_FIELDS`, one row per series).
+
+    Returns:
+        the series rows written.
+    """
+    failures += found.failures
+    rows: List[Dict[str, Any]] = []
+    names: Dict[str, int] = {}
+    for reader, source in _volume_readers(found, failures):
+        try:
+            volume = reader()
+        except LumbarError as e:
+            logger.warning("skipping %s", e)
+            failures.append({"file": source, "error": str(e)})
+            continue
+        names[volume.name] = names.get(volume.name, 0) + 1
+        if names[volume.name] > 1:  # two inputs with one name: keep both folders apart
+            volume.name = f"{volume.name}_{names[volume.name]}"
+        result = predict_volume(volume, predict, batch_size)
+        write_series(result, root)
+        rows.append(result.summary())
+    write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
+    return rows
+
+
+def _volume_readers(found: VolumeInputs, failures: List[Dict[str, str]]):
+    """(read function, source path) of each volume file, then of each DICOM series."""
+    for path in found.volume_files:
+        yield (lambda p=path: read_volume(p)), str(path)
+    for uid, files in found.series:
+        yield (lambda u=uid, f=files: read_dicom_series(u, f, failures)), str(files[0].parent)

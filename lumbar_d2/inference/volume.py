@@ -1,0 +1,316 @@
+"""Reading MRI volumes (DICOM series, NIfTI, MetaImage), sagittal slicing, label write-back.
+
+* Reading is SimpleITK's: ``ReadImage`` for ``.nii``/``.nii.gz``/``.mha``/``.mhd`` and
+  ``ImageSeriesReader`` for a DICOM series. DICOM files of a folder are grouped by
+  ``SeriesInstanceUID`` (one result per series) and sorted along the slice normal; a file
+  that cannot be parsed or decoded is reported and left out, and the rest of its series goes
+  on. A series needs at least 2 files carrying ``ImagePositionPatient``; other DICOM files
+  stay single slices for the 2D path.
+* Orientation comes from the header. :meth:`Volume.sagittal` reorients the volume with
+  ``DICOMOrient`` to ``PIL`` (slice axis towards the patient's Left, rows towards
+  Inferior, columns towards Posterior), so each slice is a sagittal image with the head up
+  and anterior on the left, as the SPIDER training slices, whatever the storage order.
+* :meth:`Volume.to_native` undoes that reorientation and copies the input's size, spacing,
+  origin and direction onto the result exactly. :func:`write_labels` writes NIfTI inputs
+  with nibabel and the input's own header (bit-identical qform/sform), MetaImage inputs as
+  ``.mha`` and DICOM series as NIfTI (``.nii.gz``, whose header stores geometry as float32).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..utils.errors import LumbarError
+from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom, _one_line
+
+logger = logging.getLogger(__name__)
+
+SAGITTAL_ORIENTATION = "PIL"  # axis 0 -> Posterior, 1 -> Inferior, 2 -> Left (DICOM codes)
+VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".mha": "metaimage",
+                   ".mhd": "metaimage"}
+LABEL_SUFFIX = {"nifti": ".nii.gz", "metaimage": ".mha", "dicom": ".nii.gz"}
+Spacing = Tuple[float, float]
+
+
+def _sitk() -> Any:
+    try:
+        import SimpleITK
+    except ImportError:
+        raise LumbarError("reading volumes needs SimpleITK; run `pip install SimpleITK` "
+                          "(or reinstall lumbar_d2)") from None
+    return SimpleITK
+
+
+@dataclass
+class Volume:
+    """One 3-D grey volume as read, with where it came from.
+
+    Attributes:
+        image: the SimpleITK image in its stored geometry.
+        path: the file, or the folder of the DICOM series.
+        name: a file-system-safe name for its output folder.
+        source: "nifti", "metaimage" or "dicom".
+        files: the DICOM files read (empty for a volume file).
+        series_uid: the DICOM SeriesInstanceUID ("" for a volume file).
+    """
+
+    image: Any
+    path: str
+    name: str
+    source: str
+    files: List[str] = field(default_factory=list)
+    series_uid: str = ""
+
+    def sagittal(self) -> Tuple[np.ndarray, Spacing, float]:
+        """(slices, (row_mm, col_mm), slice_mm): NxHxW float32 sagittal slices, left last.
+
+        Each slice is a sagittal image with rows from head to feet and columns from
+        anterior to posterior (see the module docstring).
+        """
+        oriented = _sitk().DICOMOrient(self.image, SAGITTAL_ORIENTATION)
+        col_mm, row_mm, slice_mm = oriented.GetSpacing()
+        array = _sitk().GetArrayFromImage(oriented).astype(np.float32, copy=False)
+        return array, (float(row_mm), float(col_mm)), float(slice_mm)
+
+    def to_native(self, labels: np.ndarray) -> Any:
+        """An NxHxW label array in :meth:`sagittal` order -> a SimpleITK image in the input's
+        exact geometry (size, spacing, origin, direction)."""
+        sitk = _sitk()
+        oriented = sitk.DICOMOrient(self.image, SAGITTAL_ORIENTATION)
+        label = sitk.GetImageFromArray(np.ascontiguousarray(labels))
+        label.CopyInformation(oriented)
+        code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+            self.image.GetDirection())
+        native = sitk.DICOMOrient(label, code)
+        if native.GetSize() != self.image.GetSize():  # cannot happen for a permutation/flip
+            raise LumbarError(f"{self.path}: label size {native.GetSize()} differs from the "
+                              f"input {self.image.GetSize()}; report this as a bug")
+        native.CopyInformation(self.image)
+        return native
+
+
+# ------------------------------------------------------------------------------ finding
+def volume_suffix(path: Path) -> Optional[str]:
+    """".nii.gz", ".nii", ".mha" or ".mhd" when ``path`` names a volume file, else None."""
+    name = path.name.lower()
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def is_dicom_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES
+                               or (path.suffix == "" and _has_dicm_magic(path)))
+
+
+@dataclass
+class VolumeInputs:
+    """What an input spec holds: volume files, DICOM series, left-over 2D DICOM files and
+    the files that could not be read (``file``, ``error`` rows)."""
+
+    volume_files: List[Path] = field(default_factory=list)
+    series: List[Tuple[str, List[Path]]] = field(default_factory=list)
+    single_dicom: List[Path] = field(default_factory=list)
+    failures: List[Dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.volume_files) + len(self.series)
+
+
+def find_volumes(spec: str) -> VolumeInputs:
+    """Volume files and DICOM series in a file or folder (recursive).
+
+    DICOM files are grouped by ``SeriesInstanceUID``; a group of 2 or more files carrying
+    ``ImagePositionPatient`` and ``ImageOrientationPatient`` is a series. DICOM files whose
+    header cannot be parsed are listed in ``failures``.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return VolumeInputs(volume_files=[path] if volume_suffix(path) else [])
+    if not path.is_dir():
+        return VolumeInputs()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    found = VolumeInputs(volume_files=[p for p in files if volume_suffix(p)])
+    groups: Dict[str, List[Tuple[Path, Any]]] = {}
+    for f in (p for p in files if is_dicom_file(p)):
+        header = _dicom_header(f, found.failures)
+        if header is None:
+            continue
+        uid = str(header.get("SeriesInstanceUID", "") or "")
+        if uid and "ImagePositionPatient" in header and "ImageOrientationPatient" in header:
+            groups.setdefault(uid, []).append((f, header))
+        else:
+            found.single_dicom.append(f)
+    for uid, members in groups.items():
+        if len(members) < 2:
+            found.single_dicom.append(members[0][0])
+        else:
+            found.series.append((uid, _sorted_along_normal(members)))
+    return found
+
+
+def _dicom_header(path: Path, failures: List[Dict[str, str]]) -> Optional[Any]:
+    pydicom = _import_pydicom(path)
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as e:  # pydicom raises many types for corrupt files
+        error = f"{path}: cannot parse DICOM ({_one_line(e)}); re-export or remove it"
+        logger.warning("skipping %s", error)
+        failures.append({"file": str(path), "error": error})
+        return None
+
+
+def _sorted_along_normal(members: List[Tuple[Path, Any]]) -> List[Path]:
+    """Files ordered by ImagePositionPatient along the slice normal (row x column cosines)."""
+    def position(header: Any) -> float:
+        iop = np.asarray([float(v) for v in header.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        return float(np.dot(normal, [float(v) for v in header.ImagePositionPatient]))
+    return [f for f, _ in sorted(members, key=lambda m: (position(m[1]), str(m[0])))]
+
+
+# ------------------------------------------------------------------------------ reading
+def read_volume(path: Path) -> Volume:
+    """Read a NIfTI or MetaImage file (one-line LumbarError for anything unusable)."""
+    sitk = _sitk()
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise LumbarError(f"{path}: not a volume file; use one of "
+                          f"{', '.join(VOLUME_SUFFIXES)} or a DICOM series folder")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise LumbarError(f"{path}: cannot read volume ({_itk_message(e)}); check the file "
+                          "(a .mhd needs its .raw beside it)") from None
+    name = path.name[:-len(suffix)]
+    return Volume(_check_grey_3d(image, path), str(path), name, VOLUME_SUFFIXES[suffix])
+
+
+def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
+                      ) -> Volume:
+    """Read one sorted DICOM series; undecodable files are recorded in ``failures`` and left
+    out (the series goes on with the rest).
+
+    Raises:
+        LumbarError: fewer than 2 readable files remain.
+    """
+    files = list(files)
+    try:
+        image = _read_series(files)
+    except RuntimeError:
+        files = [f for f in files if _readable_slice(f, failures)]
+        if len(files) < 2:
+            raise LumbarError(f"{Path(files[0]).parent if files else uid}: DICOM series "
+                              f"{uid} has fewer than 2 readable files; re-export it") from None
+        try:
+            image = _read_series(files)
+        except RuntimeError as e:
+            raise LumbarError(f"{files[0].parent}: cannot read DICOM series {uid} "
+                              f"({_itk_message(e)}); re-export it") from None
+    folder = Path(os.path.commonpath([str(f.parent) for f in files]))
+    image = _check_grey_3d(image, folder)
+    logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
+    name = f"{_safe(folder.name)}_{_safe(uid)[-12:]}"
+    return Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid)
+
+
+def _read_series(files: Sequence[Path]) -> Any:
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    return reader.Execute()
+
+
+def _readable_slice(path: Path, failures: List[Dict[str, str]]) -> bool:
+    try:
+        _sitk().ReadImage(str(path))
+        return True
+    except RuntimeError as e:
+        error = f"{path}: cannot decode DICOM ({_itk_message(e)}); re-export or remove it"
+        logger.warning("skipping %s", error)
+        failures.append({"file": str(path), "error": error})
+        return False
+
+
+def _check_grey_3d(image: Any, path: Path) -> Any:
+    """The image if it is a 3-D single-component volume; a one-line LumbarError otherwise."""
+    dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if dim == 4:
+        raise LumbarError(f"{path}: 4-D volume of size {image.GetSize()}; pass one 3-D volume "
+                          "(split the time/echo axis first, e.g. with fslsplit)")
+    if dim != 3:
+        raise LumbarError(f"{path}: {dim}-D image; pass a 3-D volume, or use 2-D files as "
+                          "slices (PNG/TIFF/DICOM)")
+    if comps != 1:
+        raise LumbarError(f"{path}: {comps} components per voxel (RGB or vector volume); "
+                          "convert it to a single grey channel")
+    return image
+
+
+def _itk_message(error: Exception) -> str:
+    """The informative line of an ITK exception (its text spans several lines)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "Description:" in ln] or lines or [type(error).__name__]
+    return useful[-1].replace("Description:", "").strip()
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "series"
+
+
+# ------------------------------------------------------------------------------ writing
+def write_labels(volume: Volume, labels: np.ndarray, folder: Path) -> Path:
+    """Write the NxHxW :meth:`Volume.sagittal`-order labels in the input's geometry.
+
+    NIfTI inputs keep their own header (nibabel), MetaImage inputs become ``labels.mha``,
+    DICOM series ``labels.nii.gz`` (SimpleITK). The write is atomic.
+    """
+    native = volume.to_native(labels.astype(np.uint8))
+    path = folder / f"labels{LABEL_SUFFIX[volume.source]}"
+    if volume.source == "nifti":
+        data = _sitk().GetArrayFromImage(native).transpose(2, 1, 0)  # sitk (z,y,x) -> (x,y,z)
+        _write_nifti_like(Path(volume.path), data, path)
+    else:
+        _atomic_named(path, lambda tmp: _sitk().WriteImage(native, str(tmp), True))
+    return path
+
+
+def _write_nifti_like(reference: Path, data: np.ndarray, path: Path) -> None:
+    """Save ``data`` (x, y, z) as NIfTI with the reference file's header and affine."""
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise LumbarError("writing NIfTI labels needs nibabel; run `pip install nibabel` "
+                          "(or reinstall lumbar_d2)") from None
+    ref = nib.load(str(reference))
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(np.ascontiguousarray(data), ref.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    out.header["descrip"] = b"lumbar-d2 disc labels"
+    _atomic_named(path, lambda tmp: nib.save(out, str(tmp)))
+
+
+def _atomic_named(path: Path, write) -> None:
+    """Run ``write(tmp)`` on a temp file with ``path``'s own name (writers pick the format by
+    extension), then move it over ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".labels.") as tmp_dir:
+            tmp = Path(tmp_dir) / path.name
+            write(tmp)
+            os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise LumbarError(f"cannot write {path}: {_one_line(e)}; choose a writable output "
+                          "folder") from None
+
+
+__all__ = ["Volume", "VolumeInputs", "find_volumes", "read_volume", "read_dicom_series",
+           "write_labels", "volume_suffix", "SAGITTAL_ORIENTATION"]

@@ -1,0 +1,110 @@
+"""Series batch (several volumes, a bad one) and report.html, rendered in headless Chromium."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from volume_helpers import GroundTruthPredictor, phantom, sitk_volume
+
+from lumbar_d2.inference.report import REPORT_NAME, write_prediction_report
+from lumbar_d2.inference.series import SERIES_CSV, SERIES_FIELDS, run_volumes
+from lumbar_d2.inference.volume import find_volumes
+from lumbar_d2.utils.html import ReportCase, render_report
+
+sitk = pytest.importorskip("SimpleITK")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _find_browser():
+    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """A headless Chromium; installed with apt-get when missing (root only), else skipped."""
+    found = _find_browser()
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            done = subprocess.run(cmd, capture_output=True, timeout=900,
+                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            if done.returncode:
+                break
+        found = _find_browser()
+    if found is None:
+        pytest.skip("no headless browser: chromium is not installed and `apt-get install "
+                    "chromium` was not possible here (needs root and network)")
+    return found
+
+
+def render(browser: str, page: Path, tmp_path: Path):
+    """(screenshot array, rendered DOM text) of ``page`` in headless Chromium."""
+    shot = tmp_path / "shot.png"
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--window-size=1280,1600"]
+    subprocess.run(common + [f"--screenshot={shot}", page.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    dom = subprocess.run(common + ["--dump-dom", page.resolve().as_uri()],
+                         capture_output=True, timeout=120, check=True, text=True).stdout
+    return cv2.imread(str(shot), cv2.IMREAD_UNCHANGED), dom
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """Two phantom volumes (one missing a disc) and a 4-D file, run through run_volumes."""
+    base = tmp_path_factory.mktemp("series")
+    inputs, out = base / "in", base / "out"
+    inputs.mkdir()
+    good_images, good_labels = phantom()
+    gap_images, gap_labels = phantom(centres_y=(40, 75, 110, 180, 215))
+    sitk.WriteImage(sitk_volume(good_images, storage="RAS"), str(inputs / "good.nii.gz"))
+    sitk.WriteImage(sitk_volume(gap_images), str(inputs / "gap.mha"))
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(4, 5, 3, sitk.sitkUInt8)] * 2),
+                    str(inputs / "four_d.nii.gz"))
+    predict = GroundTruthPredictor(np.concatenate([good_images, gap_images]),
+                                   np.concatenate([good_labels, gap_labels]))
+    failures = []
+    rows = run_volumes(predict, find_volumes(str(inputs)), out, failures)
+    return out, rows, failures
+
+
+def test_run_volumes_goes_on_after_a_bad_volume(predicted):
+    out, rows, failures = predicted
+    assert [r["series"] for r in rows] == ["gap", "good"]
+    assert len(failures) == 1 and "four_d.nii.gz: 4-D volume" in failures[0]["error"]
+    with open(out / SERIES_CSV, newline="") as f:
+        written = list(csv.DictReader(f))
+    assert list(written[0]) == SERIES_FIELDS and written[0]["qc_flags"] == "level_gap"
+    for name in ("gap", "good"):
+        assert {p.name for p in (out / name).iterdir()} >= {"discs.csv", "overlay.png",
+                                                              "montage.png"}
+    assert (out / "good" / "labels.nii.gz").is_file() and (out / "gap" / "labels.mha").is_file()
+
+
+def test_report_worst_qc_first_and_self_contained(predicted):
+    out, _, _ = predicted
+    page = write_prediction_report(out)
+    text = page.read_text()
+    assert page.name == REPORT_NAME
+    assert text.index("<b>gap</b>") < text.index("<b>good</b>")  # flagged case first
+    assert text.count("data:image/png;base64,") == 4 and 'src="http' not in text
+    assert "L5-S1" in text and "level_gap" in text
+
+
+def test_report_escapes_text():
+    text = render_report("t", [ReportCase("<script>x</script>", flags=["a&b"])])
+    assert "<script>x" not in text and "&lt;script&gt;" in text and "a&amp;b" in text
+
+
+def test_report_renders_in_headless_chromium(predicted, browser, tmp_path):
+    out, _, _ = predicted
+    shot, dom = render(browser, write_prediction_report(out), tmp_path)
+    assert shot is not None and shot.shape[0] > 100 and shot.shape[1] > 100
+    assert float(shot.std()) > 10, "the screenshot is blank"
+    assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 50  # text and images
+    assert 'id="cases"' in dom and dom.count("<img") == 4 and "L5-S1" in dom
