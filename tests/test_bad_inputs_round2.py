@@ -11,17 +11,19 @@ import json
 import logging
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 
-from conftest import INSTANT_CONFIG, disc_mask, grey_slice
-from test_bad_inputs import (P2, Workspace, _convert_after, _unchanged, check_bad_case,
-                             ws)  # noqa: F401  (ws is a fixture)
+from conftest import INSTANT_CONFIG, REPO, disc_mask, grey_slice
+from test_bad_inputs import (P2, Workspace, _convert_after, _evaluate, _unchanged,
+                             check_bad_case, ws)  # noqa: F401  (ws is a fixture)
 from lumbar_d2.utils.io import write_text
 
 Maker = Callable[[Workspace], List]
@@ -77,7 +79,32 @@ def _user_folder(ws: Workspace) -> None:
     write_text(ws.out / "datasets" / "bad" / "thesis.txt", "mine")
 
 
+def _edit_json(edit: Callable[[object], object]) -> Callable[[Path], None]:
+    """Damage a JSON file in place: ``edit`` changes the parsed object."""
+    def damage(path: Path) -> None:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return damage
+
+
+def _overlong_rle(seg: dict) -> None:
+    """counts of a mask 10 rows taller than ``size`` says (pycocotools' rleIou hung on it)."""
+    h, w = seg["size"]
+    rle = mask_util.encode(np.asfortranarray(np.ones((h + 10, w), np.uint8)))
+    seg["counts"] = rle["counts"].decode("ascii")
+
+
+def _first_result(key: str, value) -> Callable[[Path], None]:
+    return _edit_json(lambda results: results[0].__setitem__(key, value))
+
+
+def _first_gt_segmentation(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    return _edit_json(lambda gt: change(gt["annotations"][0]["segmentation"]))
+
+
 IMAGES, MASKS = (lambda ws: ws.data.images), (lambda ws: ws.data.masks)
+EVAL_OUT = lambda ws: ws.out / "eval"  # noqa: E731
 # id -> (tool, maker returning the argv, text(s) the error line must contain)
 BAD: Dict[str, tuple] = {
     "multipage_tiff_mask": ("convert_dataset", _convert_after(_multipage_tiff(
@@ -106,6 +133,25 @@ BAD: Dict[str, tuple] = {
                              ("splits.csv", "line 2")),
     "split_file_two_splits": ("convert_dataset", _split_file(
         b"patient_id,split\np1,train\np1,test\n"), ("splits.csv", "line 3", "'p1'")),
+    "eval_pred_rle_overlong": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_edit_json(
+        lambda r: _overlong_rle(r[0]["segmentation"]))), ("result [0]", "counts covering")),
+    "eval_pred_rle_garbage": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_edit_json(
+        lambda r: r[0]["segmentation"].__setitem__("counts", "\x00 garbage"))),
+        ("result [0]", "not a valid compressed RLE")),
+    "eval_gt_rle_overlong": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        _overlong_rle)), ("test.json", "annotations[0]", "counts covering")),
+    "eval_gt_rle_wrong_size": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        lambda seg: seg.__setitem__("size", [7, 7]))), ("test.json", "annotations[0]", "size")),
+    "eval_gt_rle_garbage": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        lambda seg: seg.__setitem__("counts", "~~~~"))), ("test.json", "annotations[0]")),
+    "eval_score_string": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", "0.9")), ("result [0]", "score '0.9'")),
+    "eval_score_null": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", None)), ("result [0]", "score None")),
+    "eval_score_nan": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", float("nan"))), ("result [0]", "score nan")),
+    "eval_score_above_one": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", 3.5)), ("result [0]", "score 3.5", "[0, 1]")),
     "train_foreign_meta_json": ("train_net", _train_on("lumbar_notes_train", _foreign_meta),
                                 ("lumbar_notes_train", "notes/meta.json")),
     "train_split_json_deleted": ("train_net", _train_on("lumbar_gone_train",
@@ -216,3 +262,19 @@ def test_onnx_export_without_onnx_fails(ws: Workspace, run_tool, capsys, monkeyp
             "--sample-image", ws.data.images / P2]
     check_bad_case(("export_model", lambda ws: argv, ("--format onnx", "pip install onnx")),
                    ws, run_tool, capsys)
+
+
+def run_cli(tool: str, argv: List, timeout: float) -> subprocess.CompletedProcess:
+    """Run tools/<tool>.py in a fresh interpreter, killed after ``timeout`` seconds."""
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"),
+                           *map(str, argv)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("case", ["eval_pred_rle_overlong", "eval_gt_rle_overlong"])
+def test_overlong_rle_cannot_hang_evaluate(case: str, ws: Workspace) -> None:
+    """An RLE covering more pixels than its size kept pycocotools busy for 10+ minutes."""
+    done = run_cli("evaluate", BAD[case][1](ws), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "counts covering" in done.stderr

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import os
 from collections import defaultdict
@@ -33,57 +32,21 @@ from ..geometry import parse_spacing
 from ..utils.errors import LumbarError
 from ..utils.io import write_json
 from . import metrics, report
+from .coco_json import check_ground_truth, check_results, read_json
 from .records import BOOTSTRAP_SEED, image_records, summarize_classes
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FIELDS = {
-    "images": ("id", "file_name", "height", "width"),
-    "annotations": ("id", "image_id", "category_id", "segmentation", "bbox", "area"),
-    "categories": ("id", "name"),
-}
-RESULT_FIELDS = ("image_id", "category_id", "segmentation", "score")
 # COCOeval.stats indices reported (detectron2's names); values are scaled to 0-100.
 COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
 
 
 # ------------------------------------------------------------------------- ground truth
-def _read_json(path: Path, what: str, fix: str):
-    if not path.is_file():
-        raise LumbarError(f"{path}: {what} not found; {fix}")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise LumbarError(f"{path}: cannot parse {what} ({e}); {fix}") from None
-
-
 def load_ground_truth(gt_json: str) -> dict:
     """Read and validate a converter COCO file; every problem is a one-line LumbarError."""
     path = Path(gt_json)
-    gt = _read_json(path, "ground-truth JSON", "pass the COCO file written by the converter")
-    if not isinstance(gt, dict):
-        raise LumbarError(f"{path}: expected a COCO object with 'images', 'annotations' and "
-                          "'categories'; re-run the converter")
-    for section, fields in REQUIRED_FIELDS.items():
-        items = gt.get(section)
-        if not isinstance(items, list):
-            raise LumbarError(f"{path}: missing the '{section}' list; re-run the converter")
-        for i, item in enumerate(items):
-            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
-            if missing:
-                raise LumbarError(f"{path}: {section}[{i}] lacks required field "
-                                  f"'{missing[0]}'; re-run the converter")
-    if not gt["categories"]:
-        raise LumbarError(f"{path}: 'categories' is empty; re-run the converter")
-    image_ids = {im["id"] for im in gt["images"]}
-    for i, ann in enumerate(gt["annotations"]):
-        if ann["image_id"] not in image_ids:
-            raise LumbarError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']} "
-                              "that is not in 'images'; re-run the converter")
-    if any("patient_id" not in im for im in gt["images"]):
-        logger.warning("%s: images without 'patient_id' are treated as their own patient, so "
-                       "their CIs are image-level", path)
-    return gt
+    gt = read_json(path, "ground-truth JSON", "pass the COCO file written by the converter")
+    return check_ground_truth(gt, path)
 
 
 def resolve_spacing(gt: dict, gt_json: str, override: Optional[Sequence[float]]
@@ -113,33 +76,9 @@ def load_predictions(predictions: str, gt: dict) -> Tuple[List[dict], dict]:
     if path.suffix == ".pth":
         raise LumbarError(f"{path}: detectron2's .pth predictions are not read; pass "
                           "coco_instances_results.json from the same folder")
-    results = _read_json(path, "predictions file",
-                         "pass a COCO results JSON or a folder of instance-mask PNGs")
-    _validate_results(results, path, gt)
+    results = check_results(read_json(path, "predictions file", "pass a COCO results JSON or "
+                                      "a folder of instance-mask PNGs"), path, gt)
     return results, {"format": "json", "n_missing_png": 0}
-
-
-def _validate_results(results, path: Path, gt: dict) -> None:
-    if not isinstance(results, list):
-        raise LumbarError(f"{path}: expected a JSON list of COCO results "
-                          "({image_id, category_id, segmentation, score}); re-export it")
-    sizes = {im["id"]: [im["height"], im["width"]] for im in gt["images"]}
-    cat_ids = {c["id"] for c in gt["categories"]}
-    for i, r in enumerate(results):
-        missing = [f for f in RESULT_FIELDS if not isinstance(r, dict) or f not in r]
-        if missing:
-            raise LumbarError(f"{path}: result [{i}] lacks field '{missing[0]}'; re-export "
-                              "predictions as COCO results with masks")
-        if r["image_id"] not in sizes:
-            raise LumbarError(f"{path}: result [{i}] has image_id {r['image_id']} that is not "
-                              "in the ground truth; evaluate against the matching GT JSON")
-        if r["category_id"] not in cat_ids:
-            raise LumbarError(f"{path}: result [{i}] has category_id {r['category_id']} that "
-                              "is not in the ground truth; check the class mapping")
-        seg = r["segmentation"]
-        if not isinstance(seg, dict) or list(seg.get("size", [])) != sizes[r["image_id"]]:
-            raise LumbarError(f"{path}: result [{i}] segmentation is not an RLE of the image "
-                              f"size {sizes[r['image_id']]}; re-export with the original size")
 
 
 def _png_paths(folder: Path, gt: dict) -> Dict[int, Path]:
