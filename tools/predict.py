@@ -4,11 +4,18 @@
 Writes instance-mask PNGs, overlays, COCO results JSON, measurements.csv, summary.csv and
 failures.csv under --output (see lumbar_d2/inference/predictor.py). Unreadable files are
 listed in failures.csv and skipped; the exit status is 2 only when nothing could be predicted.
+Volumes (NIfTI, MetaImage) and DICOM series are predicted slice by slice along their sagittal
+axis: <output>/<series>/ gets a label volume in the input geometry, discs.csv (level, volume,
+height, AP diameter, QC), overlay.png and montage.png (see lumbar_d2/inference/series.py);
+--report writes report.html.
 
 Usage:
     python tools/predict.py --config-file configs/<leaf>.yaml --input slices/ \
         --output output/predict [--pixel-spacing 0.6875 0.6875] [--orientation axial] \
-        [--tta] [--score-thresh 0.5] MODEL.WEIGHTS output/spider_disc/model_final.pth
+        [--tta] [--score-thresh 0.5] [--report] [MODEL.WEIGHTS output/spider_disc/model_final.pth]
+
+Without MODEL.WEIGHTS, a config that ships a trained model (LUMBAR.SHIPPED_WEIGHTS, see
+MODEL_ZOO.md) uses it after checking its sha256.
 """
 import argparse
 import logging
@@ -19,6 +26,7 @@ import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is u
 from lumbar_d2.data import register_all_lumbar
 from lumbar_d2.inference.batch import run_prediction
 from lumbar_d2.measure import ORIENTATIONS
+from lumbar_d2.model_zoo import use_shipped_weights
 from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.errors import LumbarError
 
@@ -27,7 +35,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, help="model config (configs/*.yaml)")
-    p.add_argument("--input", required=True, help="a slice file, a folder (recursive) or a glob")
+    p.add_argument("--input", required=True,
+                   help="a slice file, a volume (.nii, .nii.gz, .mha, .mhd), a folder "
+                        "(recursive: slices, volumes, DICOM series) or a glob of slices")
     p.add_argument("--output", required=True, help="results folder (created)")
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
                    help="pixel size in mm; overrides DICOM PixelSpacing and dataset metadata")
@@ -42,6 +52,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "LUMBAR.SCORE_THRESH, the operating point Dice/P/R are reported at)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="slices per forward pass; >1 helps on GPU (default 1)")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html: every series and slice, worst QC first, "
+                        "with measurements and overlays (one self-contained file)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
@@ -51,10 +64,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def predict(args: argparse.Namespace) -> dict:
     """Config -> datasets (for class names / spacing) -> run (device and weights checked)."""
     cfg = load_config(args.config_file, args.opts)
+    use_shipped_weights(cfg)  # no MODEL.WEIGHTS given: the config's shipped model, verified
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
     return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
                           orientation=args.orientation, tta=args.tta,
-                          score_thresh=args.score_thresh, batch_size=args.batch_size)
+                          score_thresh=args.score_thresh, batch_size=args.batch_size,
+                          report=args.report)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,7 +82,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n_ok, n_failed = result["n_ok"], result["n_failed"]
-    print(f"predicted {n_ok} of {n_ok + n_failed} images -> {result['output_dir']}")
+    n_series = result.get("n_series", 0)
+    print(f"predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
+          f"{result['output_dir']}")
+    if "report" in result:
+        print(f"report: {result['report']}")
     if n_failed:
         print(f"{n_failed} failed; see {result['failures']}")
     if n_ok == 0:

@@ -35,7 +35,10 @@ from ..utils.errors import LumbarError
 from ..utils.io import write_csv, write_json, write_png
 from .io import LoadedImage, list_inputs, load_image
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
+from .report import write_prediction_report
+from .series import detectron2_slice_predictor, run_volumes
 from .visualize import draw_overlay
+from .volume import VolumeInputs, find_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +161,18 @@ def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
 def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    pixel_spacing: Optional[Sequence[float]] = None,
                    orientation: str = "sagittal", tta: bool = False,
-                   score_thresh: Optional[float] = None, batch_size: int = 1) -> Dict:
+                   score_thresh: Optional[float] = None, batch_size: int = 1,
+                   report: bool = False) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
     slice does not stop a folder. Arguments, inputs and weights are checked before the
     output folder is created. Output layout: see the module docstring.
+
+    Volumes (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``) and DICOM series (2 or more files of
+    one ``SeriesInstanceUID`` with positions) in ``inputs`` are predicted as whole series
+    (:func:`lumbar_d2.inference.series.run_volumes`: ``<out>/<series>/`` and
+    ``series.csv``); their spacing comes from their header. The other files are 2-D slices.
 
     Args:
         cfg: model config (``MODEL.WEIGHTS`` set); not modified.
@@ -175,19 +184,23 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         score_thresh: keep detections scoring at least this (default:
             ``LUMBAR.SCORE_THRESH``, the evaluated operating point).
         batch_size: slices per forward pass (>1 helps on GPU).
+        report: also write ``report.html`` (:mod:`lumbar_d2.inference.report`).
 
     Returns:
-        ``n_ok``, ``n_failed``, ``output_dir`` and the path of each written table.
+        ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``
+        and the path of each written table (and of ``report``).
 
     Raises:
         LumbarError: bad arguments, no inputs, unwritable output folder, missing weights.
     """
     cfg = _prediction_config(cfg, score_thresh, orientation, batch_size)
     override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
-    files = _inputs_outside(list_inputs(inputs), Path(output_dir))
+    volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
     root = make_output_dir(output_dir)
     out = PredictionWriter(root, predictor.class_names, orientation)
+    series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root, out.failures,
+                          batch_size) if len(volumes) else [])
     default_spacing = dataset_spacing(cfg)
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
@@ -199,11 +212,39 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
-    result = {"n_ok": len(out.images), "n_failed": len(out.failures), "output_dir": str(root),
-              **out.write_tables()}
-    logger.info("predicted %d images, %d failed -> %s", result["n_ok"], result["n_failed"],
-                root)
+    result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
+              "n_failed": len(out.failures), "output_dir": str(root), **out.write_tables()}
+    if report:
+        result["report"] = str(write_prediction_report(root))
+    logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
+                result["n_failed"], root)
     return result
+
+
+def _split_inputs(inputs: str, root: Path, orientation: str
+                  ) -> Tuple[VolumeInputs, List[Path]]:
+    """(volumes and DICOM series, 2-D slice files) of ``inputs``, none inside ``root``.
+
+    Raises:
+        LumbarError: nothing to predict, or volumes with ``orientation`` "axial" (volumes
+            are sliced sagittally).
+    """
+    volumes = find_volumes(inputs)
+    inside = root.resolve()
+    volumes.volume_files = [f for f in volumes.volume_files if inside not in f.resolve().parents]
+    volumes.series = [(uid, fs) for uid, fs in volumes.series
+                      if inside not in fs[0].resolve().parents]
+    if len(volumes) and orientation != "sagittal":
+        raise LumbarError(f"{inputs}: volumes and DICOM series are sliced sagittally; drop "
+                          f"--orientation {orientation} or pass 2-D slices only")
+    taken = {f for _, fs in volumes.series for f in fs}
+    try:
+        files = [f for f in list_inputs(inputs) if f not in taken]
+    except LumbarError:
+        if not len(volumes):
+            raise
+        files = []
+    return volumes, _inputs_outside(files, root) if files else []
 
 
 def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,

@@ -296,7 +296,6 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
     Returns:
         the series rows written.
     """
-    failures += found.failures
     rows: List[Dict[str, Any]] = []
     names: Dict[str, int] = {}
     for reader, source in _volume_readers(found, failures):

@@ -112,13 +112,13 @@ def is_dicom_file(path: Path) -> bool:
 
 @dataclass
 class VolumeInputs:
-    """What an input spec holds: volume files, DICOM series, left-over 2D DICOM files and
-    the files that could not be read (``file``, ``error`` rows)."""
+    """What an input spec holds: volume files, DICOM series (uid, sorted files), and the
+    DICOM files left for the 2-D path (no series, or a header pydicom cannot parse: the 2-D
+    reader then reports them)."""
 
     volume_files: List[Path] = field(default_factory=list)
     series: List[Tuple[str, List[Path]]] = field(default_factory=list)
     single_dicom: List[Path] = field(default_factory=list)
-    failures: List[Dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.volume_files) + len(self.series)
@@ -129,7 +129,7 @@ def find_volumes(spec: str) -> VolumeInputs:
 
     DICOM files are grouped by ``SeriesInstanceUID``; a group of 2 or more files carrying
     ``ImagePositionPatient`` and ``ImageOrientationPatient`` is a series. DICOM files whose
-    header cannot be parsed are listed in ``failures``.
+    header cannot be parsed are left to the 2-D path (``single_dicom``), which reports them.
     """
     path = Path(spec)
     if path.is_file():
@@ -140,8 +140,9 @@ def find_volumes(spec: str) -> VolumeInputs:
     found = VolumeInputs(volume_files=[p for p in files if volume_suffix(p)])
     groups: Dict[str, List[Tuple[Path, Any]]] = {}
     for f in (p for p in files if is_dicom_file(p)):
-        header = _dicom_header(f, found.failures)
+        header = _dicom_header(f)
         if header is None:
+            found.single_dicom.append(f)
             continue
         uid = str(header.get("SeriesInstanceUID", "") or "")
         if uid and "ImagePositionPatient" in header and "ImageOrientationPatient" in header:
@@ -156,14 +157,12 @@ def find_volumes(spec: str) -> VolumeInputs:
     return found
 
 
-def _dicom_header(path: Path, failures: List[Dict[str, str]]) -> Optional[Any]:
+def _dicom_header(path: Path) -> Optional[Any]:
+    """The header of a DICOM Part-10 file (no pixel data), None when pydicom cannot parse it."""
     pydicom = _import_pydicom(path)
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as e:  # pydicom raises many types for corrupt files
-        error = f"{path}: cannot parse DICOM ({_one_line(e)}); re-export or remove it"
-        logger.warning("skipping %s", error)
-        failures.append({"file": str(path), "error": error})
+    except Exception:  # pydicom raises many types for corrupt files
         return None
 
 

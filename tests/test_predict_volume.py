@@ -1,0 +1,82 @@
+"""tools/predict.py on volumes end to end: a NIfTI, a DICOM series with a corrupt file, a 4-D
+volume and a PNG slice in one folder, with the tiny random-init model and --report."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import INSTANT_CONFIG
+from inference_helpers import save_random_checkpoint, tiny_opts
+from volume_helpers import phantom, sitk_volume, write_dicom_series
+
+from lumbar_d2.inference.series import DISC_FIELDS
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, load_tool):
+    base = tmp_path_factory.mktemp("predict_volume")
+    inputs = base / "in"
+    images, _ = phantom()
+    inputs.mkdir()
+    sitk.WriteImage(sitk_volume(images, spacing=(0.7, 0.7, 3.5), tilt_deg=8, storage="LAS"),
+                    str(inputs / "case.nii.gz"))
+    write_dicom_series(inputs / "dicom", images.astype(np.uint16) * 8)
+    (inputs / "dicom" / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(4, 5, 3, sitk.sitkUInt8)] * 2),
+                    str(inputs / "four_d.nii.gz"))
+    assert cv2.imwrite(str(inputs / "slice.png"), images[4])
+    (base / "ckpt").mkdir()
+    weights = save_random_checkpoint(base / "ckpt")
+    out = base / "out"
+    code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
+                                      str(inputs), "--output", str(out), "--report",
+                                      *tiny_opts(str(weights))])
+    return code, inputs, out
+
+
+def _rows(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_series_outputs_in_input_geometry(run):
+    code, inputs, out = run
+    assert code == 0
+    series = {r["source"]: r for r in _rows(out / "series.csv")}
+    assert set(series) == {"nifti", "dicom"}
+    native = sitk.ReadImage(str(inputs / "case.nii.gz"))
+    labels = sitk.ReadImage(str(out / "case" / "labels.nii.gz"))
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(labels, get)() == getattr(native, get)()
+    dicom = out / series["dicom"]["series"]
+    assert sitk.ReadImage(str(dicom / "labels.nii.gz")).GetSize() == (160, 256, 9)
+    for folder in (out / "case", dicom):
+        assert _rows(folder / "discs.csv") == [] or list(_rows(folder / "discs.csv")[0]) == \
+            DISC_FIELDS
+        assert (folder / "overlay.png").is_file() and (folder / "montage.png").is_file()
+
+
+def test_bad_files_reported_slices_still_predicted(run):
+    _, _, out = run
+    failures = {Path(r["file"]).name: r["error"] for r in _rows(out / "failures.csv")}
+    assert set(failures) == {"corrupt.dcm", "four_d.nii.gz"}
+    assert "4-D volume" in failures["four_d.nii.gz"]
+    assert [Path(r["file_name"]).name for r in _rows(out / "summary.csv")] == ["slice.png"]
+    page = (out / "report.html").read_text()
+    assert page.count("<b>") >= 3 and "slice.png" in page and "case" in page
+
+
+def test_axial_orientation_with_volumes_is_refused(run, load_tool, capsys):
+    _, inputs, out = run
+    code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
+                                      str(inputs),
+                                      "--output", str(out.parent / "axial"), "--orientation",
+                                      "axial", *tiny_opts()])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "sliced sagittally" in err
+    assert len(err.splitlines()) == 1 and not (out.parent / "axial").exists()
