@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -26,8 +27,14 @@ MASK_SHAPE = (32, 32)
 
 
 @functools.lru_cache(maxsize=None)
-def _load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"lumbar_tool_{name}", TOOLS / f"{name}.py")
+def tool_module(name: str) -> ModuleType:
+    """The one tool loader: ``tools/<name>.py`` imported as a module (cached).
+
+    ``name`` may be a path relative to ``tools/`` for a project's tool, e.g.
+    ``../projects/TorchvisionPeer/tools/benchmark``.
+    """
+    module_name = "lumbar_tool_" + re.sub(r"\W", "_", name)
+    spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,7 +43,7 @@ def _load_tool(name: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def load_tool() -> Callable[[str], ModuleType]:
     """``load_tool("convert_dataset")`` -> the module of tools/convert_dataset.py (cached)."""
-    return _load_tool
+    return tool_module
 
 
 @pytest.fixture(scope="session")

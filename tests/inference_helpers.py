@@ -1,4 +1,4 @@
-"""Shared by the prediction and export tests: a tiny random-init model and CLI loading.
+"""Shared by the prediction and export tests: a tiny random-init model.
 
 The instant-test Mask R-CNN at 128 px with score thresholds 0 (``SCORE_THRESH_TEST`` and
 the operating point ``LUMBAR.SCORE_THRESH`` that predictions default to) emits instances even
@@ -6,9 +6,7 @@ with random weights, so the full output path is exercised in seconds on a CPU.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import List
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
@@ -18,8 +16,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from lumbar_d2.runtime import load_config
 
-REPO = Path(__file__).resolve().parents[1]
-INSTANT_CONFIG = str(REPO / "configs/quick_schedules/mask_rcnn_R_50_FPN_instant_test.yaml")
+from conftest import INSTANT_CONFIG
 
 
 def tiny_opts(weights: str = "") -> List[str]:
@@ -35,7 +32,7 @@ def tiny_opts(weights: str = "") -> List[str]:
 
 def tiny_cfg(weights: str = "") -> CfgNode:
     """The tiny model's config (``weights`` "" = random init)."""
-    return load_config(INSTANT_CONFIG, tiny_opts(weights))
+    return load_config(str(INSTANT_CONFIG), tiny_opts(weights))
 
 
 def save_random_checkpoint(folder: Path) -> Path:
@@ -48,11 +45,3 @@ def save_random_checkpoint(folder: Path) -> Path:
     model = build_model(tiny_cfg())
     DetectionCheckpointer(model, save_dir=str(folder)).save("random_init")
     return folder / "random_init.pth"
-
-
-def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

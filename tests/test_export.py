@@ -11,7 +11,9 @@ from typing import Tuple
 
 import pytest
 
-from inference_helpers import INSTANT_CONFIG, load_tool, save_random_checkpoint, tiny_cfg, tiny_opts
+from conftest import INSTANT_CONFIG
+from conftest import tool_module as load_tool
+from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
 from lumbar_d2.data.imageio import read_gray
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.export import compare_exported, export_model, load_exported
@@ -41,7 +43,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, weights: str,
     cli = load_tool("export_model")
     with open(capture, "w") as f, pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.stdout", f)
-        code = cli.main(["--config-file", INSTANT_CONFIG, "--output", str(out), "--sample-image",
+        code = cli.main(["--config-file", str(INSTANT_CONFIG), "--output", str(out), "--sample-image",
                          str(sample), "--format", "both", "--runs", "1", *tiny_opts(weights)])
     assert code == 0
     return out, capture.read_text()
@@ -97,7 +99,7 @@ def test_output_under_a_file_raises_and_leaves_nothing(tmp_path: Path, sample: P
 
 
 def test_missing_sample_without_dataset_is_one_line_error(tmp_path: Path, capsys) -> None:
-    code = load_tool("export_model").main(["--config-file", INSTANT_CONFIG, "--output",
+    code = load_tool("export_model").main(["--config-file", str(INSTANT_CONFIG), "--output",
                                            str(tmp_path / "out"), *tiny_opts(),
                                            "DATASETS.TRAIN", "()"])
     err = capsys.readouterr().err

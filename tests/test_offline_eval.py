@@ -1,7 +1,6 @@
 """End-to-end checks of lumbar_d2.evaluation.offline on a tiny COCO ground truth."""
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import logging
@@ -195,16 +194,8 @@ def test_bad_inputs_raise_and_write_nothing(tmp_path, gt, preds, blamed, detail)
     assert not (out / "metrics.json").exists()
 
 
-def _load_cli():
-    path = Path(__file__).resolve().parents[1] / "tools" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("evaluate_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_prints_table_and_reports_errors(tmp_path, gt_path, capsys):
-    cli = _load_cli()
+def test_cli_prints_table_and_reports_errors(tmp_path, gt_path, capsys, load_tool):
+    cli = load_tool("evaluate")
     pred = _write(tmp_path / "pred.json", copy.deepcopy(_perfect_results()))
     assert cli.main(["--gt", gt_path, "--predictions", pred, "--output",
                      str(tmp_path / "out"), "--bootstrap", "20"]) == 0

@@ -14,7 +14,9 @@ import pycocotools.mask as mask_util
 import pytest
 from pycocotools.coco import COCO
 
-from inference_helpers import INSTANT_CONFIG, load_tool, save_random_checkpoint, tiny_cfg, tiny_opts
+from conftest import INSTANT_CONFIG
+from conftest import tool_module as load_tool
+from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
 from lumbar_d2.data.imageio import read_gray
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, instance_id_image,
@@ -151,7 +153,7 @@ def test_cli_spacing_override_and_partial_failure(tmp_path: Path, weights: str,
                                                   input_dir: Path, capsys) -> None:
     out = tmp_path / "cli"
     code = load_tool("predict").main(
-        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir / "[cd]_*"), "--output",
+        ["--config-file", str(INSTANT_CONFIG), "--input", str(input_dir / "[cd]_*"), "--output",
          str(out), "--pixel-spacing", "2", "3", *tiny_opts(weights)])
     assert code == 0
     assert "1 failed" in capsys.readouterr().out
@@ -163,7 +165,7 @@ def test_cli_spacing_override_and_partial_failure(tmp_path: Path, weights: str,
 def test_cli_exit_2_when_every_input_fails(tmp_path: Path, weights: str, input_dir: Path,
                                            capsys) -> None:
     code = load_tool("predict").main(
-        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir / CORRUPT), "--output",
+        ["--config-file", str(INSTANT_CONFIG), "--input", str(input_dir / CORRUPT), "--output",
          str(tmp_path / "out"), *tiny_opts(weights)])
     assert code == 2  # stderr also holds the progress bar and the skip warning
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -174,7 +176,7 @@ def test_cli_missing_weights_is_one_line_error(tmp_path: Path, input_dir: Path,
                                                capsys) -> None:
     missing = tmp_path / "nope" / "model_final.pth"
     code = load_tool("predict").main(
-        ["--config-file", INSTANT_CONFIG, "--input", str(input_dir), "--output",
+        ["--config-file", str(INSTANT_CONFIG), "--input", str(input_dir), "--output",
          str(tmp_path / "out"), *tiny_opts(str(missing))])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and str(missing) in err

@@ -2,7 +2,7 @@
 
 Adapters between Detectron2's world and torchvision's (targets, batches, predictions), the
 model with library defaults, its settings read back from the object, and its weights on
-disk. :mod:`lumbar_d2.benchmark` trains, scores and times it beside our model.
+disk. :mod:`torchvision_peer.benchmark` trains, scores and times it beside our model.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.env import seed_all_rng
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
 
-from .data.imageio import to_model_input
-from .utils.errors import LumbarError
-from .utils.io import atomic_path
+from lumbar_d2.data.imageio import to_model_input
+from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.io import atomic_path
 
 Batch = List[dict]
 Predict = Callable[[np.ndarray], Instances]
@@ -173,7 +173,7 @@ def load_peer(cfg: CfgNode, num_classes: int, weights: str) -> MaskRCNN:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LumbarError(f"{weights}: not a torchvision Mask R-CNN state dict for "
                           f"{num_classes} class(es) ({first}); train one with "
-                          "tools/train_peer.py") from None
+                          "projects/TorchvisionPeer/tools/train_peer.py") from None
     return peer
 
 

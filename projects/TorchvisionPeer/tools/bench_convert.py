@@ -3,7 +3,8 @@
 320x320) written as a phantom in the exact Sudirman layout. The phantom is written first and
 not timed; only ``convert_sudirman`` (validate all, instances, RLE, splits, JSON) is.
 
-Usage: python tools/bench_convert.py [--patients 515] [--workdir /tmp/bench_convert]
+Usage: python projects/TorchvisionPeer/tools/bench_convert.py [--patients 515] \
+    [--workdir /tmp/bench_convert]
 """
 import argparse
 import shutil

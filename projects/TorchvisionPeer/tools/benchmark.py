@@ -3,10 +3,12 @@
 (instance P/R, pixel Dice, COCO AP, beside the paper) and speed (training s/iter, inference
 latency and images/s, memory), both models trained the same way in one process.
 
-Writes <output>/benchmark.json, benchmark.md and benchmark.png (see lumbar_d2/benchmark.py).
+Writes <output>/benchmark.json, benchmark.md and benchmark.png (see
+torchvision_peer/benchmark.py in this project).
 
 Usage:
-    python tools/benchmark.py --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
+    python projects/TorchvisionPeer/tools/benchmark.py \
+        --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
         --output results/benchmark_spider --train-iters 20 --infer-images 20 \
         --peer-weights output/peer_spider/peer_final.pth --peer-lr 0.0025 \
         MODEL.WEIGHTS output/spider_disc/model_final.pth
@@ -16,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
-from lumbar_d2.benchmark import BenchmarkOptions, run_benchmark
-from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the torchvision_peer package
+
+import lumbar_d2  # noqa: F401,E402  (applies lumbar_d2.compat before detectron2 is used)
+from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser  # noqa: E402
+from torchvision_peer.benchmark import BenchmarkOptions, run_benchmark  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -36,7 +40,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true",
                    help="run inference of both models with channels-last weights")
     p.add_argument("--peer-weights",
-                   help="peer trained by tools/train_peer.py for as many iterations as "
+                   help="peer trained by train_peer.py for as many iterations as "
                         "MODEL.WEIGHTS: both checkpoints are scored and timed side by side")
     p.add_argument("--peer-lr", type=float,
                    help="peer base learning rate for the equal-budget run (default: "

@@ -3,7 +3,8 @@
 320x320 slices with 3 elliptical discs each (predictions slightly perturbed), then
 summarize with 1000 patient-bootstrap resamples over 150 patients.
 
-Usage: python tools/bench_metrics.py [--images 450] [--size 320] [--boot 1000]
+Usage: python projects/TorchvisionPeer/tools/bench_metrics.py [--images 450] [--size 320] \
+    [--boot 1000]
 """
 import argparse
 import time

@@ -3,14 +3,14 @@
 :func:`run_benchmark` trains our Detectron2 model and the peer, torchvision's
 ``maskrcnn_resnet50_fpn``, for the same number of iterations in the same process, then scores
 and times both on the same test slices. Writes ``benchmark.json``, ``benchmark.md`` and (with
-scaling) ``benchmark.png``; see :mod:`lumbar_d2.benchmark_report` for the file contents.
+scaling) ``benchmark.png``; see :mod:`torchvision_peer.report` for the file contents.
 
 What is kept equal, so that the ratio ours/peer measures the models and not the harness:
 
 * data: one loader builder (``Trainer.build_train_loader``: our :class:`LumbarDatasetMapper`,
   its augmentations, resize and crop) seeded identically before each run, so both models see
   the same batches. Detectron2 ``Instances`` become torchvision targets with
-  :func:`lumbar_d2.peer.instances_to_target`; images are fed as ``uint8 / 255`` floats, as
+  :func:`torchvision_peer.peer.instances_to_target`; images are fed as ``uint8 / 255`` floats, as
   torchvision's ImageNet normalisation expects. The peer is built with
   ``_skip_resize=True`` (torchvision's own switch, used by its reference scripts for external
   resize augmentations), so in training it takes the mapper's resolution instead of resizing
@@ -45,9 +45,10 @@ Accuracy: a trained ``MODEL.WEIGHTS`` given on the command line (different from 
 file's own value) is scored as "ours (checkpoint)" beside the paper; the equal-budget pair
 "ours" / "peer" is trained here from the config file's initialisation and from random
 weights. A short run says little about accuracy, so :func:`train_peer` trains the peer for a
-full schedule (``tools/train_peer.py``) and ``peer_weights`` puts that checkpoint beside ours
+full schedule (``tools/train_peer.py`` of this project) and ``peer_weights`` puts that
+checkpoint beside ours
 in the "trained models" table: as torchvision builds it at our test size, with our test-time
-settings (:func:`lumbar_d2.peer.peer_test_settings`), and at torchvision's default 800 px.
+settings (:func:`torchvision_peer.peer.peer_test_settings`), and at torchvision's default 800 px.
 Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_records`
 + :func:`lumbar_d2.evaluation.metrics.summarize` (instance P/R at mask IoU
 ``LUMBAR.MATCH_IOU``, pixel Dice, on predictions with score >= ``LUMBAR.SCORE_THRESH``) and
@@ -55,24 +56,18 @@ Metrics are the project's own: :func:`lumbar_d2.evaluation.offline.per_image_rec
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
-import gc
-import itertools
 import json
 import logging
 import os
 import pickle
 import platform
-import resource
-import statistics
-import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -85,36 +80,32 @@ from detectron2.data import transforms as T
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import EventStorage
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .data.convert import convert_sudirman
-from .data.imageio import read_array
-from .data.mapper import build_augmentations
-from .data.phantom import write_sudirman_phantom
-from .data.register import register_dataset, unregister
-from .engine.trainer import Trainer
-from .evaluation import metrics, offline, report
-from .inference.batch import make_output_dir
-from .inference.predictor import LumbarPredictor, operating_point
+from lumbar_d2.data.convert import convert_sudirman
+from lumbar_d2.data.imageio import read_array
+from lumbar_d2.data.mapper import build_augmentations
+from lumbar_d2.data.phantom import write_sudirman_phantom
+from lumbar_d2.data.register import register_dataset, unregister
+from lumbar_d2.engine.trainer import Trainer
+from lumbar_d2.evaluation import metrics, offline, report
+from lumbar_d2.inference.batch import make_output_dir
+from lumbar_d2.inference.predictor import LumbarPredictor, operating_point
+from lumbar_d2.runtime import load_config, prepare_config
+from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.io import write_json
+
+from .measure import (RSS_RESETTABLE, benchmark_seed, diverged, latency_stats, predict_timed,
+                      train_timed, use_channels_last)
 from .peer import (Batch, Predict, build_peer, load_peer, peer_losses, peer_predictor,
                    peer_setup, peer_test_settings, peer_test_size, peer_train_cfg, save_peer)
-from .runtime import load_config, prepare_config
-from .utils.errors import LumbarError
-from .utils.io import write_json
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.nn.Module, Batch], Dict[str, torch.Tensor]]
-TRAIN_WARMUP = 3  # iterations left out of the median (allocator, worker start-up, caches)
-DIVERGENCE_FACTOR = 10.0  # a loss this many times the first one (or non-finite) = diverged
 SPEED_KEYS = ("train_s_per_iter", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95",
               "peak_rss_mb_train", "peak_rss_mb_infer", "rss_growth_mb_train",
               "rss_growth_mb_infer", "cuda_max_mem_mb_train", "cuda_max_mem_mb_infer")
 ORACLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-_CLEAR_REFS = "/proc/self/clear_refs"
-_RSS_RESETTABLE = os.access(_CLEAR_REFS, os.W_OK)
 
 
 @dataclass
@@ -135,7 +126,7 @@ class BenchmarkOptions:
         scaling_iters: training iterations per dataset size.
         peer_default_size: (min_size, max_size) of torchvision's defaults.
         peer_lr: the peer's base learning rate (None: ``SOLVER.BASE_LR``), see
-            :func:`lumbar_d2.peer.peer_train_cfg`.
+            :func:`torchvision_peer.peer.peer_train_cfg`.
         peer_weights: a peer trained by :func:`train_peer` for as many iterations as the
             ``MODEL.WEIGHTS`` checkpoint: scored and timed beside it ("trained models").
         also: more of our trained models, ``(config_file, weights)`` pairs, scored and timed
@@ -171,7 +162,7 @@ class BenchmarkOptions:
             raise LumbarError("scaling sizes must be >= 32 px and scaling iterations >= 2")
         if self.peer_weights and not Path(self.peer_weights).is_file():
             raise LumbarError(f"--peer-weights {self.peer_weights}: file not found; train the "
-                              "peer with tools/train_peer.py")
+                              "peer with projects/TorchvisionPeer/tools/train_peer.py")
         for config_file, weights in self.also:
             if not (Path(config_file).is_file() and Path(weights).is_file()):
                 raise LumbarError(f"--also {config_file} {weights}: both files must exist "
@@ -278,208 +269,6 @@ def build_ours(cfg: CfgNode) -> torch.nn.Module:
 def ours_losses(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
     """Loss dict of our model (Detectron2 takes the mapper's dicts as they are)."""
     return model(batch)
-
-
-# -------------------------------------------------------------------------- measuring
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux ``clear_refs`` 5); False if unsupported.
-
-    ``getrusage`` reports the process-lifetime peak otherwise, and with both models in one
-    process the second phase would inherit the first one's peak.
-    """
-    try:
-        with open(_CLEAR_REFS, "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak_mb() -> float:
-    """Peak resident memory of this process (``getrusage``; KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
-
-    Otherwise memory freed by an earlier phase (the other model) stays resident, and the
-    next phase's peak starts from it.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-@contextmanager
-def peak_memory(phase: str, device: torch.device) -> Iterator[dict]:
-    """Yield a dict filled on exit with ``peak_rss_mb_<phase>`` and ``cuda_max_mem_mb_<phase>``.
-
-    RSS covers this process only (DataLoader workers are separate processes) and includes
-    what was resident at the start (``rss_mb_start_<phase>``: libraries, test slices); CUDA
-    memory is ``max_memory_allocated`` (None on CPU).
-    """
-    _release_free_memory()
-    _reset_rss_peak()
-    out: dict = {f"rss_mb_start_{phase}": _rss_peak_mb()}
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        yield out
-    finally:
-        out[f"peak_rss_mb_{phase}"] = _rss_peak_mb()
-        out[f"rss_growth_mb_{phase}"] = out[f"peak_rss_mb_{phase}"] - out[f"rss_mb_start_{phase}"]
-        out[f"cuda_max_mem_mb_{phase}"] = (torch.cuda.max_memory_allocated(device) / 2**20
-                                           if cuda else None)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _train_step(model: torch.nn.Module, loss_fn: LossFn, batch: Batch,
-                optimizer: torch.optim.Optimizer,
-                scaler: Optional[torch.amp.GradScaler]) -> float:
-    """One SGD step shared by both models (as Detectron2's Simple/AMPTrainer); the loss."""
-    with torch.autocast("cuda") if scaler is not None else nullcontext():
-        losses = sum(loss_fn(model, batch).values())
-    optimizer.zero_grad()
-    if scaler is None:
-        losses.backward()
-        optimizer.step()
-    else:
-        scaler.scale(losses).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return float(losses.detach())
-
-
-def benchmark_seed(cfg: CfgNode) -> int:
-    """``SEED`` of the config, or 0 when it asks for a random one: both runs need the same."""
-    return cfg.SEED if cfg.SEED >= 0 else 0
-
-
-def seeded_batches(cfg: CfgNode) -> Iterator[Batch]:
-    """Training batches of ``Trainer.build_train_loader``, identical on every call.
-
-    The sampler order and the worker seeds come from the global RNGs when the loader starts,
-    right after seeding. Without workers the mapper draws its augmentations in this process
-    at each ``next``, so NumPy is reseeded per batch: whatever the model does in between,
-    both models train on exactly the same images.
-    """
-    seed = benchmark_seed(cfg)
-    seed_all_rng(seed)
-    loader = iter(Trainer.build_train_loader(cfg))
-    for i in itertools.count():
-        np.random.seed((seed + i) % 2**32)
-        yield next(loader)
-
-
-def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: int,
-                desc: str, after_step: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train ``iters`` iterations with the config's optimizer, schedule and loader; time them.
-
-    Batches come from :func:`seeded_batches`, so both models see the same ones.
-    ``after_step(iteration, loss)`` runs after each step, outside the timed part
-    (checkpointing of a long peer run).
-
-    Returns:
-        ``train_s_per_iter`` (median after :data:`TRAIN_WARMUP`), ``train_times_s``,
-        ``train_loss_last`` and the peak memory of the phase.
-    """
-    device = next(model.parameters()).device
-    optimizer = Trainer.build_optimizer(cfg, model)
-    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
-    amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    batches = seeded_batches(cfg)
-    model.train()
-    times, losses = [], []
-    # Detectron2's heads log to an EventStorage (as inside its trainers); unused by the peer.
-    with peak_memory("train", device) as memory, logging_redirect_tqdm(), \
-            EventStorage(0) as storage:
-        bar = tqdm(range(iters), desc=desc, unit="it")
-        for _ in bar:
-            start = time.perf_counter()
-            losses.append(_train_step(model, loss_fn, next(batches), optimizer, scaler))
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            scheduler.step()
-            storage.step()
-            if after_step is not None:
-                after_step(len(losses) - 1, losses[-1])
-            if diverged(losses):
-                logger.warning("%s: training diverged at iteration %d (loss %.3g, first %.3g); "
-                               "stopped there, as both libraries' trainers do", desc,
-                               len(losses) - 1, losses[-1], losses[0])
-                break
-    del batches  # stops the loader's worker processes
-    return {**iteration_stats(times, losses), **memory}
-
-
-def diverged(losses: Sequence[float]) -> bool:
-    """The last loss is non-finite or :data:`DIVERGENCE_FACTOR` times the first one.
-
-    Detectron2 raises FloatingPointError on a non-finite loss and torchvision's reference
-    script exits; a loss that grew tenfold in a few iterations is on its way there.
-    """
-    last = losses[-1]
-    return not np.isfinite(last) or last > DIVERGENCE_FACTOR * abs(losses[0])
-
-
-def iteration_stats(times: Sequence[float], losses: Sequence[float]) -> dict:
-    """Median s/iter after warm-up; a diverged last iteration is left out when others exist.
-
-    Returns:
-        ``train_s_per_iter``, ``train_iters_timed``, ``train_times_s``, ``train_losses``,
-        ``train_warmup_iters`` and ``train_diverged_at`` (iteration index or None).
-    """
-    bad = diverged(losses)
-    warm = min(TRAIN_WARMUP, len(times) // 2)
-    used = times[warm:-1] if bad and len(times) - 1 > warm else times[warm:]
-    return {"train_s_per_iter": statistics.median(used), "train_iters_timed": len(used),
-            "train_times_s": list(times), "train_warmup_iters": warm,
-            "train_losses": list(losses), "train_diverged_at": len(losses) - 1 if bad else None}
-
-
-def latency_stats(seconds: Sequence[float]) -> dict:
-    """p50/p95/mean latency in ms and sequential throughput (images/s) at batch 1."""
-    ms = np.asarray(seconds, dtype=float) * 1000.0
-    return {"latency_ms_p50": float(np.percentile(ms, 50)),
-            "latency_ms_p95": float(np.percentile(ms, 95)), "latency_ms_mean": float(ms.mean()),
-            "infer_images_per_s": 1000.0 / float(ms.mean()), "n_timed": int(ms.size)}
-
-
-def predict_timed(predict: Predict, images: Sequence[np.ndarray], warmup: int, desc: str,
-                  device: torch.device) -> Tuple[List[Instances], dict]:
-    """Predict each slice at batch 1 after ``warmup`` untimed calls; outputs and timings.
-
-    Returns:
-        (CPU ``Instances`` per slice, :func:`latency_stats` + ``detections_per_image`` + peak
-        memory). Detection counts matter: the mask head and pasting cost grow with them.
-    """
-    outputs, times = [], []
-    with peak_memory("infer", device) as memory, logging_redirect_tqdm():
-        for _ in range(warmup):
-            predict(images[0])
-        for image in tqdm(images, desc=desc, unit="img"):
-            start = time.perf_counter()
-            outputs.append(predict(image))  # CPU results: the copy synchronises CUDA
-            times.append(time.perf_counter() - start)
-    n_det = float(np.mean([len(o) for o in outputs]))
-    return outputs, {**latency_stats(times), "detections_per_image": n_det, **memory}
-
-
-def use_channels_last(model: torch.nn.Module, enabled: bool) -> None:
-    """Convert conv weights to channels-last memory format (NHWC kernels) when enabled."""
-    if enabled:
-        model.to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -817,7 +606,7 @@ def _meta(setup: Setup, config_file: str, opts: Sequence[str], options: Benchmar
     train_images = sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN)
     return {**machine_info(setup.device), "device": str(setup.device),
             "threads": torch.get_num_threads(), "dataloader_workers": cfg.DATALOADER.NUM_WORKERS,
-            "rss_peak": "per phase" if _RSS_RESETTABLE else "process high-water mark",
+            "rss_peak": "per phase" if RSS_RESETTABLE else "process high-water mark",
             "config_file": config_file, "opts": list(opts), "checkpoint": setup.checkpoint,
             "train_datasets": list(cfg.DATASETS.TRAIN), "train_images": train_images,
             "test_dataset": cfg.DATASETS.TEST[0], "test_split": "test",
@@ -896,7 +685,7 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
     Raises:
         LumbarError: bad config, options, data or output folder.
     """
-    from .benchmark_report import write_outputs
+    from .report import write_outputs
 
     options = options or BenchmarkOptions()
     options.check()
@@ -931,8 +720,7 @@ def run_benchmark(config_file: str, opts: Sequence[str], output_dir: str,
     return result
 
 
-__all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "train_peer", "prepare",
-           "seeded_batches", "build_ours", "train_timed", "predict_timed", "accuracy",
-           "latency_stats", "speed_ratios", "trained_rows", "latency_vs_size",
-           "dataset_scaling", "resize_short_side", "subset_ground_truth", "spread_sample",
-           "diverged"]
+__all__ = ["BenchmarkOptions", "Setup", "run_benchmark", "train_peer", "prepare", "build_ours",
+           "accuracy", "speed_ratios", "trained_rows", "latency_vs_size",
+           "dataset_scaling", "resize_short_side", "subset_ground_truth",
+           "spread_sample"]

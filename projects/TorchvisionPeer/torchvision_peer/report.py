@@ -1,6 +1,6 @@
 """Files of a benchmark run: ``benchmark.json``, ``benchmark.md`` and ``benchmark.png``.
 
-Kept apart from :mod:`lumbar_d2.benchmark` (which needs torch and both model libraries), so
+Kept apart from :mod:`torchvision_peer.benchmark` (which needs torch and both model libraries), so
 the tables can be re-rendered from a saved ``benchmark.json`` anywhere:
 ``format_markdown(json.load(open("benchmark.json")))``.
 """
@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .evaluation import report
-from .utils.io import atomic_path, write_json, write_text
+from lumbar_d2.evaluation import report
+from lumbar_d2.utils.io import atomic_path, write_json, write_text
 
 # (row label, summary key, paper key or None); fractions shown as percent.
 ACCURACY_ROWS = (("instance precision", "inst_precision", "precision"),

@@ -4,21 +4,24 @@
 Same loader, augmentations, batch, optimizer and LR schedule as our config; only the base
 learning rate may differ (--lr; torchvision's recipe scaled to the batch). Writes
 <output>/peer_final.pth and peer_train.json; score it beside ours with
-``tools/benchmark.py --peer-weights <output>/peer_final.pth``.
+``projects/TorchvisionPeer/tools/benchmark.py --peer-weights <output>/peer_final.pth``.
 
 Usage (matches the 560-iteration SPIDER run of ours):
-    python tools/train_peer.py \
+    python projects/TorchvisionPeer/tools/train_peer.py \
         --config-file configs/scratch_mask_rcnn_R_50_FPN_gn_disc_spider.yaml \
         --output output/peer_spider --iters 560 --lr 0.0025 \
         SOLVER.MAX_ITER 560 SOLVER.STEPS "(420, 510)"
 """
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
-import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
-from lumbar_d2.benchmark import train_peer
-from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the torchvision_peer package
+
+import lumbar_d2  # noqa: F401,E402  (applies lumbar_d2.compat before detectron2 is used)
+from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser  # noqa: E402
+from torchvision_peer.benchmark import train_peer  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
