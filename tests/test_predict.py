@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from conftest import INSTANT_CONFIG
 from conftest import tool_module as load_tool
 from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
-from lumbar_d2.data.imageio import read_gray
+from lumbar_d2.data.imageio import read_array
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, instance_id_image,
                                        output_stems, resolve_spacing, run_prediction)
@@ -39,7 +39,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def slices(tmp_path_factory: pytest.TempPathFactory) -> List[np.ndarray]:
     root = write_sudirman_phantom(tmp_path_factory.mktemp("phantom"), n_patients=2, size=128)
-    return [read_gray(sudirman_paths(root, p, 4)["T2"]) for p in (1, 2)]
+    return [read_array(sudirman_paths(root, p, 4)["T2"]) for p in (1, 2)]
 
 
 @pytest.fixture(scope="module")

@@ -53,15 +53,6 @@ def read_array(path: Union[str, Path]) -> np.ndarray:
     return arr
 
 
-def read_gray(path: Union[str, Path]) -> np.ndarray:
-    """Read a single-channel slice; RGB(A) with R=G=B is accepted, real colour is refused."""
-    arr = read_array(path)
-    if arr.ndim != 2:
-        raise LumbarError(f"{path}: expected a single-channel (grayscale) image, got "
-                          f"{arr.shape[2]} colour channels; convert it to grayscale")
-    return arr
-
-
 def read_label(path: Union[str, Path]) -> np.ndarray:
     """Read a label image: single channel, integer values (uint8 or uint16)."""
     arr = read_array(path)

@@ -17,7 +17,6 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..utils.errors import LumbarError
-from ..utils.io import write_text
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -62,11 +61,6 @@ def split_csv_text(assign: Mapping[str, str]) -> str:
     w.writerow(["patient_id", "split"])
     w.writerows(sorted(assign.items()))
     return buf.getvalue()
-
-
-def write_split_file(path: Path, assign: Mapping[str, str]) -> None:
-    """Save the split atomically so it can be reused with --split-file."""
-    write_text(path, split_csv_text(assign))
 
 
 def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:

@@ -11,7 +11,7 @@ raw detections; the cheap, data-dependent steps stay in Python, shared with eage
 * output: a tuple in the order of ``meta["outputs"]``: ``pred_boxes`` (N, 4) xyxy in input
   pixels, ``pred_classes`` (N,), ``pred_masks`` (N, 1, M, M) mask probabilities,
   ``scores`` (N,), ``image_size`` (2,); Detectron2's ``detector_postprocess`` rescales boxes
-  and pastes the masks at the slice's size (see :func:`exported_instances`).
+  and pastes the masks at the slice's size (as :func:`compare_exported` does).
 
 ``meta`` (class names, test sizes, normalisation, output order, versions) is stored inside
 ``model.ts`` as the extra file ``lumbar_d2.json`` and beside it in ``export.json``.
@@ -144,13 +144,6 @@ def load_exported(path: Union[str, Path], device: str = "cpu"
         raise LumbarError(f"{path}: not a TorchScript model ({str(e).splitlines()[0]}); "
                           "re-export it") from None
     return module.eval(), json.loads(extra[META_FILE] or "{}")
-
-
-def exported_instances(module: torch.jit.ScriptModule, meta: Dict, prepared: Dict
-                       ) -> Instances:
-    """Run the exported module on a :meth:`LumbarPredictor.prepare` dict; CPU ``Instances``
-    at the slice's original size (boxes rescaled, masks pasted), like eager inference."""
-    return _postprocess(_exported_raw(module, meta, prepared), prepared)
 
 
 def _exported_raw(module: torch.jit.ScriptModule, meta: Dict, prepared: Dict) -> Instances:
@@ -348,4 +341,4 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
 
 
 __all__ = ["export_model", "compare_exported", "trace", "save_torchscript", "load_exported",
-           "exported_instances", "export_onnx", "sample_image"]
+           "export_onnx", "sample_image"]
