@@ -108,3 +108,23 @@ def test_report_renders_in_headless_chromium(predicted, browser, tmp_path):
     assert float(shot.std()) > 10, "the screenshot is blank"
     assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 50  # text and images
     assert 'id="cases"' in dom and dom.count("<img") == 4 and "L5-S1" in dom
+
+
+def test_evaluate_report_sorted_by_dice_worst_first(tmp_path, load_tool):
+    from test_offline_eval import RECTS, SHAPE, _ann, _gt_dict, _rect, _write
+
+    gt = _write(tmp_path / "gt.json", _gt_dict())
+    results = [dict(_ann(_rect(*r), 1), score=0.9) for r in RECTS[1]]  # image 2's disc missed
+    preds = _write(tmp_path / "pred.json", results)
+    (tmp_path / "slices" / "images").mkdir(parents=True)
+    assert cv2.imwrite(str(tmp_path / "slices" / "images" / "case1.png"),
+                       np.full(SHAPE, 90, np.uint8))  # the others are drawn on black
+    out = tmp_path / "eval"
+    code = load_tool("evaluate").main(["--gt", gt, "--predictions", preds, "--output", str(out),
+                                       "--bootstrap", "0", "--report", "--images",
+                                       str(tmp_path / "slices")])
+    assert code == 0
+    page = (out / "report.html").read_text()
+    order = [page.index(f"images/case{i}.png</b>") for i in (2, 1, 3)]
+    assert order == sorted(order)  # Dice 0, then 1, then undefined (no disc at all)
+    assert "1 missed" in page and page.count("data:image/png;base64,") == 3

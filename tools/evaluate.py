@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Score saved predictions (COCO results JSON or instance-mask PNG folder) against a
 converted COCO ground truth: COCO AP, pixel Dice, instance P/R/F1, HD95/ASSD with patient
-bootstrap CIs. Writes <output>/metrics.json and <output>/per_image.csv; prints the table.
+bootstrap CIs. Writes <output>/metrics.json and <output>/per_image.csv; prints the table;
+--report adds <output>/report.html (images sorted by Dice, worst first, with contours).
 
 Usage:
     python tools/evaluate.py --gt datasets/sudirman/annotations/test.json \
@@ -12,6 +13,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from lumbar_d2.evaluation.case_report import write_evaluation_report
 from lumbar_d2.evaluation.offline import evaluate_files, format_result, format_sweep
 from lumbar_d2.utils.errors import LumbarError
 
@@ -34,6 +36,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--sweep", type=float, nargs="+", default=[], metavar="SCORE",
                    help="also report pooled Dice/P/R at each of these score thresholds and "
                         "the best-Dice one (pick LUMBAR.SCORE_THRESH on the val split)")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html: every image sorted by Dice, worst first, "
+                        "with ground-truth and predicted contours (one self-contained file)")
+    p.add_argument("--images", metavar="DIR",
+                   help="folder of the GT images for the report pictures (default: the "
+                        "converter's source folder recorded in the GT JSON)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     return p.parse_args(argv)
 
@@ -46,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = evaluate_files(args.gt, args.predictions, args.output, args.score_threshold,
                                 args.iou_threshold, args.pixel_spacing, args.bootstrap,
                                 args.sweep)
+        if args.report:
+            report = write_evaluation_report(args.gt, args.predictions, args.output,
+                                             args.score_threshold, args.images)
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -53,6 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(format_result(result))
     if args.sweep:
         print(format_sweep(result["threshold_sweep"]))
+    if args.report:
+        print(f"report: {report}")
     return 0
 
 
