@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
@@ -38,6 +39,15 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
         raise LumbarError(f"{config_file}: config file not found; see configs/")
     try:
         cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise LumbarError(f"{config_file}: not valid YAML{line} "
+                          f"({getattr(e, 'problem', None) or one_line(e)}); fix the syntax "
+                          "(indentation, colons, brackets)") from None
+    except (AttributeError, TypeError, OSError) as e:  # a list or scalar file, a bad _BASE_
+        raise LumbarError(f"{config_file}: not a config ({type(e).__name__}: {one_line(e)}); "
+                          "it must be a YAML mapping of KEY: value, like configs/*.yaml") from None
     except (KeyError, ValueError, AssertionError) as e:
         raise LumbarError(f"{config_file}: {one_line(e)}; check the key against "
                           "detectron2/config/defaults.py and lumbar_d2/config.py")
@@ -49,8 +59,11 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     return cfg
 
 
-def prepare_config(cfg: CfgNode, source: str = "config") -> CfgNode:
-    """Register datasets, check names, weights, device and leakage, derive the schedule."""
+def prepare_config(cfg: CfgNode, source: str = "config", training: bool = True) -> CfgNode:
+    """Register datasets, check names, weights, device and leakage, derive the schedule.
+
+    ``training``: also check the solver (batch size, iterations); off for evaluation only.
+    """
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     names += [cfg.LUMBAR.VAL_DATASET] if cfg.LUMBAR.VAL_DATASET else []
@@ -62,9 +75,22 @@ def prepare_config(cfg: CfgNode, source: str = "config") -> CfgNode:
         cfg.SOLVER.AMP.ENABLED = False
     check_patient_leakage({n: set(patient_ids(n).values()) - {""} for n in dict.fromkeys(names)},
                           allow=cfg.LUMBAR.ALLOW_PATIENT_OVERLAP, source=source)
+    if training:
+        _check_positive(cfg, "SOLVER.IMS_PER_BATCH", "e.g. 2 on CPU")
     if cfg.LUMBAR.EPOCHS > 0 and cfg.DATASETS.TRAIN:
         apply_epochs(cfg, sum(len(DatasetCatalog.get(n)) for n in cfg.DATASETS.TRAIN))
+    if training:
+        _check_positive(cfg, "SOLVER.MAX_ITER", "or set LUMBAR.EPOCHS")
     return cfg
+
+
+def _check_positive(cfg: CfgNode, key: str, hint: str) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if value < 1:
+        raise LumbarError(f"{key} {value}: must be at least 1 for training; pass {key} N "
+                          f"({hint})")
 
 
 def apply_epochs(cfg: CfgNode, n_images: int) -> None:
@@ -100,6 +126,38 @@ def checkpoint_problem(path: os.PathLike) -> Optional[str]:
     return None
 
 
+def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = False,
+                          flag: Optional[str] = None) -> DetectionCheckpointer:
+    """Make ``checkpointer`` fail, instead of skipping, on parameters whose shape differs.
+
+    Detectron2 loads what fits and logs "Skip loading parameter ... incompatible shapes" for
+    the rest, which then keep their random initialisation: resuming a run with a changed
+    architecture trains (or predicts with) a partly random model without a word. Fine-tuning
+    pretrained weights with a new head (another class count) is the legitimate case:
+    ``allow`` (the tool's ``flag``, named in the error) accepts it, with Detectron2's log.
+    """
+    load, log = checkpointer.load, checkpointer._log_incompatible_keys
+    source = {"path": "the checkpoint"}
+    fix = "use the config the weights were trained with" + (
+        f", or pass {flag} to fine-tune with newly initialised layers" if flag else "")
+
+    def load_and_remember(path, *args, **kwargs):
+        source["path"] = path
+        return load(path, *args, **kwargs)
+
+    def check(incompatible) -> None:
+        shapes = incompatible.incorrect_shapes
+        if shapes and not allow:
+            key, in_file, in_model = shapes[0]
+            raise LumbarError(
+                f"{source['path']}: {len(shapes)} parameter(s) do not fit this model (e.g. "
+                f"{key}: {tuple(in_file)} in the file, {tuple(in_model)} in the model); {fix}")
+        log(incompatible)
+
+    checkpointer.load, checkpointer._log_incompatible_keys = load_and_remember, check
+    return checkpointer
+
+
 def check_weights(weights: str) -> None:
     """Refuse a missing, empty or unloadable local MODEL.WEIGHTS file before any model is built."""
     if not weights or "://" in weights:
@@ -129,4 +187,4 @@ def check_output_dir(output_dir: str) -> None:
 
 
 __all__ = ["apply_epochs", "check_output_dir", "check_weights", "checkpoint_problem",
-           "load_config", "prepare_config", "use_cpu_without_cuda"]
+           "load_config", "prepare_config", "refuse_shape_mismatch", "use_cpu_without_cuda"]

@@ -8,7 +8,10 @@
 Multi-GPU / multi-machine runs go through Detectron2's ``launch`` (--num-gpus,
 --num-machines, --machine-rank, --dist-url).
 """
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from detectron2.checkpoint import DetectionCheckpointer
@@ -17,15 +20,21 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, build_trainer
-from lumbar_d2.runtime import load_config, prepare_config
+from lumbar_d2.engine.trainer import ALLOW_SHAPE_MISMATCH
+from lumbar_d2.runtime import load_config, prepare_config, refuse_shape_mismatch
 from lumbar_d2.utils import LumbarError
+
+
+FRESH_OUTPUT = []  # OUTPUT_DIR created by this run
 
 
 def setup(args):
     """Create configs and perform basic setups."""
     cfg = load_config(args.config_file, args.opts)
-    prepare_config(cfg, source=args.config_file)
+    prepare_config(cfg, source=args.config_file, training=not args.eval_only)
     cfg.freeze()
+    if not os.path.exists(cfg.OUTPUT_DIR):  # removed again if the run fails (bad input)
+        FRESH_OUTPUT.append(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lumbar_d2")
     return cfg
@@ -35,22 +44,48 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        refuse_shape_mismatch(checkpointer, args.allow_shape_mismatch, ALLOW_SHAPE_MISMATCH
+                              ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if cfg.TEST.EXPECTED_RESULTS:
             verify_results(cfg, res)
         return res
-    return build_trainer(cfg, resume=args.resume).train()
+    return build_trainer(cfg, args.resume, args.allow_shape_mismatch).train()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument(ALLOW_SHAPE_MISMATCH, action="store_true",
+                        help="fine-tune MODEL.WEIGHTS with a new head (e.g. another class "
+                             "count): initialise layers whose shape differs instead of failing")
+    return parser.parse_args(argv)
+
+
+def remove_setup_leftovers(folder: str) -> None:
+    """Delete a fresh OUTPUT_DIR of a run that failed before its first logged iteration.
+
+    default_setup and the writers create config.yaml, log.txt, an empty metrics.json and a
+    TensorBoard file before training starts; a folder with a checkpoint or logged metrics
+    is kept.
+    """
+    root = Path(folder)
+    metrics = root / "metrics.json"
+    if not (any(root.glob("*.pth")) or (root / "last_checkpoint").exists()
+            or (metrics.is_file() and metrics.stat().st_size > 0)):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    FRESH_OUTPUT.clear()
+    args = parse_args(argv)
     print("Command Line Args:", args)
     try:
         return launch(main, args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except LumbarError as e:
+        for folder in FRESH_OUTPUT:
+            remove_setup_leftovers(folder)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)  # like the other tools: 2 = bad input or config, no traceback
 

@@ -19,12 +19,13 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from .. import compat
 from ..data.mapper import LumbarDatasetMapper
 from ..evaluation.dice_evaluator import DiceEvaluator
-from ..runtime import checkpoint_problem
+from ..runtime import checkpoint_problem, refuse_shape_mismatch
 from ..utils.errors import LumbarError
 from ..utils.io import write_text
 from .hooks import EarlyStop, EarlyStopHook, ValidationHook, insert_before_writer
 
 logger = logging.getLogger(__name__)
+ALLOW_SHAPE_MISMATCH = "--allow-shape-mismatch"  # tools/train_net.py's flag
 
 
 class Trainer(DefaultTrainer):
@@ -101,9 +102,16 @@ def use_loadable_checkpoint(checkpointer: DetectionCheckpointer) -> Path:
                       f"delete {last.parent / 'last_checkpoint'} to start over")
 
 
-def build_trainer(cfg: CfgNode, resume: bool = False) -> Trainer:
-    """Trainer with weights loaded (or resumed from the last checkpoint)."""
+def build_trainer(cfg: CfgNode, resume: bool = False, allow_shape_mismatch: bool = False
+                  ) -> Trainer:
+    """Trainer with weights loaded (or resumed from the last checkpoint).
+
+    Args:
+        allow_shape_mismatch: fine-tuning with a new head: parameters whose shape differs
+            from the file are initialised anew instead of being an error.
+    """
     trainer = Trainer(cfg)
+    refuse_shape_mismatch(trainer.checkpointer, allow_shape_mismatch, ALLOW_SHAPE_MISMATCH)
     trainer.resume_or_load(resume=resume)
     return trainer
 

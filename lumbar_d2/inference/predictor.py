@@ -37,7 +37,7 @@ from detectron2.structures import Instances
 from ..data.imageio import to_model_input
 from ..data.mapper import build_augmentations
 from ..geometry import Spacing, parse_spacing
-from ..runtime import check_weights, use_cpu_without_cuda
+from ..runtime import check_weights, refuse_shape_mismatch, use_cpu_without_cuda
 from ..utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def load_weights(model: torch.nn.Module, weights: str) -> None:
                        "whose output is meaningless; pass MODEL.WEIGHTS <model_final.pth>")
         return
     check_weights(weights)
-    DetectionCheckpointer(model).load(weights)
+    refuse_shape_mismatch(DetectionCheckpointer(model)).load(weights)
 
 
 def class_names(cfg: CfgNode) -> List[str]:

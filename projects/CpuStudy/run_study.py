@@ -58,6 +58,7 @@ logger = logging.getLogger("cpu_study")
 def study_overrides(budget_min: float, out_dir: Path) -> List[str]:
     """Common to every variant: time budget, val as the only evaluated split, no checkpoints."""
     return ["LUMBAR.TIME_BUDGET_MIN", str(budget_min), "SOLVER.MAX_ITER", "100000",
+            "SOLVER.WARMUP_ITERS", "20",  # the configs' 100 would fill a short budget
             "SOLVER.STEPS", "(99000, 99500)", "SOLVER.CHECKPOINT_PERIOD", "100000",
             "DATASETS.TEST", "('lumbar_spider_val',)", "LUMBAR.VAL_DATASET", "",
             "LUMBAR.BOOTSTRAP", "0", "OUTPUT_DIR", str(out_dir)]
@@ -127,7 +128,8 @@ def latency(config: str, weights: str, opts: List[str], threads: int, n: int) ->
             "params_M": params / 1e6, "fp16_MB": params * 2 / 1e6}
 
 
-def run_variant(name: str, budget: float, work: Path, python: str) -> dict:
+def run_variant(name: str, budget: float, work: Path, python: str, threads: int = 2,
+                latency_threads: tuple = (1, 2)) -> dict:
     what, opts = VARIANTS[name]
     out = work / name
     done = out / "done.json"
@@ -137,11 +139,22 @@ def run_variant(name: str, budget: float, work: Path, python: str) -> dict:
     all_opts = opts + study_overrides(budget, out)
     logger.info("%s: training %.1f min", name, budget)
     t0 = time.time()
-    run([python, "tools/train_net.py", "--config-file", BASE, *all_opts], out / "train.log", 2)
+    run([python, "tools/train_net.py", "--config-file", BASE, *all_opts], out / "train.log",
+        threads)
     row = {"variant": name, "what": what, "overrides": opts, "budget_min": budget,
+           "train_threads": threads,
            "train_wall_s": round(time.time() - t0, 1), **train_stats(out),
            **val_scores(out, python)}
-    for threads in (1, 2):
+    row.update(measure_latency(out, opts, python, latency_threads))
+    done.write_text(json.dumps(row, indent=1))
+    logger.info("%s: %s", name, {k: row[k] for k in ("iterations", "dice", "R", "P")})
+    return row
+
+
+def measure_latency(out: Path, opts: List[str], python: str, thread_counts) -> dict:
+    """Latency of ``out/model_final.pth`` at each thread count, each in a fresh process."""
+    row: dict = {}
+    for threads in thread_counts:
         cmd = [python, __file__, "latency", "--threads", str(threads), "--weights",
                str(out / "model_final.pth"), "--", *opts]
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
@@ -149,8 +162,6 @@ def run_variant(name: str, budget: float, work: Path, python: str) -> dict:
         lat = json.loads(res.stdout.strip().splitlines()[-1])
         row[f"latency_{threads}t_s"] = lat["s_per_slice"]
         row.update(params_M=lat["params_M"], fp16_MB=lat["fp16_MB"])
-    done.write_text(json.dumps(row, indent=1))
-    logger.info("%s: %s", name, {k: row[k] for k in ("iterations", "dice", "R", "P")})
     return row
 
 
@@ -165,9 +176,14 @@ def write_table(rows: List[dict], out: Path, command: str) -> None:
             f"| {r['variant']} | {r['what']} | {r['s_per_iter']:.2f} | {r['iterations']} | "
             f"{r['threshold']:.2f} | {r['dice']:.3f} | {r['P']:.3f} | {r['R']:.3f} | "
             f"{r['worst_patient_dice']:.3f} ({r['worst_patient']}) | "
-            f"{r['latency_1t_s']:.3f} | {r['latency_2t_s']:.3f} | {r['params_M']:.1f} | "
+            f"{_fmt(r.get('latency_1t_s'))} | {_fmt(r.get('latency_2t_s'))} | "
+            f"{r['params_M']:.1f} | "
             f"{r['fp16_MB']:.0f} |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -187,11 +203,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     p.add_argument("--work", default="output/cpu_study")
     p.add_argument("--output", default="results/cpu_study")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--latency-threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts to time inference at")
+    p.add_argument("--remeasure", action="store_true",
+                   help="only re-time finished variants at --latency-threads")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = []
     for name in a.only:
-        rows.append(run_variant(name, a.budget_min, ROOT / a.work, sys.executable))
+        if a.remeasure:
+            done = ROOT / a.work / name / "done.json"
+            row = json.load(open(done))
+            row.update(measure_latency(done.parent, VARIANTS[name][1], sys.executable,
+                                       a.latency_threads))
+            done.write_text(json.dumps(row, indent=1))
+        else:
+            row = run_variant(name, a.budget_min, ROOT / a.work, sys.executable, a.threads,
+                              tuple(a.latency_threads))
+        rows.append(row)
         write_table(rows, ROOT / a.output, "python projects/CpuStudy/run_study.py " +
                     " ".join(argv))
     return 0
