@@ -80,3 +80,17 @@ def test_axial_orientation_with_volumes_is_refused(run, load_tool, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "sliced sagittally" in err
     assert len(err.splitlines()) == 1 and not (out.parent / "axial").exists()
+
+
+@pytest.mark.parametrize("kind", ["4d", "rgb"])
+def test_lone_bad_volume_is_one_line_and_writes_nothing(kind, tmp_path, load_tool, capsys):
+    path = tmp_path / f"{kind}.nii.gz"
+    image = (sitk.JoinSeries([sitk.Image(4, 5, 3, sitk.sitkUInt8)] * 2) if kind == "4d"
+             else sitk.Image([4, 5, 3], sitk.sitkVectorUInt8, 3))
+    sitk.WriteImage(image, str(path))
+    out = tmp_path / "out"
+    code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
+                                      str(path), "--output", str(out), *tiny_opts()])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1
+    assert ("4-D volume" if kind == "4d" else "3 components") in err and not out.exists()

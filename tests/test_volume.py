@@ -189,3 +189,14 @@ def test_4d_and_rgb_volumes_are_one_line_errors(tmp_path):
         with pytest.raises(LumbarError) as e:
             read_volume(tmp_path / name)
         assert text in str(e.value) and "\n" not in str(e.value) and name in str(e.value)
+
+
+def test_mhd_with_raw_reads_and_writes_mha(tmp_path):
+    images, labels = phantom()
+    path = tmp_path / "case.mhd"
+    sitk.WriteImage(sitk_volume(images, tilt_deg=5, storage="LPS"), str(path))
+    assert (tmp_path / "case.raw").is_file() or (tmp_path / "case.zraw").is_file()
+    volume = read_volume(path)
+    _, paths = _run(volume, images, labels, tmp_path / "out")
+    assert paths["labels"].endswith("labels.mha")
+    assert _geometry(sitk.ReadImage(paths["labels"])) == _geometry(volume.image)

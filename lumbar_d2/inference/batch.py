@@ -38,7 +38,7 @@ from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
 from .visualize import draw_overlay
-from .volume import VolumeInputs, find_volumes
+from .volume import VolumeInputs, check_volume_file, find_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
     root = make_output_dir(output_dir)
     out = PredictionWriter(root, predictor.class_names, orientation)
+    if len(volumes) and override:
+        logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
+                       "the spacing of their header")
     series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root, out.failures,
                           batch_size) if len(volumes) else [])
     default_spacing = dataset_spacing(cfg)
@@ -230,6 +233,8 @@ def _split_inputs(inputs: str, root: Path, orientation: str
             are sliced sagittally).
     """
     volumes = find_volumes(inputs)
+    if Path(inputs).is_file() and volumes.volume_files:
+        check_volume_file(Path(inputs))  # a lone bad volume fails before any output
     inside = root.resolve()
     volumes.volume_files = [f for f in volumes.volume_files if inside not in f.resolve().parents]
     volumes.series = [(uid, fs) for uid, fs in volumes.series

@@ -192,6 +192,20 @@ def read_volume(path: Path) -> Volume:
     return Volume(_check_grey_3d(image, path), str(path), name, VOLUME_SUFFIXES[suffix])
 
 
+def check_volume_file(path: Path) -> None:
+    """Refuse a volume file that cannot be predicted (unreadable, 4-D, RGB) from its header
+    alone, so a single bad input fails before any output is written."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise LumbarError(f"{path}: cannot read volume ({_itk_message(e)}); check the file "
+                          "(a .mhd needs its .raw beside it)") from None
+    _check_grey_3d(reader, path)
+
+
 def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
                       ) -> Volume:
     """Read one sorted DICOM series; undecodable files are recorded in ``failures`` and left
@@ -239,8 +253,11 @@ def _readable_slice(path: Path, failures: List[Dict[str, str]]) -> bool:
 
 
 def _check_grey_3d(image: Any, path: Path) -> Any:
-    """The image if it is a 3-D single-component volume; a one-line LumbarError otherwise."""
-    dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    """The image (or file reader) if it is a 3-D single-component volume; a one-line
+    LumbarError otherwise."""
+    dim = image.GetDimension()
+    per_pixel = getattr(image, "GetNumberOfComponentsPerPixel", None)  # Image or file reader
+    comps = per_pixel() if per_pixel else image.GetNumberOfComponents()
     if dim == 4:
         raise LumbarError(f"{path}: 4-D volume of size {image.GetSize()}; pass one 3-D volume "
                           "(split the time/echo axis first, e.g. with fslsplit)")
