@@ -103,6 +103,23 @@ def _first_gt_segmentation(change: Callable[[dict], object]) -> Callable[[Path],
     return _edit_json(lambda gt: change(gt["annotations"][0]["segmentation"]))
 
 
+def _yaml(ws: Workspace) -> Callable[[str], Path]:
+    def make(text: str) -> Path:
+        path = ws.tmp / "config.yaml"
+        path.write_text(text)
+        return path
+    return make
+
+
+def _random_checkpoint(ws: Workspace) -> Path:
+    """Random weights of the instant-test model (1 class), saved as a real checkpoint."""
+    from inference_helpers import save_random_checkpoint
+
+    (ws.tmp / "weights").mkdir(exist_ok=True)
+    return save_random_checkpoint(ws.tmp / "weights")
+
+
+TWO_CLASSES = ("MODEL.ROI_HEADS.NUM_CLASSES", "2")  # other head shapes than the checkpoint
 IMAGES, MASKS = (lambda ws: ws.data.images), (lambda ws: ws.data.masks)
 EVAL_OUT = lambda ws: ws.out / "eval"  # noqa: E731
 # id -> (tool, maker returning the argv, text(s) the error line must contain)
@@ -152,6 +169,17 @@ BAD: Dict[str, tuple] = {
         "score", float("nan"))), ("result [0]", "score nan")),
     "eval_score_above_one": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
         "score", 3.5)), ("result [0]", "score 3.5", "[0, 1]")),
+    "train_yaml_syntax_error": ("train_net", lambda ws: ws.train(config=_yaml(ws)(
+        f'_BASE_: "{INSTANT_CONFIG}"\nSOLVER:\n  MAX_ITER: [3,\n')),
+        ("config.yaml", "not valid YAML", "line 4")),
+    "train_yaml_not_mapping": ("train_net", lambda ws: ws.train(config=_yaml(ws)("- 1\n- 2\n")), ("config.yaml", "not a config")),
+    "train_ims_per_batch_0": ("train_net", lambda ws: ws.train("SOLVER.IMS_PER_BATCH", "0"),
+                              "SOLVER.IMS_PER_BATCH 0"),
+    "train_max_iter_0": ("train_net", lambda ws: ws.train("SOLVER.MAX_ITER", "0"),
+                         "SOLVER.MAX_ITER 0"),
+    "predict_weights_other_architecture": ("predict", lambda ws: ws.predict(
+        "MODEL.WEIGHTS", _random_checkpoint(ws), *TWO_CLASSES),
+        ("random_init.pth", "do not fit this model", "roi_heads")),
     "train_foreign_meta_json": ("train_net", _train_on("lumbar_notes_train", _foreign_meta),
                                 ("lumbar_notes_train", "notes/meta.json")),
     "train_split_json_deleted": ("train_net", _train_on("lumbar_gone_train",
@@ -278,3 +306,33 @@ def test_overlong_rle_cannot_hang_evaluate(case: str, ws: Workspace) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
     assert "counts covering" in done.stderr
+
+
+SMALL_TRAINING = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+                  "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1", "DATALOADER.NUM_WORKERS",
+                  "0", "DATASETS.TEST", "()", "DATASETS.TRAIN", "('lumbar_phantom_train',)"]
+
+
+@pytest.mark.parametrize("allow", [False, True], ids=["refused", "allowed"])
+def test_training_from_weights_of_another_architecture(
+        allow: bool, ws: Workspace, phantom_root: Path, monkeypatch, run_tool, capsys) -> None:
+    """Detectron2 skipped the 8 misfit head tensors (random init) and trained on, exit 0.
+
+    Refused: one line naming the file and the flag, and no config.yaml/log.txt left behind
+    in the fresh OUTPUT_DIR. Allowed (fine-tuning with a new head): trains.
+    """
+    from lumbar_d2.data.register import ENV_ROOT
+
+    monkeypatch.setenv(ENV_ROOT, str(phantom_root))
+    out = ws.out / "train"
+    argv = ["--config-file", INSTANT_CONFIG, *(["--allow-shape-mismatch"] if allow else []),
+            *SMALL_TRAINING, "MODEL.WEIGHTS", _random_checkpoint(ws), *TWO_CLASSES,
+            "OUTPUT_DIR", out]
+    code, err = run_tool("train_net", argv, capsys)
+    if allow:
+        assert code != 2 and (out / "model_final.pth").is_file(), err
+    else:
+        last = err.strip().splitlines()[-1]  # torch may warn once per process before it
+        assert code == 2 and err.count("error: ") == 1 and last.startswith("error: "), err
+        assert "random_init.pth" in last and "--allow-shape-mismatch" in last
+        assert not out.exists()
