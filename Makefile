@@ -1,10 +1,11 @@
-# lumbar-d2: `make demo` (main job on the embedded phantom) and `make test` both install first.
+# lumbar-d2: `make demo` (main job on the embedded phantom), `make lint` and `make test` all
+# install first.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.lumbar-installed
 
-.PHONY: install demo test doctor clean
+.PHONY: install demo lint test doctor clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ $(STAMP): setup.py tools/install_detectron2.py
 
 demo: install
 	$(BIN)/python -m lumbar_d2.demo --output output/demo
+
+lint: install
+	$(BIN)/ruff check .
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -38,7 +38,8 @@ def _missing_op(name: str):
     def op(*args, **kwargs):
         raise RuntimeError(
             f"detectron2._C.{name} is a compiled op that this pure-Python detectron2 lacks; "
-            "use a model without rotated boxes / deformable convs, or install a compiled detectron2")
+            "use a model without rotated boxes / deformable convs, or install a compiled "
+            "detectron2")
     return op
 
 

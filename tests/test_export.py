@@ -46,7 +46,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory, weights: str,
     cli = load_tool("export_model")
     with open(capture, "w") as f, pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.stdout", f)
-        code = cli.main(["--config-file", str(INSTANT_CONFIG), "--output", str(out), "--sample-image",
+        code = cli.main(["--config-file", str(INSTANT_CONFIG), "--output", str(out),
+                         "--sample-image",
                          str(sample), "--format", "both", "--runs", "1", *tiny_opts(weights)])
     assert code == 0
     return out, capture.read_text()

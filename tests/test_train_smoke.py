@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from conftest import INSTANT_CONFIG
 
 
-def test_train_two_iterations_and_evaluate(phantom_root, tmp_path, isolated_catalog):
+def test_train_two_iterations_and_evaluate(phantom_root, tmp_path, isolated_catalog, caplog):
     from lumbar_d2.engine import Trainer
     from lumbar_d2.runtime import load_config, prepare_config
 
@@ -16,7 +17,11 @@ def test_train_two_iterations_and_evaluate(phantom_root, tmp_path, isolated_cata
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "LUMBAR.SCORE_THRESH", "0.0"])
     prepare_config(cfg)
     cfg.freeze()
+    caplog.set_level(logging.INFO)
     trainer = Trainer(cfg)
+    # the architecture goes to model.txt, not the log (hundreds of lines before any result)
+    assert (tmp_path / "model.txt").read_text().startswith("GeneralizedRCNN(")
+    assert "GeneralizedRCNN(" not in caplog.text and "model.txt" in caplog.text
     trainer.resume_or_load(resume=False)
     results = trainer.train()
     assert trainer.iter == 2  # Detectron2 leaves iter = MAX_ITER after the loop

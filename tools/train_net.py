@@ -92,3 +92,10 @@ def cli(argv=None):
 
 if __name__ == "__main__":
     cli()
+
+def entry(argv=None) -> int:
+    """Console script ``lumbar-train``: :func:`cli`, exit status 0 after a finished run."""
+    cli(argv)
+    return 0
+
+

@@ -30,7 +30,8 @@ def connected_instances(mask: np.ndarray, min_area: int = DEFAULT_MIN_AREA,
         list of boolean masks of the same shape, one per kept component.
     """
     binary = (np.asarray(mask) != 0).astype(np.uint8)
-    n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=connectivity)
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary,
+                                                                   connectivity=connectivity)
     keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     keep.sort(key=lambda i: (centroids[i][1], centroids[i][0]))
     return [labels == i for i in keep]

@@ -15,6 +15,8 @@ from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.modeling import build_model
+from detectron2.utils import comm
 
 from .. import compat
 from ..data.mapper import LumbarDatasetMapper
@@ -41,12 +43,29 @@ class Trainer(DefaultTrainer):
                           cfg.LUMBAR.MATCH_IOU, cfg.LUMBAR.BOOTSTRAP)])
 
     @classmethod
+    @classmethod
+    def build_model(cls, cfg):
+        """The model, summarised in one log line; the architecture goes to a file.
+
+        DefaultTrainer logs the whole module tree (hundreds of lines) at INFO before any
+        result; here it is written to ``OUTPUT_DIR/model.txt`` instead.
+        """
+        model = build_model(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        summary = Path(cfg.OUTPUT_DIR) / "model.txt"
+        if comm.is_main_process():
+            write_text(summary, f"{model}\n")
+        logger.info("model: %s, %.1f M parameters (architecture in %s)",
+                    cfg.MODEL.META_ARCHITECTURE, n_params / 1e6, summary)
+        return model
+
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=LumbarDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=LumbarDatasetMapper(cfg, False))
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=LumbarDatasetMapper(cfg, False))
 
     def build_hooks(self):
         hook_list = super().build_hooks()

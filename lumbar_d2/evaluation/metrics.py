@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from ..geometry import Spacing, bbox_window, check_spacing, mask_iou_matrix, safe_ratio
+from ..geometry import bbox_window, check_spacing, mask_iou_matrix, safe_ratio
 
 _BOUNDARY_STRUCTURE = np.ones((3, 3), dtype=bool)
 # Columns of the per-patient sum table used by summarize() and its bootstrap.

@@ -20,8 +20,8 @@ Work-around (pure-Python detectron2 v0.6 on PyTorch 2): ``detectron2/export/__in
 imports the Caffe2 exporter, and ``caffe2`` is no longer part of PyTorch, so ``import
 detectron2.export`` fails although ``TracingAdapter`` (``detectron2/export/flatten.py``) needs
 no Caffe2. :func:`lumbar_d2.compat.tracing_adapter_class` then registers an empty
-``detectron2.export`` package pointing at the real folder and imports only ``flatten``. No op of the traced graph needs
-``detectron2._C``: NMS and ROIAlign are torchvision ops.
+``detectron2.export`` package pointing at the real folder and imports only ``flatten``. No
+op of the traced graph needs ``detectron2._C``: NMS and ROIAlign are torchvision ops.
 """
 from __future__ import annotations
 

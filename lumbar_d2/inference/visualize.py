@@ -20,8 +20,8 @@ COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130
 
 
 def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str] = (),
-                 scores: Optional[Sequence[float]] = None, class_ids: Optional[Sequence[int]] = None,
-                 alpha: float = 0.35) -> np.ndarray:
+                 scores: Optional[Sequence[float]] = None,
+                 class_ids: Optional[Sequence[int]] = None, alpha: float = 0.35) -> np.ndarray:
     """Return a BGR uint8 picture: translucent fill + contour per instance, ``id:label score``.
 
     Args:

@@ -95,7 +95,7 @@ from lumbar_d2.runtime import load_config, prepare_config
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.io import write_json
 
-from .measure import (RSS_RESETTABLE, benchmark_seed, diverged, latency_stats, predict_timed,
+from .measure import (RSS_RESETTABLE, benchmark_seed, predict_timed,
                       train_timed, use_channels_last)
 from .peer import (Batch, Predict, build_peer, load_peer, peer_losses, peer_predictor,
                    peer_setup, peer_test_settings, peer_test_size, peer_train_cfg, save_peer)
