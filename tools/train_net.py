@@ -90,12 +90,11 @@ def cli(argv=None):
         sys.exit(2)  # like the other tools: 2 = bad input or config, no traceback
 
 
-if __name__ == "__main__":
-    cli()
-
 def entry(argv=None) -> int:
     """Console script ``lumbar-train``: :func:`cli`, exit status 0 after a finished run."""
     cli(argv)
     return 0
 
 
+if __name__ == "__main__":
+    cli()
