@@ -22,8 +22,8 @@ where >= 0.5), so the model always sees anatomy in its true proportions.
 QC flags of a disc: ``low_score`` (mean score < 0.7), ``at_volume_edge`` (on the first or last
 slice: the disc may extend outside the volume), ``slice_gap`` (missed on a slice inside its
 range). Flags of a series: those of :func:`lumbar_d2.measure.level_qc` (``level_gap``,
-``level_count_low``), ``dropped_single_slice`` (slice-wise false positives were dropped) and
-``no_discs``.
+``level_count_low``), ``dropped_single_slice`` (slice-wise false positives were dropped),
+``no_discs`` and ``uneven_slices`` (a DICOM series with missing or unevenly spaced slices).
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
     for disc in discs:
         disc.row = _measure_disc(disc, volume.name, spacing, slice_mm, len(slices))
     positions = [_centre_row(d.linked) * spacing[0] for d in discs]
-    flags = level_qc(positions) if discs else ["no_discs"]
+    flags = (level_qc(positions) if discs else ["no_discs"]) + volume.flags
     if dropped:
         flags.append("dropped_single_slice")
     logger.info("%s: %d slices, %d discs (%s), %d single-slice detections dropped",

@@ -35,6 +35,7 @@ SAGITTAL_ORIENTATION = "PIL"  # axis 0 -> Posterior, 1 -> Inferior, 2 -> Left (D
 VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".mha": "metaimage",
                    ".mhd": "metaimage"}
 LABEL_SUFFIX = {"nifti": ".nii.gz", "metaimage": ".mha", "dicom": ".nii.gz"}
+UNEVEN_TOLERANCE = 0.1  # slice steps differing by more than 10 % of the mean: uneven series
 Spacing = Tuple[float, float]
 
 
@@ -58,6 +59,8 @@ class Volume:
         source: "nifti", "metaimage" or "dicom".
         files: the DICOM files read (empty for a volume file).
         series_uid: the DICOM SeriesInstanceUID ("" for a volume file).
+        flags: QC flags of the input itself (``uneven_slices``: a DICOM series whose slice
+            positions are not evenly spaced, so its geometry is approximate).
     """
 
     image: Any
@@ -66,6 +69,7 @@ class Volume:
     source: str
     files: List[str] = field(default_factory=list)
     series_uid: str = ""
+    flags: List[str] = field(default_factory=list)
 
     def sagittal(self) -> Tuple[np.ndarray, Spacing, float]:
         """(slices, (row_mm, col_mm), slice_mm): NxHxW float32 sagittal slices, left last.
@@ -145,7 +149,7 @@ def find_volumes(spec: str) -> VolumeInputs:
             found.single_dicom.append(f)
             continue
         uid = str(header.get("SeriesInstanceUID", "") or "")
-        if uid and "ImagePositionPatient" in header and "ImageOrientationPatient" in header:
+        if uid and _position(header) is not None:
             groups.setdefault(uid, []).append((f, header))
         else:
             found.single_dicom.append(f)
@@ -166,13 +170,31 @@ def _dicom_header(path: Path) -> Optional[Any]:
         return None
 
 
-def _sorted_along_normal(members: List[Tuple[Path, Any]]) -> List[Path]:
-    """Files ordered by ImagePositionPatient along the slice normal (row x column cosines)."""
-    def position(header: Any) -> float:
+def _position(header: Any) -> Optional[float]:
+    """ImagePositionPatient along the slice normal (row x column cosines); None if unusable."""
+    try:
         iop = np.asarray([float(v) for v in header.ImageOrientationPatient])
-        normal = np.cross(iop[:3], iop[3:])
-        return float(np.dot(normal, [float(v) for v in header.ImagePositionPatient]))
-    return [f for f, _ in sorted(members, key=lambda m: (position(m[1]), str(m[0])))]
+        ipp = np.asarray([float(v) for v in header.ImagePositionPatient])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if iop.shape != (6,) or ipp.shape != (3,) or not np.isfinite([*iop, *ipp]).all():
+        return None
+    return float(np.dot(np.cross(iop[:3], iop[3:]), ipp))
+
+
+def _sorted_along_normal(members: List[Tuple[Path, Any]]) -> List[Path]:
+    """Files ordered by their :func:`_position` (then name)."""
+    return [f for f, _ in sorted(members, key=lambda m: (_position(m[1]), str(m[0])))]
+
+
+def _uneven_slices(files: Sequence[Path]) -> bool:
+    """True when the slice positions are not evenly spaced (a missing or extra slice): the
+    volume's geometry (one slice spacing) is then only approximate."""
+    positions = [_position(h) for h in map(_dicom_header, files)]
+    if len(positions) < 3 or None in positions:
+        return False
+    steps = np.diff(np.sort(positions))
+    return bool(steps.max() - steps.min() > UNEVEN_TOLERANCE * max(abs(steps.mean()), 1e-6))
 
 
 # ------------------------------------------------------------------------------ reading
@@ -231,7 +253,11 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
     image = _check_grey_3d(image, folder)
     logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
     name = f"{_safe(folder.name)}_{_safe(uid)[-12:]}"
-    return Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid)
+    flags = ["uneven_slices"] if _uneven_slices(files) else []
+    if flags:
+        logger.warning("%s: DICOM series %s has unevenly spaced slices (missing or extra "
+                       "slices); its geometry is approximate", folder, uid)
+    return Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
 
 
 def _read_series(files: Sequence[Path]) -> Any:
