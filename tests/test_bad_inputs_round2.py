@@ -172,7 +172,8 @@ BAD: Dict[str, tuple] = {
     "train_yaml_syntax_error": ("train_net", lambda ws: ws.train(config=_yaml(ws)(
         f'_BASE_: "{INSTANT_CONFIG}"\nSOLVER:\n  MAX_ITER: [3,\n')),
         ("config.yaml", "not valid YAML", "line 4")),
-    "train_yaml_not_mapping": ("train_net", lambda ws: ws.train(config=_yaml(ws)("- 1\n- 2\n")), ("config.yaml", "not a config")),
+    "train_yaml_not_mapping": ("train_net", lambda ws: ws.train(config=_yaml(ws)("- 1\n- 2\n")),
+                               ("config.yaml", "not a config")),
     "train_ims_per_batch_0": ("train_net", lambda ws: ws.train("SOLVER.IMS_PER_BATCH", "0"),
                               "SOLVER.IMS_PER_BATCH 0"),
     "train_max_iter_0": ("train_net", lambda ws: ws.train("SOLVER.MAX_ITER", "0"),

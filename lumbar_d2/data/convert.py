@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_folder, atomic_path, json_text
+from ..utils.io import atomic_folder, json_text, write_png
 from . import layouts, splits
 from .imageio import read_array, read_label
-from .instances import CONNECTIVITY, DEFAULT_MIN_AREA, connected_instances
+from .instances import CONNECTIVITY, DEFAULT_MIN_AREA, connected_instances, encode_rle
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,8 @@ def convert(samples: Sequence[layouts.Sample], problems: List[str], out_dir: Pat
     checked, more = validate(samples, opts)
     problems = problems + more
     if not checked and not problems:
-        problems.append(f"{opts.source or out_dir}: no image/label pairs found; check the input paths")
+        problems.append(f"{opts.source or out_dir}: no image/label pairs found; check the "
+                        "input paths")
     if problems:
         head = f"{len(problems)} problem(s) in the input, nothing written"
         raise LumbarError("\n".join([f"{head}: {problems[0]}"] + problems[1:]))
@@ -199,8 +199,7 @@ def _build_cocos(checked: Sequence[_Checked], assign: Mapping[str, str], opts: C
 
 
 def _annotation(mask: np.ndarray, ann_id: int, image_id: int, cat_id: int) -> dict:
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = encode_rle(mask[:, :, None])[0]
     return {"id": ann_id, "image_id": image_id, "category_id": cat_id, "segmentation": rle,
             "area": int(mask.sum()), "bbox": [float(x) for x in mask_util.toBbox(rle)],
             "iscrowd": 0}
@@ -212,8 +211,7 @@ def _stack(sample: layouts.Sample, out_dir: Path) -> str:
 
     chans = np.stack([normalize_intensity(read_array(p)) for p in sample.images], axis=2)
     rel = f"images/{sample.key}.png"
-    with atomic_path(out_dir / rel) as tmp:
-        cv2.imwrite(str(tmp), to_model_input(chans, normalize=False))
+    write_png(out_dir / rel, to_model_input(chans, normalize=False))
     return rel
 
 

@@ -57,13 +57,14 @@ def discover_sudirman(root: Path, sequences: Sequence[str] = ("T2",)
         for seq, img in zip(sequences, imgs):
             if img is None:
                 problems.append(f"{label}: no {seq} image {seq}{suffix}.png in "
-                                f"{root / SUDIRMAN_IMAGES.format(seq=seq)}; add it or remove the label")
+                                f"{root / SUDIRMAN_IMAGES.format(seq=seq)}; add it or remove "
+                                "the label")
         if all(imgs):
             samples.append(Sample(label.stem, imgs, label, m.group("patient"),
                                   {"level": f"D{m.group('level')}"}))
     for seq, rest in image_names.items():
-        problems += [f"{p}: image has no label L1{p.stem[len(seq):]}.png; add it or remove the image"
-                     for p in rest.values()]
+        problems += [f"{p}: image has no label L1{p.stem[len(seq):]}.png; add it or remove the "
+                     "image" for p in rest.values()]
     return samples, problems
 
 
@@ -92,7 +93,8 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
         mask = masks.pop(stem, None)
         m = rx.search(img.name)
         if mask is None:
-            problems.append(f"{img}: no mask named {stem}.* in {masks_dir}; add it or remove the image")
+            problems.append(f"{img}: no mask named {stem}.* in {masks_dir}; add it or remove the "
+                            "image")
         elif not m:
             problems.append(f"{img}: --patient-regex {patient_regex!r} does not match the name")
         else:

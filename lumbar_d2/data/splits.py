@@ -134,7 +134,8 @@ def check_patient_leakage(groups: Mapping[str, Iterable[str]], allow: bool = Fal
                           f"than one of {names} (e.g. {shared[:3]}); split by patient or set "
                           "LUMBAR.ALLOW_PATIENT_OVERLAP True to accept the leak")
     if shared:
-        logger.warning("patient leakage accepted: %d shared patients between %s", len(shared), names)
+        logger.warning("patient leakage accepted: %d shared patients between %s", len(shared),
+                       names)
     return shared
 
 

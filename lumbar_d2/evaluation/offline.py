@@ -49,7 +49,7 @@ def load_ground_truth(gt_json: str) -> dict:
     return check_ground_truth(gt, path)
 
 
-def resolve_spacing(gt: dict, gt_json: str, override: Optional[Sequence[float]]
+def ground_truth_spacing(gt: dict, gt_json: str, override: Optional[Sequence[float]]
                     ) -> Tuple[Tuple[float, float], str]:
     """(row, col) spacing and its unit: the argument, else ``info.pixel_spacing``, else px."""
     where = "--pixel-spacing" if override is not None else f"{gt_json}: info.pixel_spacing"
@@ -315,7 +315,7 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
     """
     _check_settings(score_threshold, iou_threshold, n_boot, sweep)
     gt = load_ground_truth(gt_json)
-    spacing, unit = resolve_spacing(gt, gt_json, pixel_spacing)
+    spacing, unit = ground_truth_spacing(gt, gt_json, pixel_spacing)
     results, pred_info = load_predictions(predictions, gt)
     coco, box_source = coco_ap(gt, results)
     records = per_image_records(gt, results, score_threshold, iou_threshold, spacing)

@@ -58,7 +58,8 @@ def write_per_image_csv(records: Iterable[dict], path: PathLike) -> None:
                 writer.writerow({k: _csv_value(r.get(k)) for k in PER_IMAGE_FIELDS})
 
 
-def _num(value: Optional[float], fmt: str = "{:.3f}") -> str:
+def format_number(value: Optional[float], fmt: str = "{:.3f}") -> str:
+    """``fmt`` of a number; "-" for a missing or NaN one (JSON null after a round trip)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
@@ -66,20 +67,21 @@ def _num(value: Optional[float], fmt: str = "{:.3f}") -> str:
 
 def _with_ci(summary: dict, key: str) -> str:
     ci = summary.get("ci95", {}).get(key)
-    text = _num(summary.get(key))
+    text = format_number(summary.get(key))
     if ci and not any(v is None or math.isnan(v) for v in ci):
         text += f" [{ci[0]:.3f},{ci[1]:.3f}]"
     return text
 
 
 def _class_row(name: str, s: dict) -> str:
-    hd = _num(s.get("hd95_mean"), "{:.2f}")
+    hd = format_number(s.get("hd95_mean"), "{:.2f}")
     if s.get("n_hd_undefined"):
         hd += f" ({s['n_hd_undefined']} n/a)"
     cells = [f"{name:<{_NAME_W - 7}}{s.get('n_images', 0):>7}",
              f"{_with_ci(s, 'inst_precision'):<{_CI_W}}", f"{_with_ci(s, 'inst_recall'):<{_CI_W}}",
-             f"{_with_ci(s, 'dice_micro'):<{_CI_W}}", f"{_num(s.get('dice_macro')):<8}",
-             f"{_num(s.get('precision_px')):<{_NUM_W}}", f"{_num(s.get('recall_px')):<{_NUM_W}}",
+             f"{_with_ci(s, 'dice_micro'):<{_CI_W}}", f"{format_number(s.get('dice_macro')):<8}",
+             f"{format_number(s.get('precision_px')):<{_NUM_W}}",
+             f"{format_number(s.get('recall_px')):<{_NUM_W}}",
              hd]
     return "  ".join(cells)
 
@@ -103,7 +105,7 @@ def _coco_lines(coco: Dict[str, Dict[str, float]]) -> List[str]:
     for iou_type in ("segm", "bbox"):
         res = coco.get(iou_type)
         if res:
-            vals = "  ".join(f"{k} {_num(res.get(k), '{:.1f}')}" for k in COCO_KEYS)
+            vals = "  ".join(f"{k} {format_number(res.get(k), '{:.1f}')}" for k in COCO_KEYS)
             lines.append(f"COCO {iou_type:<4} (0-100)  {vals}")
     return lines
 

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from ..data.imageio import read_array
-from ..utils.errors import LumbarError
+from ..utils.errors import LumbarError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,9 @@ def _read_dicom(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, float]]]:
         ds = pydicom.dcmread(str(path), force=True)
         pixels = ds.pixel_array if "PixelData" in ds else None
     except Exception as e:  # pydicom raises many types for corrupt/compressed data
-        raise LumbarError(f"{path}: cannot decode DICOM ({_one_line(e)}); re-export it "
-                          "uncompressed, or install pylibjpeg/gdcm for compressed data") from None
+        raise LumbarError(f"{path}: cannot decode DICOM ({one_line(e, with_type=True)}); "
+                          "re-export it uncompressed, or install pylibjpeg/gdcm for compressed "
+                          "data") from None
     if pixels is None:
         raise LumbarError(f"{path}: DICOM file has no pixel data (corrupt, or not an image); "
                           "re-export or remove it")
@@ -185,11 +186,6 @@ def _pixel_spacing(ds: Any, path: Path) -> Optional[Tuple[float, float]]:
         logger.warning("%s: invalid PixelSpacing %s; measurements will be in pixels", path, raw)
         return None
     return row_mm, col_mm
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _first_float(value: Any, default: Optional[float]) -> Optional[float]:

@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.errors import LumbarError
-from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom, _one_line
+from ..utils.errors import LumbarError, one_line
+from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom
 
 logger = logging.getLogger(__name__)
 
@@ -350,8 +350,8 @@ def _atomic_named(path: Path, write) -> None:
             write(tmp)
             os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        raise LumbarError(f"cannot write {path}: {_one_line(e)}; choose a writable output "
-                          "folder") from None
+        raise LumbarError(f"cannot write {path}: {one_line(e, with_type=True)}; choose a "
+                          "writable output folder") from None
 
 
 __all__ = ["Volume", "VolumeInputs", "find_volumes", "read_volume", "read_dicom_series",

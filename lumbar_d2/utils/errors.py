@@ -9,6 +9,14 @@ class LumbarError(Exception):
     """
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (whitespace collapsed, outer quotes dropped)."""
-    return " ".join(str(error).split()).strip("'\"")
+def one_line(error: BaseException, with_type: bool = False) -> str:
+    """An exception's message on one line (whitespace collapsed, outer quotes dropped).
+
+    Args:
+        with_type: prefix the exception's type, ``"ValueError: ..."`` (for messages from
+            third-party readers, whose text alone can be cryptic).
+    """
+    text = " ".join(str(error).split()).strip("'\"")
+    if not with_type:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -225,7 +225,7 @@ def prepare(config_file: str, opts: Sequence[str], options: BenchmarkOptions) ->
                           "test split (--test)")
     json_file = MetadataCatalog.get(test_name).json_file
     gt = subset_ground_truth(offline.load_ground_truth(json_file), [d["image_id"] for d in dicts])
-    spacing, _ = offline.resolve_spacing(gt, json_file, None)
+    spacing, _ = offline.ground_truth_spacing(gt, json_file, None)
     return Setup(cfg, train_cfg, checkpoint, dicts, gt, spacing,
                  list(MetadataCatalog.get(test_name).thing_classes))
 

@@ -6,11 +6,11 @@ the tables can be re-rendered from a saved ``benchmark.json`` anywhere:
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lumbar_d2.evaluation import report
+from lumbar_d2.evaluation.report import format_number
 from lumbar_d2.utils.io import atomic_path, write_json, write_text
 
 # (row label, summary key, paper key or None); fractions shown as percent.
@@ -33,15 +33,8 @@ SPEED_ROWS = (("training s/iter (median)", "train_s_per_iter", "{:.3f}"),
               ("CUDA max memory, inference (MB)", "cuda_max_mem_mb_infer", "{:.0f}"))
 
 
-def _num(value, fmt: str = "{:.3f}") -> str:
-    """Formatted number, "-" for missing or NaN (JSON null after a round trip)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return fmt.format(value)
-
-
 def _pct(value) -> str:
-    return _num(None if value is None else 100.0 * value, "{:.1f}")
+    return format_number(None if value is None else 100.0 * value, "{:.1f}")
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
@@ -95,15 +88,15 @@ def trained_section(result: dict) -> List[str]:
     if not rows:
         return []
     m = result["meta"]
-    table = [[r["model"], _num(r.get("iterations"), "{:d}"), r["settings"]]
+    table = [[r["model"], format_number(r.get("iterations"), "{:d}"), r["settings"]]
              + [_pct(r["accuracy"].get(k)) for k in ("dice_micro", "inst_precision",
                                                      "inst_recall")]
-             + [_num(_segm_ap(r["accuracy"]), "{:.1f}"),
-                _num(r["speed"].get("latency_ms_p50"), "{:.0f}"),
-                _num(r["speed"].get("infer_images_per_s"), "{:.2f}"),
-                _num(r["speed"].get("detections_per_image"), "{:.1f}"),
-                _num(r.get("throughput_vs_ours"), "{:.2f}x"),
-                _num(None if r.get("dice_vs_ours") is None else 100 * r["dice_vs_ours"],
+             + [format_number(_segm_ap(r["accuracy"]), "{:.1f}"),
+                format_number(r["speed"].get("latency_ms_p50"), "{:.0f}"),
+                format_number(r["speed"].get("infer_images_per_s"), "{:.2f}"),
+                format_number(r["speed"].get("detections_per_image"), "{:.1f}"),
+                format_number(r.get("throughput_vs_ours"), "{:.2f}x"),
+                format_number(None if r.get("dice_vs_ours") is None else 100 * r["dice_vs_ours"],
                      "{:+.1f}"), _oracle(r["accuracy"].get("oracle"))]
              for r in rows]
     header = ["model", "iterations", "test-time settings", "Dice %", "P %", "R %", "segm AP",
@@ -133,7 +126,7 @@ def accuracy_section(result: dict) -> List[str]:
     cols = _accuracy_columns(result)
     rows = [[label] + [_pct(s.get(key)) for _, s in cols] + [_pct(paper.get(pk)) if pk else "-"]
             for label, key, pk in ACCURACY_ROWS]
-    rows.append(["COCO segm AP"] + [_num(_segm_ap(s), "{:.1f}") for _, s in cols] + ["-"])
+    rows.append(["COCO segm AP"] + [format_number(_segm_ap(s), "{:.1f}") for _, s in cols] + ["-"])
     rows.append(["test slices"] + [str(s.get("n_images", "-")) for _, s in cols] + ["-"])
     caption = (f"Percent. Instances matched one-to-one at mask IoU >= {m['match_iou']:g}; "
                f"P/R/Dice on predictions with score >= {m['score_thresh']:g}; COCO AP "
@@ -155,9 +148,9 @@ def speed_section(result: dict) -> List[str]:
     extra.append((f"peer @{default['min_size']}/{default['max_size']} (inference)", default))
     rows = []
     for label, key, fmt in SPEED_ROWS:
-        cells = [_num(s.get(key), fmt) for _, s in cols]
-        cells.append(_num(speed["ratio"].get(key), "{:.2f}"))
-        rows.append([label] + cells + [_num(s.get(key), fmt) for _, s in extra])
+        cells = [format_number(s.get(key), fmt) for _, s in cols]
+        cells.append(format_number(speed["ratio"].get(key), "{:.2f}"))
+        rows.append([label] + cells + [format_number(s.get(key), fmt) for _, s in extra])
     rows.append(["training loss, first / last"] + [_losses(s) for _, s in cols]
                 + ["-"] * (1 + len(extra)))
     header = ["metric"] + [n for n, _ in cols] + ["ours / peer"] + [n for n, _ in extra]
@@ -172,7 +165,9 @@ def speed_section(result: dict) -> List[str]:
 
 def _losses(speed: dict) -> str:
     losses = speed.get("train_losses") or []
-    return f"{_num(losses[0], '{:.3g}')} / {_num(losses[-1], '{:.3g}')}" if losses else "-"
+    if not losses:
+        return "-"
+    return f"{format_number(losses[0], '{:.3g}')} / {format_number(losses[-1], '{:.3g}')}"
 
 
 def _divergence_notes(cols: Sequence[Tuple[str, dict]]) -> List[str]:
@@ -196,10 +191,10 @@ def scaling_section(scaling: Optional[dict]) -> List[str]:
     """Latency vs input size and s/iter vs dataset size, or a note that they were skipped."""
     if not scaling:
         return ["## Scaling", "", "Skipped (--skip-scaling).", ""]
-    lat = [[r["size"], f"{r['height']}x{r['width']}", _num(r["latency_ms_p50"], "{:.0f}")]
+    lat = [[r["size"], f"{r['height']}x{r['width']}", format_number(r["latency_ms_p50"], "{:.0f}")]
            for r in scaling["latency_vs_size"]]
-    data = [[f"{r['factor']}x", r["patients"], r["images"], _num(r["convert_s"], "{:.2f}"),
-             _num(r["train_s_per_iter"], "{:.3f}")] for r in scaling["dataset_size"]]
+    data = [[f"{r['factor']}x", r["patients"], r["images"], format_number(r["convert_s"], "{:.2f}"),
+             format_number(r["train_s_per_iter"], "{:.3f}")] for r in scaling["dataset_size"]]
     return (["## Scaling", "", "Our inference latency with the network run at each size "
              "(a test slice resized, test resize set to match):", ""]
             + md_table(["short side (px)", "input HxW", "latency p50 (ms)"], lat)
