@@ -30,19 +30,18 @@ def _files(*parts: str):
     return sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
 
 
-@pytest.mark.parametrize("path", _files("inference") + _files("measure"),
-                         ids=lambda p: p.relative_to(PACKAGE).as_posix())
-def test_inference_and_measure_do_not_import_engine_or_evaluation(path: Path) -> None:
-    bad = [(line, m) for line, m in _imports(path)
-           if m.startswith(("lumbar_d2.engine", "lumbar_d2.evaluation"))]
-    assert not bad, f"{path.name} imports upward: {bad}"
+# (modules, what they must not import): lower floors never import higher ones
+RULES = [(("inference", "measure"), ("lumbar_d2.engine", "lumbar_d2.evaluation")),
+         (("data", "evaluation", "geometry", "utils"), ("lumbar_d2.inference",
+                                                        "lumbar_d2.engine"))]
+CASES = [(path, forbidden) for parts, forbidden in RULES for part in parts
+         for path in _files(part)]
 
 
-@pytest.mark.parametrize("path", _files("data") + _files("evaluation"),
-                         ids=lambda p: p.relative_to(PACKAGE).as_posix())
-def test_data_and_evaluation_do_not_import_inference_or_engine(path: Path) -> None:
-    bad = [(line, m) for line, m in _imports(path)
-           if m.startswith(("lumbar_d2.inference", "lumbar_d2.engine"))]
+@pytest.mark.parametrize("path,forbidden", CASES,
+                         ids=[p.relative_to(PACKAGE).as_posix() for p, _ in CASES])
+def test_imports_run_one_way(path: Path, forbidden: Tuple[str, ...]) -> None:
+    bad = [(line, m) for line, m in _imports(path) if m.startswith(forbidden)]
     assert not bad, f"{path.name} imports upward: {bad}"
 
 
