@@ -1,0 +1,153 @@
+"""Shipped weights (sha256 check, fp16 export), the time-budget hook and the scanner-shift
+augmentations that the model-zoo training uses."""
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from lumbar_d2.data.mapper import _add_noise, _bias_field, build_augmentations
+from lumbar_d2.engine.hooks import EarlyStop, TimeBudgetHook
+from lumbar_d2.model_zoo import export_fp16, use_shipped_weights
+from lumbar_d2.runtime import load_config
+from lumbar_d2.utils.errors import LumbarError
+
+from conftest import INSTANT_CONFIG, REPO
+
+
+def _cfg(rel: str, sha: str):
+    cfg = load_config(str(INSTANT_CONFIG))
+    cfg.LUMBAR.SHIPPED_WEIGHTS, cfg.LUMBAR.SHIPPED_SHA256 = rel, sha
+    return cfg
+
+
+def test_shipped_weights_used_only_when_weights_empty_and_sha_matches(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({"model": {"a": torch.ones(2)}}, weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    rel = str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else str(weights)
+    cfg = _cfg(rel, sha)  # an absolute path survives REPO_ROOT / path unchanged
+    assert use_shipped_weights(cfg) and cfg.MODEL.WEIGHTS == str(weights)
+    given = _cfg(rel, sha)
+    given.MODEL.WEIGHTS = "mine.pth"
+    assert not use_shipped_weights(given) and given.MODEL.WEIGHTS == "mine.pth"
+    assert not use_shipped_weights(_cfg("", ""))
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_shipped_weights_missing_or_corrupt_is_one_line(tmp_path, case):
+    weights = tmp_path / "w.pth"
+    if case == "corrupt":
+        weights.write_bytes(b"not the shipped file")
+    with pytest.raises(LumbarError) as e:
+        use_shipped_weights(_cfg(str(weights), "0" * 64))
+    msg = str(e.value)
+    assert "\n" not in msg and str(weights) in msg
+    assert ("missing" in msg) if case == "missing" else ("sha256" in msg)
+
+
+def test_export_fp16_halves_floats_keeps_ints_and_returns_sha(tmp_path):
+    ckpt = tmp_path / "model_final.pth"
+    torch.save({"model": {"w": torch.randn(3, 3), "n": torch.tensor([7])}, "iteration": 41,
+                "optimizer": {"big": torch.zeros(100)}}, ckpt)
+    out = tmp_path / "models" / "m.pth"
+    sha = export_fp16(ckpt, out)
+    assert sha == hashlib.sha256(out.read_bytes()).hexdigest()
+    state = torch.load(out, weights_only=False)
+    assert set(state["model"]) == {"w", "n"} and "optimizer" not in state
+    assert state["model"]["w"].dtype == torch.float16 and state["model"]["n"].dtype == torch.int64
+    assert state["iteration"] == 41
+    src = torch.load(ckpt, weights_only=False)["model"]["w"]
+    assert torch.allclose(state["model"]["w"].float(), src, atol=1e-3)
+
+
+def test_export_fp16_refuses_a_file_without_a_state_dict(tmp_path):
+    bad = tmp_path / "x.pth"
+    torch.save([1, 2, 3], bad)
+    with pytest.raises(LumbarError, match="no model state dict"):
+        export_fp16(bad, tmp_path / "out.pth")
+
+
+class _FakeTrainer:
+    def __init__(self):
+        self.optimizer = SimpleNamespace(param_groups=[{"lr": 1.0}, {"lr": 0.5}])
+        self.iter, self.max_iter = 0, 100000
+
+
+def _step(hook, now, clock):
+    clock["t"] = now
+    for g, base in zip(hook.trainer.optimizer.param_groups, (1.0, 0.5)):
+        g["lr"] = base  # Detectron2's LRScheduler hook sets the scheduled LR before ours runs
+    hook.after_step()
+    return [g["lr"] for g in hook.trainer.optimizer.param_groups]
+
+
+def test_time_budget_hook_steps_lr_at_fractions_and_stops(monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr("lumbar_d2.engine.hooks.time.perf_counter", lambda: clock["t"])
+    hook = TimeBudgetHook(minutes=1.0, fractions=(0.75, 0.92), gamma=0.1)
+    hook.trainer = _FakeTrainer()
+    hook.before_train()
+    assert _step(hook, 30.0, clock) == [1.0, 0.5]           # 50 % of 60 s: full LR
+    assert _step(hook, 46.0, clock) == pytest.approx([0.1, 0.05])    # past 75 %
+    assert _step(hook, 56.0, clock) == pytest.approx([0.01, 0.005])  # past 92 %
+    hook.trainer.iter = 41
+    with pytest.raises(EarlyStop):
+        _step(hook, 60.0, clock)
+    assert hook.trainer.max_iter == 42  # after_train hooks see a completed run
+
+
+def test_noise_and_bias_field_keep_shape_dtype_and_stay_bounded():
+    img = np.full((40, 50, 3), 100, np.uint8)
+    noisy = _add_noise(img, std=10.0, seed=3)
+    assert noisy.shape == img.shape and noisy.dtype == np.uint8
+    assert np.array_equal(noisy, _add_noise(img, std=10.0, seed=3))  # seeded
+    assert np.array_equal(noisy[..., 0], noisy[..., 2])  # one grey slice in 3 channels
+    assert 5 < float(noisy.astype(float).std()) < 15
+    shaded = _bias_field(img, np.array([1.0, 0, 0, 0, 0]), strength=0.3)
+    # gain is 1 + 0.3 x (normalised field), so the linear ramp spans exactly 70..130
+    assert shaded.min() == 70 and shaded.max() == 130 and shaded.dtype == np.uint8
+
+
+def test_scanner_augmentations_only_when_enabled():
+    cfg = load_config(str(INSTANT_CONFIG))
+    names = [type(a).__name__ for a in build_augmentations(cfg, True)]
+    assert "RandomNoise" not in names and "RandomBiasField" not in names
+    cfg.INPUT.AUG.NOISE, cfg.INPUT.AUG.BIAS_FIELD = 0.05, 0.3
+    names = [type(a).__name__ for a in build_augmentations(cfg, True)]
+    assert "RandomNoise" in names and "RandomBiasField" in names
+    assert not any(n in ("RandomNoise", "RandomBiasField")
+                   for n in (type(a).__name__ for a in build_augmentations(cfg, False)))
+
+
+def test_pointrend_mask_head_from_the_sdist_trains_and_predicts():
+    """PointRend (installed from Detectron2's sdist by tools/install_detectron2.py) plugs in
+    through config keys only: point loss in training, full-size masks at test time."""
+    from detectron2.modeling import build_model
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    cfg = load_config(str(INSTANT_CONFIG), [
+        "MODEL.ROI_MASK_HEAD.NAME", "PointRendMaskHead", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "",
+        "MODEL.ROI_MASK_HEAD.POINT_HEAD_ON", "True", "MODEL.POINT_HEAD.NUM_CLASSES", "1",
+        "MODEL.ROI_MASK_HEAD.FC_DIM", "64", "MODEL.POINT_HEAD.FC_DIM", "32",
+        "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 20:30, 10:50] = True
+    inst = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 50.0, 30.0]])),
+                     gt_classes=torch.tensor([0]), gt_masks=BitMasks(mask))
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+              "instances": inst, "height": 64, "width": 64}]
+    with EventStorage():
+        losses = model(batch)
+    assert "loss_mask_point" in losses and torch.isfinite(losses["loss_mask_point"])
+    model.eval()
+    with torch.no_grad():
+        out = model([{k: v for k, v in batch[0].items() if k != "instances"}])[0]["instances"]
+    assert out.image_size == (64, 64)
+    assert out.has("pred_masks") and tuple(out.pred_masks.shape[1:]) == (64, 64)
