@@ -337,3 +337,110 @@ def test_training_from_weights_of_another_architecture(
         assert code == 2 and err.count("error: ") == 1 and last.startswith("error: "), err
         assert "random_init.pth" in last and "--allow-shape-mismatch" in last
         assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ predict
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference_helpers import save_random_checkpoint
+
+    return save_random_checkpoint(tmp_path_factory.mktemp("weights"))
+
+
+def _csv_rows(path: Path) -> List[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("from_dataset", [False, True], ids=["default", "asked"])
+def test_slice_spacing_never_comes_from_an_unrelated_dataset(
+        from_dataset: bool, ws: Workspace, tiny_weights: Path, run_tool, capsys) -> None:
+    """PNGs took the spacing of whatever dataset DATASETS.TEST named, reported as mm."""
+    from inference_helpers import tiny_opts
+    from lumbar_d2.data.convert import convert_masks
+
+    convert_masks(ws.data.images, ws.data.masks, _catalog(ws) / "spaced", {50: "disc"},
+                  r"^([^_]+)_", val=1, test=1, pixel_spacing=(0.5, 0.5))
+    out = ws.out / "predict"
+    argv = ws.predict(*(["--spacing-from-dataset"] if from_dataset else []),
+                      *tiny_opts(str(tiny_weights)), "DATASETS.TEST", "('lumbar_spaced_test',)")
+    code, err = run_tool("predict", argv, capsys)
+    assert code == 0, err
+    summary = _csv_rows(out / "summary.csv")
+    assert {(r["unit"], r["spacing_source"]) for r in summary} == (
+        {("mm", "dataset")} if from_dataset else {("px", "none")})
+    assert {r["unit"] for r in _csv_rows(out / "measurements.csv")} <= {
+        "mm" if from_dataset else "px"}
+
+
+def test_spacing_from_a_dataset_without_spacing_fails(ws: Workspace, run_tool, capsys) -> None:
+    check_bad_case(("predict", lambda ws: ws.predict("--spacing-from-dataset"),
+                    "--spacing-from-dataset"), ws, run_tool, capsys)
+
+
+def test_ctrl_c_leaves_tables_for_what_was_done(ws: Workspace, tiny_weights: Path, run_tool,
+                                                capsys, monkeypatch) -> None:
+    """Ctrl-C left 20 masks and overlays without predictions.json and the tables."""
+    from inference_helpers import tiny_opts
+    from lumbar_d2.inference import batch
+
+    real, calls = batch.write_png, []
+
+    def interrupt_third_mask(path, image):
+        calls.append(path)
+        real(path, image)
+        if len(calls) == 5:  # the third image's mask is written, its overlay is not
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "write_png", interrupt_third_mask)
+    out = ws.out / "predict"
+    code, err = run_tool("predict", ws.predict(*tiny_opts(str(tiny_weights))), capsys)
+    last = err.strip().splitlines()[-1]  # after tqdm's progress bar
+    assert code == 130 and err.count("error: ") == 1, err
+    assert last.startswith("error: interrupted after 2 inputs"), err
+    assert len(json.loads((out / "images.json").read_text())["images"]) == 2
+    assert len(_csv_rows(out / "summary.csv")) == 2
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["p1_s1.png", "p2_s1.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p1_s1.png", "p2_s1.png"]
+
+
+def test_corrupt_dicom_is_one_line_without_pydicom_traceback(tmp_path: Path, capsys) -> None:
+    """A failing pixel decoder made pydicom log its whole traceback at ERROR."""
+    pydicom = pytest.importorskip("pydicom")
+    from test_inference_io import _write_dicom
+    from lumbar_d2.inference.io import load_image
+    from lumbar_d2.utils import LumbarError
+
+    path = _write_dicom(tmp_path / "jpeg.dcm")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8not a jpeg\xff\xd9"])
+    ds.save_as(path, enforce_file_format=True)
+    handler = logging.StreamHandler()  # stands in for the tools' logging.basicConfig
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(LumbarError) as err:
+            load_image(path)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "jpeg.dcm: cannot decode DICOM" in str(err.value)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_dicom_element_that_does_not_decode_is_one_line(tmp_path: Path) -> None:
+    """A broken VR in PixelSpacing raised NotImplementedError from a lazy element read."""
+    pytest.importorskip("pydicom")
+    from test_inference_io import _write_dicom
+    from lumbar_d2.inference.io import load_image
+    from lumbar_d2.utils import LumbarError
+
+    data = bytearray(_write_dicom(tmp_path / "s.dcm", PixelSpacing=[0.5, 0.5]).read_bytes())
+    at = data.index(b"\x28\x00\x30\x00DS")  # (0028,0030) PixelSpacing, explicit VR "DS"
+    data[at + 4: at + 6] = b"\x44\xf1"  # an unknown VR
+    (tmp_path / "s.dcm").write_bytes(bytes(data))
+    with pytest.raises(LumbarError, match="s.dcm: cannot decode DICOM") as err:
+        load_image(tmp_path / "s.dcm")
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)

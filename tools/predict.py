@@ -40,7 +40,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "(recursive: slices, volumes, DICOM series) or a glob of slices")
     p.add_argument("--output", required=True, help="results folder (created)")
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
-                   help="pixel size in mm; overrides DICOM PixelSpacing and dataset metadata")
+                   help="pixel size in mm of 2-D slices; overrides DICOM PixelSpacing. "
+                        "Without it, slices with no spacing are measured in pixels")
+    p.add_argument("--spacing-from-dataset", action="store_true",
+                   help="slices without a spacing take the pixel spacing of the config's "
+                        "DATASETS.TEST dataset (only right for slices of that dataset)")
     p.add_argument("--orientation", choices=ORIENTATIONS, default="sagittal",
                    help="slice orientation: orders discs (sagittal) or reads the level from "
                         "the file name (axial); default sagittal")
@@ -69,7 +73,7 @@ def predict(args: argparse.Namespace) -> dict:
     return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
                           orientation=args.orientation, tta=args.tta,
                           score_thresh=args.score_thresh, batch_size=args.batch_size,
-                          report=args.report)
+                          report=args.report, spacing_from_dataset=args.spacing_from_dataset)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -81,6 +85,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any output, or while writing the tables
+        print(f"error: interrupted; {args.output} may be incomplete", file=sys.stderr)
+        return 130
     n_ok, n_failed = result["n_ok"], result["n_failed"]
     n_series = result.get("n_series", 0)
     print(f"predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
@@ -89,6 +96,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"report: {result['report']}")
     if n_failed:
         print(f"{n_failed} failed; see {result['failures']}")
+    if result["interrupted"]:
+        print(f"error: interrupted after {n_ok} inputs; the tables in {result['output_dir']} "
+              "cover those, rerun to predict all", file=sys.stderr)
+        return 130
     if n_ok == 0:
         print(f"error: no input could be read; see {result['failures']}", file=sys.stderr)
         return 2

@@ -85,10 +85,12 @@ class PredictionWriter:
     rows: List[Dict] = field(default_factory=list)
     summaries: List[Dict] = field(default_factory=list)
     failures: List[Dict] = field(default_factory=list)
+    unfinished: Optional[str] = None  # stem whose PNGs are being written
 
     def add(self, loaded: LoadedImage, instances: Instances, stem: str,
             spacing: Tuple[Optional[Spacing], str]) -> None:
         """Write one image's mask and overlay PNGs and record its table rows."""
+        self.unfinished = stem
         image_id = len(self.images) + 1
         height, width = instances.image_size
         masks = instances.pred_masks.numpy().astype(bool)
@@ -98,18 +100,28 @@ class PredictionWriter:
         display = to_model_input(loaded.array, normalize=True)
         write_png(self.root / "overlays" / f"{stem}.png",
                   draw_overlay(display, masks, names, scores, instances.pred_classes.tolist()))
-        self.images.append({"id": image_id, "file_name": loaded.path, "height": height,
-                            "width": width, "mask_png": f"masks/{stem}.png"})
-        for res in instances_to_coco_json(instances, image_id):
-            self.results.append({**res, "category_id": res["category_id"] + 1})
+        results = [{**res, "category_id": res["category_id"] + 1}
+                   for res in instances_to_coco_json(instances, image_id)]
         value, source = spacing
         rows, summary = measure_prediction(list(masks), names, scores, value,
                                            self.orientation, loaded.path)
+        summary.update(height=height, width=width, spacing_source=source,
+                       spacing_row_mm=value[0] if value else "",
+                       spacing_col_mm=value[1] if value else "")
+        # the image's rows together at the end: an interrupt before leaves none of them
+        self.images.append({"id": image_id, "file_name": loaded.path, "height": height,
+                            "width": width, "mask_png": f"masks/{stem}.png"})
+        self.results += results
         self.rows += rows
-        self.summaries.append({**summary, "height": height, "width": width,
-                               "spacing_source": source,
-                               "spacing_row_mm": value[0] if value else "",
-                               "spacing_col_mm": value[1] if value else ""})
+        self.summaries.append(summary)
+        self.unfinished = None
+
+    def discard_unfinished(self) -> None:
+        """Delete the PNGs of an image whose rows were not recorded (Ctrl-C inside add)."""
+        if self.unfinished:
+            for folder in ("masks", "overlays"):
+                (self.root / folder / f"{self.unfinished}.png").unlink(missing_ok=True)
+            self.unfinished = None
 
     def write_tables(self) -> Dict[str, str]:
         """Write the JSON and CSV outputs; return their paths by name."""
@@ -162,7 +174,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    pixel_spacing: Optional[Sequence[float]] = None,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
-                   report: bool = False) -> Dict:
+                   report: bool = False, spacing_from_dataset: bool = False) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -178,17 +190,21 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         cfg: model config (``MODEL.WEIGHTS`` set); not modified.
         inputs: a file, a folder (recursive) or a glob (see :func:`list_inputs`).
         output_dir: results folder (created). Inputs inside it are ignored.
-        pixel_spacing: (row_mm, col_mm) overriding DICOM and dataset spacing.
+        pixel_spacing: (row_mm, col_mm) overriding DICOM spacing.
         orientation: "sagittal" or "axial" (orders discs / reads levels, picks QC counts).
         tta: horizontal-flip test-time augmentation.
         score_thresh: keep detections scoring at least this (default:
             ``LUMBAR.SCORE_THRESH``, the evaluated operating point).
         batch_size: slices per forward pass (>1 helps on GPU).
         report: also write ``report.html`` (:mod:`lumbar_d2.inference.report`).
+        spacing_from_dataset: slices without a spacing of their own use the pixel spacing
+            of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
+            measurements are in pixels.
 
     Returns:
-        ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``
-        and the path of each written table (and of ``report``).
+        ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
+        ``interrupted`` (Ctrl-C: the tables cover the inputs done before it) and the path
+        of each written table (and of ``report``).
 
     Raises:
         LumbarError: bad arguments, no inputs, unwritable output folder, missing weights.
@@ -196,15 +212,37 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     cfg = _prediction_config(cfg, score_thresh, orientation, batch_size)
     override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
+    default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
     root = make_output_dir(output_dir)
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
-    series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root, out.failures,
-                          batch_size) if len(volumes) else [])
-    default_spacing = dataset_spacing(cfg)
+    series: List = []
+    try:
+        series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
+                              out.failures, batch_size) if len(volumes) else [])
+        _predict_slices(predictor, files, out, override, default_spacing, batch_size)
+        interrupted = False
+    except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
+        out.discard_unfinished()
+        interrupted = True
+    _warn_pixel_units(out.summaries)
+    result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
+              "n_failed": len(out.failures), "output_dir": str(root),
+              "interrupted": interrupted, **out.write_tables()}
+    if report:
+        result["report"] = str(write_prediction_report(root))
+    logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
+                result["n_failed"], root)
+    return result
+
+
+def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
+                    override: Optional[Spacing], default_spacing: Optional[Spacing],
+                    batch_size: int) -> None:
+    """Load, predict and write the 2-D slices in batches of ``batch_size``."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
         for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
@@ -215,13 +253,24 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
-    result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
-              "n_failed": len(out.failures), "output_dir": str(root), **out.write_tables()}
-    if report:
-        result["report"] = str(write_prediction_report(root))
-    logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
-                result["n_failed"], root)
-    return result
+
+
+def _dataset_spacing(cfg: CfgNode) -> Spacing:
+    """The spacing of ``DATASETS.TEST[0]``, asked for explicitly (``spacing_from_dataset``)."""
+    spacing = dataset_spacing(cfg)
+    if spacing is None:
+        raise LumbarError(f"--spacing-from-dataset: DATASETS.TEST {tuple(cfg.DATASETS.TEST)} "
+                          "names no registered dataset with a pixel spacing; pass "
+                          "--pixel-spacing ROW_MM COL_MM instead")
+    return spacing
+
+
+def _warn_pixel_units(summaries: List[Dict]) -> None:
+    n_px = sum(s["unit"] == "px" for s in summaries)
+    if n_px:
+        logger.warning("%d of %d slices have no pixel spacing (no DICOM PixelSpacing or "
+                       "--pixel-spacing): their measurements are in pixels (unit px in "
+                       "measurements.csv and summary.csv)", n_px, len(summaries))
 
 
 def _split_inputs(inputs: str, root: Path, orientation: str

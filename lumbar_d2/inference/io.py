@@ -8,16 +8,18 @@ Only DICOM carries a physical pixel size; raster files report ``spacing=None``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ..data.imageio import read_array
-from ..utils.errors import LumbarError, one_line
+from ..utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
 
@@ -132,20 +134,37 @@ def _read_dicom(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, float]]]:
     if not path.is_file():
         raise LumbarError(f"{path}: file not found; check the path")
     pydicom = _import_pydicom(path)
-    try:
-        ds = pydicom.dcmread(str(path), force=True)
-        pixels = ds.pixel_array if "PixelData" in ds else None
-    except Exception as e:  # pydicom raises many types for corrupt/compressed data
-        raise LumbarError(f"{path}: cannot decode DICOM ({one_line(e, with_type=True)}); "
-                          "re-export it uncompressed, or install pylibjpeg/gdcm for compressed "
-                          "data") from None
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(str(path), force=True)
+            pixels = ds.pixel_array if "PixelData" in ds else None
+            if pixels is not None and pixels.ndim == 2:  # elements are decoded lazily
+                return _display_values(ds, pixels), _pixel_spacing(ds, path)
+        except Exception as e:  # pydicom raises many types for corrupt/compressed data
+            text = " ".join(str(e).split("Traceback")[0].split())  # pydicom adds tracebacks
+            raise LumbarError(f"{path}: cannot decode DICOM ({type(e).__name__}: {text}); "
+                              "re-export it uncompressed, or install pylibjpeg/gdcm for "
+                              "compressed data") from None
     if pixels is None:
         raise LumbarError(f"{path}: DICOM file has no pixel data (corrupt, or not an image); "
                           "re-export or remove it")
-    if pixels.ndim != 2:
-        raise LumbarError(f"{path}: DICOM pixel data has shape {pixels.shape}; only single-frame "
-                          "greyscale slices are supported, export one slice per file")
-    return _display_values(ds, pixels), _pixel_spacing(ds, path)
+    raise LumbarError(f"{path}: DICOM pixel data has shape {pixels.shape}; only single-frame "
+                      "greyscale slices are supported, export one slice per file")
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's log and warnings while a file is read: a failing decoder logs its
+    whole traceback at ERROR, although the failure is reported as one line."""
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 def _display_values(ds: Any, pixels: np.ndarray) -> np.ndarray:
