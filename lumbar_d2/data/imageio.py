@@ -13,15 +13,20 @@ Multi-channel inputs (e.g. T1+T2 stacked by the converter) are normalised per ch
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+from cv2.utils import logging as cv_logging
 
 from ..utils.errors import LumbarError
 
 PERCENTILES: Tuple[float, float] = (0.5, 99.5)
+_QUIET_LOCK = threading.Lock()
+_QUIET_USERS: List[Optional[int]] = []  # [saved log level, one None per decoding thread]
 
 
 def read_array(path: Union[str, Path]) -> np.ndarray:
@@ -36,11 +41,12 @@ def read_array(path: Union[str, Path]) -> np.ndarray:
     if path.stat().st_size == 0:
         raise LumbarError(f"{path}: file is empty (0 bytes); re-export or remove it")
     data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.size == 0:
+    with _quiet_opencv():  # libtiff prints its own errors for a corrupt TIFF
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        pages = _tiff_pages(data) if arr is not None else 1
+    if arr is None or arr.size == 0 or pages == 0:
         raise LumbarError(f"{path}: cannot decode image (corrupt or truncated); re-export or "
                           "remove it")
-    pages = _tiff_pages(data)
     if pages > 1:
         raise LumbarError(f"{path}: multi-page TIFF ({pages} pages); lumbar-d2 reads one 2-D "
                           "slice per file: save each page as its own file")
@@ -87,12 +93,30 @@ def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's log level SILENT while any thread decodes (restored after the last one)."""
+    with _QUIET_LOCK:
+        if not _QUIET_USERS:
+            _QUIET_USERS.append(cv_logging.getLogLevel())
+            cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+        _QUIET_USERS.append(None)
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_USERS.pop()
+            if len(_QUIET_USERS) == 1:
+                cv_logging.setLogLevel(_QUIET_USERS.pop())
+
+
 def _tiff_pages(data: np.ndarray) -> int:
-    """Number of pages of a TIFF file's bytes (``cv2.imdecode`` silently reads page 1 only)."""
+    """Number of pages of a TIFF file's bytes (``cv2.imdecode`` silently reads page 1 only);
+    0 when a later page does not decode."""
     if bytes(data[:4]) not in (b"II*\x00", b"MM\x00*"):
         return 1
     ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
-    return len(pages) if ok else 1
+    return len(pages) if ok else 0
 
 
 def _is_grey(arr: np.ndarray) -> bool:

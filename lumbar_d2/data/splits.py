@@ -58,8 +58,12 @@ def split_csv_text(assign: Mapping[str, str]) -> str:
     """``patient_id,split`` rows (sorted), the text of a split file."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\n")
+    # with a "\n" terminator, QUOTE_MINIMAL leaves a "\r" in an id unquoted: it would split
+    # the row when read back
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(["patient_id", "split"])
-    w.writerows(sorted(assign.items()))
+    for row in sorted(assign.items()):
+        (quoted if "\r" in row[0] else w).writerow(row)
     return buf.getvalue()
 
 

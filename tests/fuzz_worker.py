@@ -1,0 +1,121 @@
+"""The work of one fuzz example, run in a separate process so a hang can be timed out.
+
+Each function takes plain data (picklable), runs one parser of lumbar-d2 on it and returns
+``(kind, detail)``: ``("ok", summary)``, ``("error", message)`` for a LumbarError, or
+``("traceback", text)`` for anything else. :mod:`test_fuzz` runs them through
+:class:`Worker`, which kills the process when an example takes too long.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+Outcome = Tuple[str, Any]
+
+
+def _guarded(fn: Callable[[Path], Any]) -> Outcome:
+    """Run ``fn`` in a temp folder; what native code printed on stderr counts as a failure."""
+    from lumbar_d2.utils.errors import LumbarError
+
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)  # C libraries (libtiff, pycocotools) write to fd 2
+        try:
+            outcome: Outcome = "ok", fn(Path(tmp))
+        except LumbarError as e:
+            outcome = "error", str(e)
+        except Exception:  # the property under test: nothing else may escape
+            outcome = "traceback", traceback.format_exc()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        noise = [line for line in err.read().decode(errors="replace").splitlines()
+                 if line.startswith(("[ERROR", "[ WARN", "Traceback"))]
+    return ("noise on stderr", noise) if noise else outcome
+
+
+def evaluate_coco(gt: Any, results: Any) -> Outcome:
+    """tools/evaluate.py's library call on a ground truth and a results list."""
+    from lumbar_d2.evaluation.offline import evaluate_files
+
+    def run(tmp: Path) -> Dict[str, Any]:
+        (tmp / "gt.json").write_text(json.dumps(gt))
+        (tmp / "pred.json").write_text(json.dumps(results))
+        out = evaluate_files(str(tmp / "gt.json"), str(tmp / "pred.json"), str(tmp / "out"),
+                             n_boot=0)
+        return {"n_predictions": out["settings"]["n_predictions"],
+                "written": sorted(p.name for p in (tmp / "out").iterdir())}
+    return _guarded(run)
+
+
+def read_split(data: bytes, patients: list) -> Outcome:
+    """The --split-file reader on the bytes of a file."""
+    from lumbar_d2.data.splits import read_split_file
+
+    def run(tmp: Path) -> Dict[str, str]:
+        (tmp / "splits.csv").write_bytes(data)
+        return read_split_file(tmp / "splits.csv", patients)
+    return _guarded(run)
+
+
+def check_pair(image: bytes, label: bytes, suffixes: Tuple[str, str]) -> Outcome:
+    """Validation of one image/label pair as the converter does it (no output written)."""
+    from lumbar_d2.data.convert import ConvertOptions, validate
+    from lumbar_d2.data.layouts import Sample
+
+    def run(tmp: Path) -> Any:
+        img, lab = tmp / f"p1_s1{suffixes[0]}", tmp / f"p1_s1{suffixes[1]}"
+        img.write_bytes(image)
+        lab.write_bytes(label)
+        opts = ConvertOptions(class_map={50: "disc"}, classes=["disc"])
+        checked, problems = validate([Sample("p1_s1", [img], lab, "p1")], opts)
+        if problems:
+            raise_one(problems[0])
+        return {"shape": checked[0].shape}
+    return _guarded(run)
+
+
+def raise_one(problem: str) -> None:
+    from lumbar_d2.utils.errors import LumbarError
+
+    raise LumbarError(problem)
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported by the first example
+
+
+class Worker:
+    """One spawned process running fuzz examples; an example over ``timeout`` s is a hang."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def __call__(self, fn: Callable[..., Outcome], *args: Any) -> Outcome:
+        if self.pool is None:  # spawn: no fork of a process holding torch's threads
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_one_thread)
+        future = self.pool.submit(fn, *args)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            self.close(kill=True)
+            return "hang", f"no answer within {self.timeout} s"
+
+    def close(self, kill: bool = False) -> None:
+        if self.pool is None:
+            return
+        if kill:
+            for process in list(self.pool._processes.values()):  # the hung worker
+                process.kill()
+        self.pool.shutdown(wait=not kill, cancel_futures=True)
+        self.pool = None
