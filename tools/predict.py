@@ -2,7 +2,7 @@
 """Predict disc masks on MRI slices (PNG/JPG/TIFF of any bit depth, or DICOM) and measure them.
 
 Writes instance-mask PNGs, overlays, COCO results JSON, measurements.csv, summary.csv and
-failures.csv under --output (see lumbar_d2/inference/predictor.py). Unreadable files are
+failures.csv under --output (see lumbar_d2/inference/batch.py). Unreadable files are
 listed in failures.csv and skipped; the exit status is 2 only when nothing could be predicted.
 Volumes (NIfTI, MetaImage) and DICOM series are predicted slice by slice along their sagittal
 axis: <output>/<series>/ gets a label volume in the input geometry, discs.csv (level, volume,
