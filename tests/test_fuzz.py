@@ -19,9 +19,7 @@ import collections
 import copy
 import csv
 import io
-import json
 import os
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import cv2
