@@ -162,6 +162,20 @@ def test_cli_spacing_override_and_partial_failure(tmp_path: Path, weights: str,
     assert _csv(out / "summary.csv")[0]["spacing_source"] == "override"
 
 
+def test_cli_checks_the_weights_file_once(tmp_path: Path, weights: str, input_dir: Path,
+                                          monkeypatch) -> None:
+    """The tool used to check MODEL.WEIGHTS itself and again in the predictor."""
+    import lumbar_d2.runtime as runtime
+
+    checked = []
+    real = runtime.checkpoint_problem
+    monkeypatch.setattr(runtime, "checkpoint_problem", lambda p: checked.append(p) or real(p))
+    code = load_tool("predict").main(
+        ["--config-file", str(INSTANT_CONFIG), "--input", str(input_dir / "a_8bit.png"),
+         "--output", str(tmp_path / "out"), *tiny_opts(weights)])
+    assert code == 0 and [str(p) for p in checked] == [weights]
+
+
 def test_cli_exit_2_when_every_input_fails(tmp_path: Path, weights: str, input_dir: Path,
                                            capsys) -> None:
     code = load_tool("predict").main(
