@@ -142,7 +142,8 @@ def test_hd95_is_pooled_percentile_and_assd_pooled_mean():
     # pred->gt: [0, 10]; gt->pred: [0]; pooled sorted [0, 0, 10]
     # np.percentile 95: position 0.95 * 2 = 1.9 -> 0 + 0.9 * (10 - 0) = 9.0
     # (the max of directed 95th percentiles would be 0.95 * 10 = 9.5)
-    # ASSD: (0 + 10 + 0) / 3 (MedPy's mean of directed means would be (5 + 0) / 2 = 2.5)
+    # ASSD: pooled mean (0 + 10 + 0) / 3, as MedPy 0.5.2's assd (the mean of the two
+    # directed means would be (5 + 0) / 2 = 2.5)
     hd95, assd = m.surface_distance_metrics(pred, gt)
     assert hd95 == pytest.approx(9.0) and assd == pytest.approx(10 / 3)
     assert all(math.isnan(v) for v in m.surface_distance_metrics(pred, np.zeros_like(gt)))

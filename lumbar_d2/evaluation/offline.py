@@ -328,7 +328,8 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
         "score_threshold": score_threshold, "iou_threshold": iou_threshold,
         "pixel_spacing": list(spacing), "distance_unit": unit, "bbox_source": box_source,
         "n_boot": n_boot, "bootstrap_seed": BOOTSTRAP_SEED,
-        "hd95": "95th percentile of pooled symmetric boundary distances (MedPy hd95)",
+        "hd95": "95th percentile of pooled symmetric 8-neighbour boundary distances "
+                "(MedPy 0.5.2 hd95 with connectivity=2)",
     }
     result = {"coco": coco, "per_class": per_class, "overall": overall, "settings": settings}
     if sweep:
