@@ -183,6 +183,7 @@ def level_qc(positions_mm: Sequence[float]) -> List[str]:
       median gap (needs 3 or more gaps): a disc was probably missed there.
     * ``level_count_low``: fewer than :data:`MIN_LUMBAR_DISCS` discs, so the caudal-end count
       may not start at L5-S1 (cut field of view or missed discs).
+    * ``level_count_high``: more discs than C2-C3..L5-S1 (23): false positives.
     """
     pos = np.sort(np.asarray([p for p in positions_mm if np.isfinite(p)], dtype=np.float64))
     flags = []
@@ -191,6 +192,8 @@ def level_qc(positions_mm: Sequence[float]) -> List[str]:
         flags.append("level_gap")
     if pos.size < MIN_LUMBAR_DISCS:
         flags.append("level_count_low")
+    if pos.size > len(LEVEL_VALUES):
+        flags.append("level_count_high")
     return flags
 
 

@@ -118,6 +118,7 @@ def test_sagittal_level_names_and_values():
     ([0, 30, 60, 90, 120, 150], []),
     ([0, 30, 60, 120, 150, 180], ["level_gap"]),  # a disc missing between 60 and 120
     ([0, 30, 60], ["level_count_low"]),
+    (list(range(0, 30 * 24, 30)), ["level_count_high"]),  # 24 discs: more than C2-C3..L5-S1
 ])
 def test_level_qc(positions, flags):
     assert level_qc(positions) == flags

@@ -7,8 +7,9 @@ an oblique NIfTI in RAS order (0.6 x 0.6 x 3.3 mm), or a 20-slice 512x640 phanto
 SPIDER sample is missing. Per-slice latency: the predictor on each of the 20 slices (median,
 after 2 warm-up calls). End to end: read the NIfTI, reorient, predict all slices, link, name,
 measure, write the label volume, discs.csv, overlay, montage, series.csv and report.html,
-with the same already-built predictor (model building is reported apart). Writes
-<output>/bench_volume.json.
+with the same already-built predictor (model building is reported apart). With --repeats N
+the two measurements alternate N times (a busy machine drifts) and each pair is compared.
+Writes <output>/bench_volume.json.
 
 Usage:
     OMP_NUM_THREADS=1 python tools/bench_volume.py --config-file \
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
     p = tool_parser(__doc__, "model config (configs/*.yaml)", "folder for the volume, the "
                     "series outputs and bench_volume.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="alternate per-slice and series timing this many times (default 1)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="operating point (default: the config's LUMBAR.SCORE_THRESH; use 0 "
                         "with random weights so that detections flow through every step)")
@@ -90,27 +93,35 @@ def bench(args) -> int:
     build_s = time.perf_counter() - start
     for s in slices[:2]:
         predictor(s)
-    per_slice = []
-    for s in slices:
+    pairs = []
+    for _ in range(max(1, args.repeats)):
+        per_slice = []
+        for s in slices:
+            start = time.perf_counter()
+            predictor(s)
+            per_slice.append(time.perf_counter() - start)
+        shutil.rmtree(out / "out", ignore_errors=True)
         start = time.perf_counter()
-        predictor(s)
-        per_slice.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    rows = run_volumes(detectron2_slice_predictor(predictor), find_volumes(str(out / "in")),
-                       out / "out", [])
-    write_prediction_report(out / "out")
-    series_s = time.perf_counter() - start
-    median = statistics.median(per_slice)
+        rows = run_volumes(detectron2_slice_predictor(predictor),
+                           find_volumes(str(out / "in")), out / "out", [])
+        write_prediction_report(out / "out")
+        pairs.append({"per_slice_median_s": statistics.median(per_slice),
+                      "per_slice_mean_s": statistics.mean(per_slice),
+                      "series_end_to_end_s": time.perf_counter() - start})
+        print(f"per-slice median {pairs[-1]['per_slice_median_s']:.2f} s, series "
+              f"{pairs[-1]['series_end_to_end_s']:.1f} s", flush=True)
+    median = statistics.median(p["per_slice_median_s"] for p in pairs)
+    series_s = statistics.median(p["series_end_to_end_s"] for p in pairs)
     budget = N_SLICES * median + 5.0
-    result = {"source": source, "slices": N_SLICES, "shape": list(SHAPE),
+    result = {"repeats": pairs, "source": source, "slices": N_SLICES, "shape": list(SHAPE),
               "config": args.config_file, "weights": cfg.MODEL.WEIGHTS or "random init",
               "score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
               "torch_threads": torch.get_num_threads(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
               "cpu": platform.processor() or platform.machine(), "model_build_s": build_s,
-              "per_slice_median_s": median, "per_slice_mean_s": statistics.mean(per_slice),
-              "series_end_to_end_s": series_s, "budget_s": budget, "within_budget":
-              series_s <= budget, "discs": rows[0]["n_discs"], "levels": rows[0]["levels"]}
+              "per_slice_median_s": median, "series_end_to_end_s": series_s,
+              "budget_s": budget, "within_budget": series_s <= budget,
+              "discs": rows[0]["n_discs"], "levels": rows[0]["levels"]}
     write_json(out / "bench_volume.json", result)
     print(f"per-slice latency (median of {N_SLICES}): {median:.2f} s; {N_SLICES}-slice series "
           f"end to end: {series_s:.1f} s; budget 20 x {median:.2f} + 5 = {budget:.1f} s -> "

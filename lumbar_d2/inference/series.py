@@ -127,7 +127,7 @@ class VolumeResult:
                 "source": self.volume.source, "n_slices": n, "size": f"{n}x{h}x{w}",
                 "spacing_mm": "x".join(f"{v:.4g}" for v in (self.slice_mm, *self.spacing)),
                 "n_discs": len(self.discs), "n_dropped": len(self.dropped),
-                "levels": " ".join(d.level for d in self.discs),
+                "levels": " ".join(d.level or "?" for d in self.discs),
                 "qc_flags": FLAG_SEP.join(self.flags)}
 
 

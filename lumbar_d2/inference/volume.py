@@ -70,6 +70,13 @@ class Volume:
     files: List[str] = field(default_factory=list)
     series_uid: str = ""
     flags: List[str] = field(default_factory=list)
+    _oriented: Any = field(default=None, repr=False)
+
+    def oriented(self) -> Any:
+        """The image reoriented to :data:`SAGITTAL_ORIENTATION` (computed once)."""
+        if self._oriented is None:
+            self._oriented = _sitk().DICOMOrient(self.image, SAGITTAL_ORIENTATION)
+        return self._oriented
 
     def sagittal(self) -> Tuple[np.ndarray, Spacing, float]:
         """(slices, (row_mm, col_mm), slice_mm): NxHxW float32 sagittal slices, left last.
@@ -77,7 +84,7 @@ class Volume:
         Each slice is a sagittal image with rows from head to feet and columns from
         anterior to posterior (see the module docstring).
         """
-        oriented = _sitk().DICOMOrient(self.image, SAGITTAL_ORIENTATION)
+        oriented = self.oriented()
         col_mm, row_mm, slice_mm = oriented.GetSpacing()
         array = _sitk().GetArrayFromImage(oriented).astype(np.float32, copy=False)
         return array, (float(row_mm), float(col_mm)), float(slice_mm)
@@ -86,9 +93,8 @@ class Volume:
         """An NxHxW label array in :meth:`sagittal` order -> a SimpleITK image in the input's
         exact geometry (size, spacing, origin, direction)."""
         sitk = _sitk()
-        oriented = sitk.DICOMOrient(self.image, SAGITTAL_ORIENTATION)
         label = sitk.GetImageFromArray(np.ascontiguousarray(labels))
-        label.CopyInformation(oriented)
+        label.CopyInformation(self.oriented())
         code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
             self.image.GetDirection())
         native = sitk.DICOMOrient(label, code)
