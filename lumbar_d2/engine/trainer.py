@@ -43,7 +43,6 @@ class Trainer(DefaultTrainer):
                           cfg.LUMBAR.MATCH_IOU, cfg.LUMBAR.BOOTSTRAP)])
 
     @classmethod
-    @classmethod
     def build_model(cls, cfg):
         """The model, summarised in one log line; the architecture goes to a file.
 
@@ -59,6 +58,7 @@ class Trainer(DefaultTrainer):
                     cfg.MODEL.META_ARCHITECTURE, n_params / 1e6, summary)
         return model
 
+    @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=LumbarDatasetMapper(cfg, True))
 
