@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 Outcome = Tuple[str, Any]
+IMPORT_TIMEOUT_S = 300.0
 
 
 def _guarded(fn: Callable[[Path], Any]) -> Outcome:
@@ -89,6 +90,11 @@ def raise_one(problem: str) -> None:
     raise LumbarError(problem)
 
 
+def _import_parsers() -> None:
+    import lumbar_d2.data.convert  # noqa: F401
+    import lumbar_d2.evaluation.offline  # noqa: F401
+
+
 def _one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported by the first example
 
@@ -104,6 +110,8 @@ class Worker:
         if self.pool is None:  # spawn: no fork of a process holding torch's threads
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_one_thread)
+            # imports (torch, detectron2) take 10 s or more on a busy machine: not a hang
+            self.pool.submit(_import_parsers).result(timeout=IMPORT_TIMEOUT_S)
         future = self.pool.submit(fn, *args)
         try:
             return future.result(timeout=self.timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -314,29 +315,36 @@ SMALL_TRAINING = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128
                   "0", "DATASETS.TEST", "()", "DATASETS.TRAIN", "('lumbar_phantom_train',)"]
 
 
-@pytest.mark.parametrize("allow", [False, True], ids=["refused", "allowed"])
+@pytest.mark.parametrize("how", ["weights", "weights allowed", "resume"])
 def test_training_from_weights_of_another_architecture(
-        allow: bool, ws: Workspace, phantom_root: Path, monkeypatch, run_tool, capsys) -> None:
-    """Detectron2 skipped the 8 misfit head tensors (random init) and trained on, exit 0.
+        how: str, ws: Workspace, phantom_root: Path, monkeypatch, run_tool, capsys) -> None:
+    """Detectron2 skipped the misfit head tensors (random init) and trained on, exit 0.
 
-    Refused: one line naming the file and the flag, and no config.yaml/log.txt left behind
-    in the fresh OUTPUT_DIR. Allowed (fine-tuning with a new head): trains.
+    Refused (MODEL.WEIGHTS or --resume): one line naming the file and the flag, and no
+    config.yaml/log.txt left in a fresh OUTPUT_DIR. Allowed (fine-tuning with a new head):
+    trains.
     """
     from lumbar_d2.data.register import ENV_ROOT
 
     monkeypatch.setenv(ENV_ROOT, str(phantom_root))
-    out = ws.out / "train"
-    argv = ["--config-file", INSTANT_CONFIG, *(["--allow-shape-mismatch"] if allow else []),
-            *SMALL_TRAINING, "MODEL.WEIGHTS", _random_checkpoint(ws), *TWO_CLASSES,
-            "OUTPUT_DIR", out]
+    out, weights = ws.out / "train", _random_checkpoint(ws)
+    if how == "resume":  # a run of the 1-class model, resumed with 2 classes
+        out.mkdir(parents=True)
+        shutil.copy(weights, out / "model_0000001.pth")
+        (out / "last_checkpoint").write_text("model_0000001.pth")
+    flags = {"weights": [], "weights allowed": ["--allow-shape-mismatch"], "resume": [
+        "--resume"]}[how]
+    argv = ["--config-file", INSTANT_CONFIG, *flags, *SMALL_TRAINING, "MODEL.WEIGHTS",
+            "" if how == "resume" else weights, *TWO_CLASSES, "OUTPUT_DIR", out]
     code, err = run_tool("train_net", argv, capsys)
-    if allow:
+    if how == "weights allowed":
         assert code != 2 and (out / "model_final.pth").is_file(), err
-    else:
-        last = err.strip().splitlines()[-1]  # torch may warn once per process before it
-        assert code == 2 and err.count("error: ") == 1 and last.startswith("error: "), err
-        assert "random_init.pth" in last and "--allow-shape-mismatch" in last
-        assert not out.exists()
+        return
+    last = err.strip().splitlines()[-1]  # torch may warn once per process before it
+    assert code == 2 and err.count("error: ") == 1 and last.startswith("error: "), err
+    assert "--allow-shape-mismatch" in last
+    assert ("model_0000001.pth" if how == "resume" else "random_init.pth") in last
+    assert (out / "model_0000001.pth").is_file() if how == "resume" else not out.exists()
 
 
 # ------------------------------------------------------------------------------ predict

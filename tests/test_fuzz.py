@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import fuzz_worker
 
-TIMEOUT_S = 20.0  # per example; a parse takes well under a second (first: imports ~10 s)
+TIMEOUT_S = 20.0  # per example (after the worker's imports); one takes well under a second
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 FUZZ_STATS: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
