@@ -134,7 +134,8 @@ def _valid_coco() -> Tuple[dict, list]:
     annotations.append({"id": 9, "image_id": 2, "category_id": 2, "area": 4.0,
                         "segmentation": [[0.5, 0.5, 3.0, 0.5, 3.0, 3.0]],
                         "bbox": [0.5, 0.5, 2.5, 2.5], "iscrowd": 0})
-    return {"images": images, "annotations": annotations, "categories": categories}, results
+    return {"info": {"pixel_spacing": [0.5, 0.5]}, "images": images, "annotations": annotations,
+            "categories": categories}, results
 
 
 GT, RESULTS = _valid_coco()
@@ -144,6 +145,15 @@ def test_valid_coco_evaluates(worker) -> None:
     """The unmutated inputs are correct: the mutations start from a working case."""
     kind, detail = worker(fuzz_worker.evaluate_coco, GT, RESULTS)
     assert kind == "ok" and detail["written"] == ["metrics.json", "per_image.csv"], detail
+
+
+def test_overlong_gt_rle_is_refused_in_time(worker) -> None:
+    """pycocotools' rleIou looped for 10+ minutes on an RLE longer than its size."""
+    gt = copy.deepcopy(GT)
+    seg = gt["annotations"][0]["segmentation"]
+    seg["counts"] = _rle(np.ones((seg["size"][0] + 10, seg["size"][1]), bool))["counts"]
+    kind, detail = worker(fuzz_worker.evaluate_coco, gt, RESULTS)
+    assert kind == "error" and "annotations[0] segmentation has counts covering" in detail
 
 
 @_examples(60)

@@ -109,8 +109,9 @@ def segmentation_problem(seg: Any, height: int, width: int, allow_polygons: bool
         return "is not a list of polygons [x1, y1, x2, y2, x3, y3, ...] of image coordinates"
     if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
         return "is not an RLE {'size': [height, width], 'counts': ...}"
-    if seg["size"] != [height, width]:
-        return f"has size {_short(seg['size'])}, not the image size {[height, width]}"
+    size = seg["size"]
+    if not (isinstance(size, list) and all(_is_int(s) for s in size)) or size != [height, width]:
+        return f"has size {_short(size)}, not the image size {[height, width]}"
     counts = seg["counts"]
     if isinstance(counts, str):
         runs = _decode_counts(counts)
@@ -178,6 +179,8 @@ def check_ground_truth(gt: Any, path: Path) -> dict:
                                   f"'{missing[0]}'; {GT_FIX}")
     if not gt["categories"]:
         raise LumbarError(f"{path}: 'categories' is empty; {GT_FIX}")
+    if not isinstance(gt.get("info") or {}, dict):
+        raise LumbarError(f"{path}: 'info' is {_short(gt['info'])}, not an object; {GT_FIX}")
     for section, checks in (("images", IMAGE_CHECKS), ("categories", CATEGORY_CHECKS),
                             ("annotations", ANNOTATION_CHECKS)):
         for i, item in enumerate(gt[section]):
