@@ -3,6 +3,7 @@
 
     python tools/train_net.py --config-file configs/<leaf>.yaml [--num-gpus N] [KEY VALUE ...]
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_best.pth
+    python tools/train_net.py --config-file ... --eval-only   # the config's shipped model
     python tools/train_net.py --config-file ... --resume      # continue from last_checkpoint
 
 Multi-GPU / multi-machine runs go through Detectron2's ``launch`` (--num-gpus,
@@ -21,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, build_trainer
 from lumbar_d2.engine.trainer import ALLOW_SHAPE_MISMATCH
+from lumbar_d2.model_zoo import use_shipped_weights
 from lumbar_d2.runtime import load_config, prepare_config, refuse_shape_mismatch
 from lumbar_d2.utils import LumbarError
 
@@ -31,6 +33,8 @@ FRESH_OUTPUT = []  # OUTPUT_DIR created by this run
 def setup(args):
     """Create configs and perform basic setups."""
     cfg = load_config(args.config_file, args.opts)
+    if args.eval_only:
+        use_shipped_weights(cfg)  # no MODEL.WEIGHTS: evaluate the config's shipped model
     prepare_config(cfg, source=args.config_file, training=not args.eval_only)
     cfg.freeze()
     if not os.path.exists(cfg.OUTPUT_DIR):  # removed again if the run fails (bad input)

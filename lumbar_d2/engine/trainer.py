@@ -24,7 +24,8 @@ from ..evaluation.dice_evaluator import DiceEvaluator
 from ..runtime import checkpoint_problem, refuse_shape_mismatch
 from ..utils.errors import LumbarError
 from ..utils.io import write_text
-from .hooks import EarlyStop, EarlyStopHook, ValidationHook, insert_before_writer
+from .hooks import (EarlyStop, EarlyStopHook, TimeBudgetHook, ValidationHook,
+                    insert_before_writer)
 
 logger = logging.getLogger(__name__)
 ALLOW_SHAPE_MISMATCH = "--allow-shape-mismatch"  # tools/train_net.py's flag
@@ -70,13 +71,17 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         hook_list = super().build_hooks()
         cfg = self.cfg
-        if not cfg.LUMBAR.VAL_DATASET:
-            return hook_list
-        period = cfg.LUMBAR.VAL_PERIOD
-        new = [ValidationHook(cfg, cfg.LUMBAR.VAL_DATASET, period),
-               hooks.BestCheckpointer(period, self.checkpointer, "val/dice", "max", "model_best")]
-        if cfg.LUMBAR.EARLY_STOP_PATIENCE > 0:
-            new.append(EarlyStopHook(period, cfg.LUMBAR.EARLY_STOP_PATIENCE))
+        new = []
+        if cfg.LUMBAR.TIME_BUDGET_MIN > 0:
+            new.append(TimeBudgetHook(cfg.LUMBAR.TIME_BUDGET_MIN, cfg.LUMBAR.STEP_FRACTIONS,
+                                      cfg.SOLVER.GAMMA))
+        if cfg.LUMBAR.VAL_DATASET:
+            period = cfg.LUMBAR.VAL_PERIOD
+            new += [ValidationHook(cfg, cfg.LUMBAR.VAL_DATASET, period),
+                    hooks.BestCheckpointer(period, self.checkpointer, "val/dice", "max",
+                                           "model_best")]
+            if cfg.LUMBAR.EARLY_STOP_PATIENCE > 0:
+                new.append(EarlyStopHook(period, cfg.LUMBAR.EARLY_STOP_PATIENCE))
         return insert_before_writer(hook_list, new, lambda h: isinstance(h, hooks.PeriodicWriter))
 
     def train(self):
