@@ -76,8 +76,9 @@ def _install(src: Path, setup_py: str) -> None:
 def main() -> int:
     missing = [m for m in ("detectron2", "point_rend") if not importable(m)]
     if not missing:
-        out = subprocess.run([sys.executable, "-c", "import detectron2; print(detectron2.__file__)"],
-                             capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", "import detectron2; print(detectron2.__file__)"],
+            capture_output=True, text=True).stdout.strip()
         print(f"detectron2 and point_rend already importable ({out}); keeping them")
         return 0
     url, sha = sdist_url()
@@ -88,7 +89,10 @@ def main() -> int:
         if sha and hashlib.sha256(tarball.read_bytes()).hexdigest() != sha:
             sys.exit(f"error: sha256 mismatch for {SDIST}; retry the download")
         with tarfile.open(tarball) as tf:
-            tf.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(tmp)
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(tmp, filter="data")
+            else:
+                tf.extractall(tmp)
         root = next(Path(tmp).glob("pb1-detectron2-*"))
         if "detectron2" in missing:
             _install(root, SETUP_PY.format(sdist=SDIST, requires=REQUIRES))
