@@ -92,6 +92,7 @@ def train(config: str, train_set: str, tests: List[str], budget: float, out: Pat
     """Train for ``budget`` minutes; the final evaluation writes results for every ``tests``."""
     if (out / "model_final.pth").is_file():
         return
+    out.mkdir(parents=True, exist_ok=True)
     tests_tuple = "(" + ", ".join(f"'{t}'" for t in tests) + ",)"
     _run([sys.executable, "tools/train_net.py", "--config-file", config,
           "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", tests_tuple,
