@@ -184,7 +184,7 @@ def plot(rows: List[Dict], out: Path) -> None:
     ax.set_xticks(range(len(vals)), labels, fontsize=8)
     ax.set_ylabel("pixel Dice (95 % CI over patients)")
     ax.set_ylim(0, 1)
-    ax.set_title("Random slice split vs unseen patients (SPIDER, same model)")
+    ax.set_title("Random slice split vs unseen patients (SPIDER; red+blue: one model)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
