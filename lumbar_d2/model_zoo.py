@@ -73,7 +73,7 @@ def export_fp16(checkpoint: Path, out: Path) -> str:
     """Write the ``model`` state dict of a training checkpoint as fp16; return its sha256.
 
     Floating-point tensors become fp16 (integers such as counters stay as they are); the
-    optimizer, scheduler and iteration are dropped.
+    optimizer and scheduler are dropped, the iteration is kept for the model card.
     """
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)

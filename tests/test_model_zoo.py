@@ -168,3 +168,20 @@ def test_demo_runs_the_shipped_model_on_the_real_sample_slices(tmp_path):
     assert all(0.0 <= d <= 1.0 for d in m["per_image_dice"].values())
     assert min(m["per_image_dice"].values()) <= m["dice"] <= max(m["per_image_dice"].values())
     assert m["instance_recall"] > 0  # a trained model finds discs on real slices
+
+
+def test_ship_model_without_a_sha_line_writes_no_weights(tmp_path, run_tool, capsys):
+    """Bad config: one-line error naming it, exit 2, and no weights file left behind."""
+    ckpt = tmp_path / "model_final.pth"
+    torch.save({"model": {"w": torch.ones(2)}}, ckpt)
+    out = tmp_path / "models" / "m.pth"
+    config = tmp_path / "leaf.yaml"
+    config.write_text(f'_BASE_: "{INSTANT_CONFIG}"\nLUMBAR:\n  SHIPPED_WEIGHTS: "{out}"\n')
+    code, err = run_tool("ship_model", ["--config-file", str(config), "--checkpoint",
+                                        str(ckpt)], capsys)
+    assert code == 2 and str(config) in err and "SHIPPED_SHA256" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    config.write_text(config.read_text() + '  SHIPPED_SHA256: ""\n')
+    code, _ = run_tool("ship_model", ["--config-file", str(config), "--checkpoint", str(ckpt)],
+                       capsys)
+    assert code == 0 and hashlib.sha256(out.read_bytes()).hexdigest() in config.read_text()

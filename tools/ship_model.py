@@ -31,12 +31,12 @@ def ship(config_file: str, checkpoint: str) -> str:
                           "models/<name>.pth first")
     if not Path(checkpoint).is_file():
         raise LumbarError(f"{checkpoint}: checkpoint not found; give a model_*.pth")
-    digest = export_fp16(Path(checkpoint), out)
     text = Path(config_file).read_text()
     line = re.compile(r"^(\s*SHIPPED_SHA256:\s*).*$", re.M)
-    if not line.search(text):
+    if not line.search(text):  # checked before the weights are written: no partial output
         raise LumbarError(f"{config_file}: no 'SHIPPED_SHA256:' line under LUMBAR to update; "
                           "add one")
+    digest = export_fp16(Path(checkpoint), out)
     write_text(config_file, line.sub(lambda m: f'{m.group(1)}"{digest}"', text, count=1))
     return digest
 

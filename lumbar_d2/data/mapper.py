@@ -41,8 +41,7 @@ class RandomGamma(T.Augmentation):
 
 
 def _gamma(img: np.ndarray, gamma: float) -> np.ndarray:
-    out = 255.0 * np.power(np.clip(img.astype(np.float32) / 255.0, 0, 1), gamma)
-    return out.round().astype(np.uint8) if img.dtype == np.uint8 else out
+    return _like(255.0 * np.power(np.clip(img.astype(np.float32) / 255.0, 0, 1), gamma), img)
 
 
 class RandomNoise(T.Augmentation):

@@ -86,9 +86,9 @@ def val_scores(out_dir: Path, python: str) -> dict:
             "--bootstrap", "0"]
     run(base + ["--output", str(ev / "sweep"), "--sweep", *map(str, THRESHOLDS)],
         out_dir / "sweep.log", 2)
-    sweep = json.load(open(ev / "sweep" / "metrics.json"))["threshold_sweep"]
-    best = max(sweep, key=lambda r: ((r["dice_micro"] or 0), r["score_threshold"]))
-    t = best["score_threshold"]
+    swept = json.load(open(ev / "sweep" / "metrics.json"))
+    t = swept["best_threshold"]  # the evaluator's rule: best val Dice, ties to the higher one
+    best = next(r for r in swept["threshold_sweep"] if r["score_threshold"] == t)
     run(base + ["--output", str(ev / "best"), "--score-threshold", str(t)],
         out_dir / "best.log", 2)
     per_patient: Dict[str, List[float]] = {}
