@@ -52,5 +52,9 @@ def add_lumbar_config(cfg: CN) -> None:
     # Smooth multiplicative bias field (coil shading): gain in [1 - B, 1 + B] across the slice
     # from a random low-order polynomial; 0 = off.
     cfg.INPUT.AUG.BIAS_FIELD = 0.0
+    # Probability per annotated instance of scaling its pixels by a gain from DARKEN_GAIN:
+    # degenerated discs lose their T2 signal and look dark; 0 = off.
+    cfg.INPUT.AUG.DARKEN_INSTANCES = 0.0
+    cfg.INPUT.AUG.DARKEN_GAIN = (0.3, 0.8)
     # Percentile intensity normalisation of each slice to uint8 (see lumbar_d2.data.imageio).
     cfg.INPUT.NORMALIZE = True

@@ -9,7 +9,9 @@ Differences from Detectron2's ``DatasetMapper``:
   ops: the channels are the same grey slice), and a left-right flip only when
   ``INPUT.AUG.HFLIP`` (valid for axial slices; a sagittal flip would swap anterior/posterior).
   Vertical flips are never used: cranial-caudal order is anatomy. Optional bias field
-  (``INPUT.AUG.BIAS_FIELD``) and Gaussian noise (``INPUT.AUG.NOISE``) mimic other scanners.
+  (``INPUT.AUG.BIAS_FIELD``) and Gaussian noise (``INPUT.AUG.NOISE``) mimic other scanners;
+  ``INPUT.AUG.DARKEN_INSTANCES`` darkens some annotated instances, as degenerated discs lose
+  their T2 signal (dark discs are the ones a model trained on bright ones misses).
 * ``INPUT.CROP`` crops *after* the resize: training on native-resolution crops keeps thin
   sagittal discs sharp at a fraction of the full-slice cost; testing uses the full slice.
 * boxes are recomputed from the transformed masks, since rotation loosens boxes.
@@ -26,6 +28,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
 from .imageio import read_array, to_model_input
+from .instances import decode_segmentations
 
 
 class RandomGamma(T.Augmentation):
@@ -93,6 +96,20 @@ def _like(out: np.ndarray, img: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).round().astype(np.uint8) if img.dtype == np.uint8 else out
 
 
+def darken_instances(image: np.ndarray, annotations: List[dict], prob: float,
+                     gain_range, rng: np.random.Generator) -> np.ndarray:
+    """Scale the pixels of each annotated instance, with probability ``prob``, by a gain drawn
+    from ``gain_range``: a T2 disc that lost its water signal, its shape kept."""
+    chosen = [a["segmentation"] for a in annotations
+              if a.get("segmentation") and rng.random() < prob]
+    if not chosen:
+        return image
+    out = image.astype(np.float32)
+    for mask in decode_segmentations(chosen, *image.shape[:2]):
+        out[mask] *= float(rng.uniform(*gain_range))
+    return _like(out, image)
+
+
 def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     """Resize (+ rotation, flip and intensity jitter when training), from the config."""
     if not is_train:
@@ -120,20 +137,29 @@ class LumbarDatasetMapper(DatasetMapper):
     """``DatasetMapper`` that reads MRI slices through lumbar-d2's normalisation."""
 
     @configurable
-    def __init__(self, is_train: bool = True, *, normalize: bool = True, **kwargs):
+    def __init__(self, is_train: bool = True, *, normalize: bool = True,
+                 darken_prob: float = 0.0, darken_gain=(0.3, 0.8), **kwargs):
         super().__init__(is_train, **kwargs)
         self.normalize = normalize
+        self.darken_prob = darken_prob
+        self.darken_gain = tuple(darken_gain)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
         ret.update(augmentations=build_augmentations(cfg, is_train), normalize=cfg.INPUT.NORMALIZE,
-                   recompute_boxes=cfg.MODEL.MASK_ON and is_train)
+                   recompute_boxes=cfg.MODEL.MASK_ON and is_train,
+                   darken_prob=cfg.INPUT.AUG.DARKEN_INSTANCES if is_train else 0.0,
+                   darken_gain=cfg.INPUT.AUG.DARKEN_GAIN)
         return ret
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
         image = to_model_input(read_array(d["file_name"]), normalize=self.normalize)
+        if self.darken_prob > 0 and d.get("annotations"):
+            rng = np.random.default_rng(int(np.random.randint(2**31)))
+            image = darken_instances(image, d["annotations"], self.darken_prob,
+                                     self.darken_gain, rng)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
