@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lumbar_d2.data.mapper import _add_noise, _bias_field, build_augmentations
+from lumbar_d2.data.instances import encode_rle
+from lumbar_d2.data.mapper import (LumbarDatasetMapper, _add_noise, _bias_field,
+                                   build_augmentations, darken_instances)
 from lumbar_d2.engine.hooks import EarlyStop, TimeBudgetHook
 from lumbar_d2.model_zoo import export_fp16, use_shipped_weights
 from lumbar_d2.runtime import load_config
@@ -121,6 +123,32 @@ def test_scanner_augmentations_only_when_enabled():
     assert "RandomNoise" in names and "RandomBiasField" in names
     assert not any(n in ("RandomNoise", "RandomBiasField")
                    for n in (type(a).__name__ for a in build_augmentations(cfg, False)))
+
+
+def _two_disc_annotations(shape):
+    masks = np.zeros(shape + (2,), bool)
+    masks[5:10, 5:15, 0] = True
+    masks[20:25, 10:30, 1] = True
+    return [{"segmentation": rle} for rle in encode_rle(masks)], masks
+
+
+def test_darken_instances_scales_only_the_chosen_masks():
+    img = np.full((40, 50, 3), 200, np.uint8)
+    anns, masks = _two_disc_annotations((40, 50))
+    rng = np.random.default_rng(0)
+    out = darken_instances(img, anns, prob=1.0, gain_range=(0.5, 0.5), rng=rng)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert (out[masks[..., 0]] == 100).all() and (out[masks[..., 1]] == 100).all()
+    assert (out[~masks.any(-1)] == 200).all() and (img == 200).all()  # input untouched
+    assert darken_instances(img, anns, prob=0.0, gain_range=(0.5, 0.5), rng=rng) is img
+
+
+def test_mapper_darkens_only_when_training_and_enabled():
+    cfg = load_config(str(INSTANT_CONFIG))
+    assert LumbarDatasetMapper(cfg, is_train=True).darken_prob == 0.0  # off by default
+    cfg.INPUT.AUG.DARKEN_INSTANCES = 0.3
+    assert LumbarDatasetMapper(cfg, is_train=True).darken_prob == 0.3
+    assert LumbarDatasetMapper(cfg, is_train=False).darken_prob == 0.0
 
 
 def test_pointrend_mask_head_from_the_sdist_trains_and_predicts():
