@@ -469,3 +469,25 @@ def test_dicom_element_that_does_not_decode_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(LumbarError, match="s.dcm: cannot decode DICOM") as err:
         load_image(tmp_path / "s.dcm")
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("tool,target,argv", [
+    ("convert_dataset", "convert_masks",
+     ["--format", "masks", "--name", "x", "--images", "i", "--masks", "m",
+      "--class-map", "29:disc"]),
+    ("evaluate", "evaluate_files", ["--gt", "g.json", "--predictions", "p.json"]),
+])
+def test_ctrl_c_in_convert_and_evaluate_is_one_line(tool, target, argv, tmp_path: Path,
+                                                    load_tool, run_tool, capsys,
+                                                    monkeypatch) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("LUMBAR_D2_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.setattr(load_tool(tool), target, interrupt)
+    code, err = run_tool(tool, argv + ["--output", tmp_path / "out"] if tool == "evaluate"
+                         else argv, capsys)
+    assert code == 130 and err.strip() == "error: interrupted (Ctrl-C); no partial file was " \
+        "written", err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "datasets" / "x").exists()

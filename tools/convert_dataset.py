@@ -18,6 +18,7 @@ import sys
 from lumbar_d2.data.convert import convert_masks, convert_sudirman, parse_class_map, summary_table
 from lumbar_d2.data.register import check_dataset_name, datasets_root
 from lumbar_d2.utils import LumbarError
+from lumbar_d2.utils.cli import interrupted
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     print(summary_table(cocos))
     print(f"wrote {out}/annotations/{{{','.join(cocos)}}}.json; registered as "
           f"{', '.join(f'lumbar_{a.name}_{s}' for s in cocos)}")

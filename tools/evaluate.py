@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from lumbar_d2.evaluation.case_report import write_evaluation_report
 from lumbar_d2.evaluation.offline import evaluate_files, format_result, format_sweep
+from lumbar_d2.utils.cli import interrupted
 from lumbar_d2.utils.errors import LumbarError
 
 
@@ -60,6 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     if not args.verbose:  # verbose mode already logged the table
         print(format_result(result))
     if args.sweep:

@@ -29,7 +29,8 @@ def add_tail(p: argparse.ArgumentParser, opts_help: str) -> None:
 
 
 def run_tool(body: Callable[[], int], verbose: bool) -> int:
-    """Configure logging, run ``body``; a :class:`LumbarError` becomes one line and exit 2."""
+    """Configure logging, run ``body``; a :class:`LumbarError` becomes one line and exit 2,
+    Ctrl-C one line and exit 130."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -37,3 +38,11 @@ def run_tool(body: Callable[[], int], verbose: bool) -> int:
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line, exit 130 (128 + SIGINT); writers are atomic, so no partial file."""
+    print("error: interrupted (Ctrl-C); no partial file was written", file=sys.stderr)
+    return 130
