@@ -64,3 +64,12 @@ def test_online_and_offline_write_the_same_per_image_csv(masks_dataset, tmp_path
     assert online["P_inst"] == offline["overall"]["inst_precision"] == 2 / 3
     assert online["R_inst"] == offline["overall"]["inst_recall"] == 1.0
     assert online["Dice"] == offline["overall"]["dice_micro"] < 1.0
+
+
+def test_read_patient_dice_groups_slices_and_skips_rows_without_dice(tmp_path: Path) -> None:
+    from lumbar_d2.evaluation.records import read_patient_dice
+    csv_path = tmp_path / "per_image.csv"
+    csv_path.write_text("file_name,patient_id,category,dice\n"
+                        "a_1.png,a,disc,0.5\na_2.png,a,disc,0.75\n"
+                        "b_1.png,b,disc,\nb_2.png,b,disc,nan\nc_1.png,c,disc,1.0\n")
+    assert read_patient_dice(csv_path) == {"a": [0.5, 0.75], "c": [1.0]}

@@ -11,6 +11,9 @@ dataset's image root), ``patient_id`` ("" when unknown) and ``category`` (the cl
 """
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -57,3 +60,14 @@ def summarize_classes(records: List[dict], categories: Sequence[str], n_boot: in
 
 
 __all__ = ["BOOTSTRAP_SEED", "image_records", "summarize_classes"]
+
+
+def read_patient_dice(per_image_csv: Path) -> Dict[str, List[float]]:
+    """Slice Dice values per patient from a written ``per_image.csv`` (rows without a Dice,
+    slices with neither ground truth nor prediction, are left out), for study scripts."""
+    out: Dict[str, List[float]] = {}
+    with open(per_image_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["dice"] not in ("", "nan"):
+                out.setdefault(r["patient_id"], []).append(float(r["dice"]))
+    return out

@@ -16,7 +16,6 @@ Writes ``<output>/study.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # lumbar_d2 from this checkout
+
+from lumbar_d2.evaluation.records import read_patient_dice  # noqa: E402
+
 BASE = "configs/scratch_mask_rcnn_R_50_FPN128_gn_disc_spider_lite.yaml"
 R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 S384 = ["INPUT.MIN_SIZE_TRAIN", "(360, 384, 408)", "INPUT.MAX_SIZE_TRAIN", "528",
@@ -91,10 +94,7 @@ def val_scores(out_dir: Path, python: str) -> dict:
     best = next(r for r in swept["threshold_sweep"] if r["score_threshold"] == t)
     run(base + ["--output", str(ev / "best"), "--score-threshold", str(t)],
         out_dir / "best.log", 2)
-    per_patient: Dict[str, List[float]] = {}
-    with open(ev / "best" / "per_image.csv") as f:
-        for r in csv.DictReader(f):
-            per_patient.setdefault(r["patient_id"], []).append(float(r["dice"] or "nan"))
+    per_patient = read_patient_dice(ev / "best" / "per_image.csv")
     patient_dice = {p: statistics.fmean(v) for p, v in per_patient.items()}
     worst = min(patient_dice, key=patient_dice.get)
     return {"threshold": t, "dice": best["dice_micro"], "P": best["inst_precision"],
@@ -106,7 +106,6 @@ def latency(config: str, weights: str, opts: List[str], threads: int, n: int) ->
     """Median seconds per val slice (after 2 warm-up slices), params and fp16 size."""
     import torch
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
     import lumbar_d2  # noqa: F401
     from detectron2.data import DatasetCatalog
     from lumbar_d2.data.imageio import read_array

@@ -18,7 +18,6 @@ the disc masks of slices k and k+2 of one patient) explains the effect.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -32,6 +31,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # lumbar_d2 from this checkout
+
+from lumbar_d2.evaluation.records import read_patient_dice  # noqa: E402
+
 THRESHOLDS = [round(0.05 * i, 2) for i in range(6, 20)]
 logger = logging.getLogger("slice_leakage")
 
@@ -123,15 +126,6 @@ def summary(metrics: Dict) -> Dict:
             "n_patients": o["n_patients"]}
 
 
-def per_patient_dice(eval_dir: Path) -> Dict[str, List[float]]:
-    out: Dict[str, List[float]] = {}
-    with open(eval_dir / "per_image.csv") as f:
-        for r in csv.DictReader(f):
-            if r["dice"] not in ("", "nan"):
-                out.setdefault(r["patient_id"], []).append(float(r["dice"]))
-    return out
-
-
 def diff_ci(a: Dict[str, List[float]], b: Dict[str, List[float]], n: int = 2000) -> List[float]:
     """95 % CI of mean per-slice Dice(a) - Dice(b), patients of each set resampled apart."""
     rng = np.random.default_rng(0)
@@ -159,7 +153,7 @@ def one_model(config: str, train_set: str, val_set: str, tests: Dict[str, str], 
     for label, name in tests.items():
         m = evaluate(gt[name], res[name], work / "eval" / label, thresh)
         row[label] = summary(m)
-        row[label]["per_patient"] = per_patient_dice(work / "eval" / label)
+        row[label]["per_patient"] = read_patient_dice(work / "eval" / label / "per_image.csv")
     return row
 
 
