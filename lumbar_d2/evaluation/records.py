@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,9 +58,6 @@ def summarize_classes(records: List[dict], categories: Sequence[str], n_boot: in
     return per_class, overall
 
 
-__all__ = ["BOOTSTRAP_SEED", "image_records", "summarize_classes"]
-
-
 def read_patient_dice(per_image_csv: Path) -> Dict[str, List[float]]:
     """Slice Dice values per patient from a written ``per_image.csv`` (rows without a Dice,
     slices with neither ground truth nor prediction, are left out), for study scripts."""
@@ -71,3 +67,7 @@ def read_patient_dice(per_image_csv: Path) -> Dict[str, List[float]]:
             if r["dice"] not in ("", "nan"):
                 out.setdefault(r["patient_id"], []).append(float(r["dice"]))
     return out
+
+
+__all__ = ["BOOTSTRAP_SEED", "image_records", "read_patient_dice", "summarize_classes"]
+
