@@ -12,13 +12,12 @@ Any image folder + same-named mask folder (SPIDER sample: 29 = disc, 76 = verteb
 Output: <datasets root>/<name>/ (root: --root, else $LUMBAR_D2_DATASETS, else ./datasets).
 """
 import argparse
-import logging
 import sys
 
 from lumbar_d2.data.convert import convert_masks, convert_sudirman, parse_class_map, summary_table
 from lumbar_d2.data.register import check_dataset_name, datasets_root
 from lumbar_d2.utils import LumbarError
-from lumbar_d2.utils.cli import interrupted
+from lumbar_d2.utils.cli import run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,30 +51,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = parse_args(argv)
+    return run_tool(lambda: convert(a), verbose=True)  # conversion always logs its progress
+
+
+def convert(a: argparse.Namespace) -> int:
+    """Convert as the arguments say; print the split summary."""
     common = dict(val=a.val, test=a.test, seed=a.seed, split_by=a.split_by,
                   split_file=a.split_file, min_area=a.min_area, ignore_unknown=a.ignore_unknown)
     if a.pixel_spacing:
         common["pixel_spacing"] = tuple(a.pixel_spacing)
     classes = a.classes.split(",") if a.classes else None
-    try:
-        out = datasets_root(a.root) / check_dataset_name(a.name)
-        if a.format == "sudirman":
-            if not a.input:
-                raise LumbarError("--format sudirman needs --input <Sudirman root folder>")
-            seqs = ("T1", "T2") if a.sequence == "T1T2" else (a.sequence,)
-            cocos = convert_sudirman(a.input, out, seqs, classes or ["disc"], **common)
-        else:
-            if not (a.images and a.masks and a.class_map):
-                raise LumbarError("--format masks needs --images, --masks and --class-map")
-            cocos = convert_masks(a.images, a.masks, out, parse_class_map(a.class_map),
-                                  a.patient_regex, classes, **common)
-    except LumbarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return interrupted()
+    out = datasets_root(a.root) / check_dataset_name(a.name)
+    if a.format == "sudirman":
+        if not a.input:
+            raise LumbarError("--format sudirman needs --input <Sudirman root folder>")
+        seqs = ("T1", "T2") if a.sequence == "T1T2" else (a.sequence,)
+        cocos = convert_sudirman(a.input, out, seqs, classes or ["disc"], **common)
+    else:
+        if not (a.images and a.masks and a.class_map):
+            raise LumbarError("--format masks needs --images, --masks and --class-map")
+        cocos = convert_masks(a.images, a.masks, out, parse_class_map(a.class_map),
+                              a.patient_regex, classes, **common)
     print(summary_table(cocos))
     print(f"wrote {out}/annotations/{{{','.join(cocos)}}}.json; registered as "
           f"{', '.join(f'lumbar_{a.name}_{s}' for s in cocos)}")

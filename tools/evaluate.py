@@ -9,14 +9,12 @@ Usage:
         --predictions output/inference/coco_instances_results.json --output output/eval
 """
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
 from lumbar_d2.evaluation.case_report import write_evaluation_report
 from lumbar_d2.evaluation.offline import evaluate_files, format_result, format_sweep
-from lumbar_d2.utils.cli import interrupted
-from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.cli import run_tool
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -49,27 +47,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         result = evaluate_files(args.gt, args.predictions, args.output, args.score_threshold,
                                 args.iou_threshold, args.pixel_spacing, args.bootstrap,
                                 args.sweep)
-        if args.report:
-            report = write_evaluation_report(args.gt, args.predictions, args.output,
-                                             args.score_threshold, args.images)
-    except LumbarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return interrupted()
-    if not args.verbose:  # verbose mode already logged the table
-        print(format_result(result))
-    if args.sweep:
-        print(format_sweep(result["threshold_sweep"]))
-    if args.report:
-        print(f"report: {report}")
-    return 0
+        report = (write_evaluation_report(args.gt, args.predictions, args.output,
+                                          args.score_threshold, args.images)
+                  if args.report else None)
+        if not args.verbose:  # verbose mode already logged the table
+            print(format_result(result))
+        if args.sweep:
+            print(format_sweep(result["threshold_sweep"]))
+        if report:
+            print(f"report: {report}")
+        return 0
+    return run_tool(body, args.verbose)
 
 
 if __name__ == "__main__":
