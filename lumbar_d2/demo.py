@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import cv2
 import numpy as np
 import torch
 from detectron2.utils.logger import setup_logger
@@ -30,7 +29,7 @@ from .data.phantom import write_sudirman_phantom
 from .engine import build_trainer
 from .evaluation.metrics import image_metrics, summarize
 from .inference.predictor import LumbarPredictor, operating_point
-from .inference.visualize import draw_overlay, overlay_figure
+from .inference.visualize import draw_overlay, fit_width, overlay_figure
 from .model_zoo import REPO_ROOT, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
@@ -94,14 +93,8 @@ def run_shipped_on_samples(output: Path, config_file: Path = SHIPPED_CONFIG,
                "instance_recall": summary["inst_recall"],
                "per_image_dice": {r["patient_id"]: round(r["dice"], 4) for r in records}}
     write_json(Path(output) / "metrics.json", metrics)
-    write_png(Path(output) / "overlay.png", np.vstack([_fit(r, 1024) for r in rows]))
+    write_png(Path(output) / "overlay.png", np.vstack([fit_width(r, 1024) for r in rows]))
     return metrics
-
-
-def _fit(row: np.ndarray, width: int) -> np.ndarray:
-    """Scale an overlay row to ``width`` pixels (same-size rows stack)."""
-    return cv2.resize(row, (width, round(row.shape[0] * width / row.shape[1])),
-                      interpolation=cv2.INTER_AREA)
 
 
 def _metrics(cfg, results: dict, seconds: float) -> dict:

@@ -48,7 +48,7 @@ from ..measure import (
 from ..utils.errors import LumbarError
 from ..utils.io import write_csv, write_png
 from .linking import LinkedDisc, SliceInstance, link_instances
-from .visualize import draw_overlay
+from .visualize import draw_overlay, fit_width
 from .volume import Volume, VolumeInputs, read_dicom_series, read_volume, write_labels
 
 logger = logging.getLogger(__name__)
@@ -260,9 +260,7 @@ def series_pictures(result: VolumeResult) -> Tuple[np.ndarray, np.ndarray]:
     tiles = []
     for k in range(len(result.slices)):
         tile = slice_overlay(result, k, labels=False)
-        scale = MONTAGE_TILE / tile.shape[1]
-        tile = cv2.resize(tile, (MONTAGE_TILE, max(1, round(tile.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
+        tile = fit_width(tile, MONTAGE_TILE)
         cv2.putText(tile, str(k), (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
                     cv2.LINE_AA)
         tiles.append(tile)
