@@ -35,6 +35,10 @@ def add_lumbar_config(cfg: CN) -> None:
     # root) and their sha256: used by inference when MODEL.WEIGHTS is empty (model_zoo.py).
     cfg.LUMBAR.SHIPPED_WEIGHTS = ""
     cfg.LUMBAR.SHIPPED_SHA256 = ""
+    # Inference on CPU keeps the model in channels-last (NHWC) memory: oneDNN's convolutions
+    # and max-pooling then skip their layout reorders (same outputs; the shipped model went
+    # from ~0.37 to ~0.31 s per 512x640 slice at 2 threads). False = PyTorch's NCHW default.
+    cfg.LUMBAR.CHANNELS_LAST = True
 
     cfg.INPUT.AUG = CN()
     # Random rotation range in degrees (sagittal spines tilt; axial slices rotate in-plane).

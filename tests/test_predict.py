@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 from conftest import INSTANT_CONFIG
@@ -147,6 +148,22 @@ def test_predictor_any_bit_depth_batch_and_flip_tta(weights: str,
     assert full.image_size == (128, 128) and cropped.image_size == (96, 128)
     assert tuple(cropped.pred_masks.shape[1:]) == (96, 128) and len(cropped) > 0
     assert cropped.pred_masks.device.type == "cpu"
+
+
+def test_channels_last_changes_layout_not_predictions(weights: str,
+                                                      slices: List[np.ndarray]) -> None:
+    cfg = tiny_cfg(weights)
+    nhwc = LumbarPredictor(cfg)
+    cfg.LUMBAR.CHANNELS_LAST = False
+    nchw = LumbarPredictor(cfg)
+    conv = nhwc.model.backbone.bottom_up.stem.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.model.backbone.bottom_up.stem.conv1.weight.is_contiguous()
+    a, b = nhwc(slices[0]), nchw(slices[0])
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    np.testing.assert_allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-2)
+    assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
 
 
 def test_cli_spacing_override_and_partial_failure(tmp_path: Path, weights: str,
