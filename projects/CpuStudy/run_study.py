@@ -33,10 +33,15 @@ from lumbar_d2.evaluation.records import read_patient_dice  # noqa: E402
 
 BASE = "configs/scratch_mask_rcnn_R_50_FPN128_gn_disc_spider_lite.yaml"
 R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+R34 = ["MODEL.RESNETS.DEPTH", "34", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 S384 = ["INPUT.MIN_SIZE_TRAIN", "(360, 384, 408)", "INPUT.MAX_SIZE_TRAIN", "528",
         "INPUT.CROP.SIZE", "(264, 264)", "INPUT.MIN_SIZE_TEST", "384",
         "INPUT.MAX_SIZE_TEST", "528"]
+S448 = ["INPUT.MIN_SIZE_TRAIN", "(424, 448, 472)", "INPUT.MAX_SIZE_TRAIN", "616",
+        "INPUT.CROP.SIZE", "(308, 308)", "INPUT.MIN_SIZE_TEST", "448",
+        "INPUT.MAX_SIZE_TEST", "616"]
 FPN64 = ["MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64"]
+BOX256 = ["MODEL.ROI_BOX_HEAD.FC_DIM", "256"]
 POINTREND = ["MODEL.ROI_MASK_HEAD.NAME", "PointRendMaskHead", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "",
              "MODEL.ROI_MASK_HEAD.POINT_HEAD_ON", "True", "MODEL.POINT_HEAD.NUM_CLASSES", "1",
              "MODEL.ROI_MASK_HEAD.FC_DIM", "256", "MODEL.POINT_HEAD.FC_DIM", "128"]
@@ -48,11 +53,15 @@ VARIANTS: Dict[str, tuple] = {
     "r18_fpn128": ("R18 trunk", R18),
     "r18_fpn64": ("R18, FPN/mask head 64", R18 + FPN64),
     "r18_fpn128_s384": ("R18, 384 px short side (train and test)", R18 + S384),
-    "r18_fpn128_box256": ("R18, 2fc box head 256 wide (vs 1024)",
-                          R18 + ["MODEL.ROI_BOX_HEAD.FC_DIM", "256"]),
+    "r18_fpn128_box256": ("R18, 2fc box head 256 wide (vs 1024)", R18 + BOX256),
     "r18_fpn128_pointrend": ("R18, PointRend mask head", R18 + POINTREND),
     "r18_fpn128_intensity": ("R18, strong intensity aug (noise, bias field, contrast, gamma)",
                              R18 + INTENSITY),
+    # Second round, around the first round's winner (R18, FPN 64): depth, box head, scale.
+    "r34_fpn64": ("R34, FPN/mask head 64", R34 + FPN64),
+    "r50_fpn64": ("R50, FPN/mask head 64", FPN64),
+    "r18_fpn64_box256": ("R18-FPN64, 2fc box head 256 wide (vs 1024)", R18 + FPN64 + BOX256),
+    "r18_fpn64_s448": ("R18-FPN64, 448 px short side (train and test)", R18 + FPN64 + S448),
 }
 THRESHOLDS = [round(0.05 * i, 2) for i in range(6, 20)]
 logger = logging.getLogger("cpu_study")
