@@ -37,7 +37,8 @@ def add_lumbar_config(cfg: CN) -> None:
     cfg.LUMBAR.SHIPPED_SHA256 = ""
     # Inference on CPU keeps the model in channels-last (NHWC) memory: oneDNN's convolutions
     # and max-pooling then skip their layout reorders (same outputs; the shipped model went
-    # from ~0.37 to ~0.31 s per 512x640 slice at 2 threads). False = PyTorch's NCHW default.
+    # from 0.34-0.38 to 0.27-0.33 s per 512x640 slice at 2 threads). False = NCHW, PyTorch's
+    # default.
     cfg.LUMBAR.CHANNELS_LAST = True
 
     cfg.INPUT.AUG = CN()
