@@ -29,10 +29,11 @@ from .data.phantom import write_sudirman_phantom
 from .engine import build_trainer
 from .evaluation.metrics import image_metrics, summarize
 from .inference.predictor import LumbarPredictor, operating_point
-from .inference.visualize import draw_overlay, fit_width, overlay_figure
+from .inference.visualize import draw_overlay, overlay_figure
 from .model_zoo import REPO_ROOT, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
+from .utils.image import fit_width
 from .utils.io import write_json, write_png
 
 CONFIG = REPO_ROOT / "configs" / "cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml"

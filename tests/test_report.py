@@ -1,6 +1,7 @@
 """Series batch (several volumes, a bad one) and report.html, rendered in headless Chromium."""
 from __future__ import annotations
 
+import base64
 import csv
 import os
 import shutil
@@ -15,7 +16,8 @@ from volume_helpers import GroundTruthPredictor, phantom, sitk_volume
 from lumbar_d2.inference.report import REPORT_NAME, write_prediction_report
 from lumbar_d2.inference.series import SERIES_CSV, SERIES_FIELDS, run_volumes
 from lumbar_d2.inference.volume import find_volumes
-from lumbar_d2.utils.html import ReportCase, render_report
+from lumbar_d2.utils.html import ReportCase, png_data_uri, render_report
+from lumbar_d2.utils.image import fit_width
 
 sitk = pytest.importorskip("SimpleITK")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -128,3 +130,20 @@ def test_evaluate_report_sorted_by_dice_worst_first(tmp_path, load_tool):
     order = [page.index(f"images/case{i}.png</b>") for i in (2, 1, 3)]
     assert order == sorted(order)  # Dice 0, then 1, then undefined (no disc at all)
     assert "1 missed" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_fit_width_area_averages_and_keeps_aspect() -> None:
+    image = np.zeros((4, 8), np.uint8)
+    image[:, 4:] = 200
+    image[:, 6:] = 100  # columns 4-5 at 200, 6-7 at 100: halving averages column pairs
+    out = fit_width(image, 4)
+    assert out.shape == (2, 4)
+    assert out[0].tolist() == [0, 0, 200, 100]
+    # the report's thumbnails use it: a wide image is shrunk, a narrow one left as it is
+    uri = png_data_uri(np.zeros((30, 300, 3), np.uint8), width=100)
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8),
+                         cv2.IMREAD_UNCHANGED)
+    assert thumb.shape == (10, 100, 3)
+    small = png_data_uri(np.zeros((30, 50), np.uint8), width=100)
+    assert cv2.imdecode(np.frombuffer(base64.b64decode(small.split(",", 1)[1]), np.uint8),
+                        cv2.IMREAD_UNCHANGED).shape == (30, 50)

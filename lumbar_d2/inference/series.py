@@ -46,9 +46,10 @@ from ..measure import (
     sagittal_level_names,
 )
 from ..utils.errors import LumbarError
+from ..utils.image import fit_width
 from ..utils.io import write_csv, write_png
 from .linking import LinkedDisc, SliceInstance, link_instances
-from .visualize import draw_overlay, fit_width
+from .visualize import draw_overlay
 from .volume import Volume, VolumeInputs, read_dicom_series, read_volume, write_labels
 
 logger = logging.getLogger(__name__)

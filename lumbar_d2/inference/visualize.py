@@ -19,13 +19,6 @@ COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130
           (145, 30, 180)]
 
 
-def fit_width(image: np.ndarray, width: int) -> np.ndarray:
-    """``image`` scaled to ``width`` pixels, aspect kept (area-averaged: thin contours survive
-    shrinking), so rows and tiles of different slices line up."""
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-
-
 def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str] = (),
                  scores: Optional[Sequence[float]] = None,
                  class_ids: Optional[Sequence[int]] = None, alpha: float = 0.35) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .image import fit_width
 from .io import write_text
 
 THUMB_WIDTH = 320
@@ -68,8 +69,7 @@ def png_data_uri(image: Any, width: int = THUMB_WIDTH) -> Optional[str]:
             return None
     image = np.asarray(image)
     if image.shape[1] > width:
-        height = max(1, round(image.shape[0] * width / image.shape[1]))
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        image = fit_width(image, width)
     ok, data = cv2.imencode(".png", image)
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
 
