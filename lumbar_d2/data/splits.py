@@ -149,4 +149,3 @@ def image_level_split(keys: Sequence[str], val: float, test: float, seed: int,
     logger.warning("--split-by image puts slices of one patient in train and test: scores will "
                    "be optimistic (patient leakage); use it only to reproduce the paper")
     return split_patients(keys, val=val, test=test, seed=seed)
-

@@ -70,4 +70,3 @@ def read_patient_dice(per_image_csv: Path) -> Dict[str, List[float]]:
 
 
 __all__ = ["BOOTSTRAP_SEED", "image_records", "read_patient_dice", "summarize_classes"]
-
