@@ -224,6 +224,27 @@ def test_summarize_of_image_metrics_two_images():
     assert (s["tp"], s["fp"], s["fn"]) == (2, 0, 0)
 
 
+def test_recall_by_position_orders_lowest_first_by_hand():
+    upper, middle, lower = (_mask((12, 8), np.s_[r:r + 2, 1:7]) for r in (1, 5, 9))
+    # GT listed out of order; the predictions find the middle and the upper disc
+    r = m.image_metrics([upper.copy(), middle.copy()], [middle, lower, upper])
+    assert r["found_by_position"] == "NYY"     # lower (rows 9-10) missed
+    r2 = m.image_metrics([upper.copy(), lower.copy()], [upper, lower])
+    assert r2["found_by_position"] == "YY"
+    s = m.summarize([dict(r, patient_id="a"), dict(r2, patient_id="b"),
+                     {**HAND_RECORDS[0]}], n_boot=0)   # a record without the field is skipped
+    # from the bottom: position 1 N,Y -> 1/2; position 2 Y,Y -> 2/2; position 3 Y -> 1/1
+    assert s["recall_by_position"]["from_bottom"] == [
+        {"position": 1, "n_gt": 2, "found": 1, "recall": 0.5},
+        {"position": 2, "n_gt": 2, "found": 2, "recall": 1.0},
+        {"position": 3, "n_gt": 1, "found": 1, "recall": 1.0}]
+    # from the top ("YYN", "YY"): position 1 Y,Y; 2 Y,Y; 3 N
+    assert [(row["n_gt"], row["found"]) for row in s["recall_by_position"]["from_top"]] == [
+        (2, 2), (2, 2), (1, 0)]
+    assert m.summarize([], n_boot=0)["recall_by_position"] == {"from_bottom": [],
+                                                               "from_top": []}
+
+
 def _random_records(n_patients=150, per_patient=3, seed=0):
     rng = np.random.default_rng(seed)
     recs = []

@@ -1,6 +1,7 @@
 """End-to-end checks of lumbar_d2.evaluation.offline on a tiny COCO ground truth."""
 import contextlib
 import copy
+import csv
 import io
 import json
 import logging
@@ -129,6 +130,12 @@ def test_imperfect_predictions_match_cocoeval_and_counts(tmp_path):
     assert res["settings"]["pixel_spacing"] == [0.5, 0.8]
     # image 1: missed disc -> FN pixels; image 3: FP only -> HD undefined (counted)
     assert s["n_hd_undefined"] == 1
+    # image 1 misses its lower disc (rows 10-14): "NY" lowest first; image 2 "Y"; image 3 ""
+    by_pos = s["recall_by_position"]
+    assert [(r["n_gt"], r["found"]) for r in by_pos["from_bottom"]] == [(2, 1), (1, 1)]
+    assert [(r["n_gt"], r["found"]) for r in by_pos["from_top"]] == [(2, 2), (1, 0)]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "per_image.csv")))
+    assert [r["found_by_position"] for r in rows] == ["NY", "Y", ""]
 
 
 def test_pixel_spacing_argument_overrides_gt(tmp_path):
@@ -201,6 +208,9 @@ def test_cli_prints_table_and_reports_errors(tmp_path, gt_path, capsys, load_too
                      str(tmp_path / "out"), "--bootstrap", "20"]) == 0
     table = capsys.readouterr().out
     assert "inst precision" in table and "paper Mask R-CNN" in table and "COCO segm" in table
+    # perfect: every position found; image 1 has 2 discs, image 2 one
+    assert ("disc: recall by position in the image, lowest first: 1.000 (2), 1.000 (1); "
+            "highest first: 1.000 (2), 1.000 (1)") in table
     assert cli.main(["--gt", str(tmp_path / "nope.json"), "--predictions", pred,
                      "--output", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -188,7 +188,8 @@ def image_metrics(pred_masks: List[np.ndarray], gt_masks: List[np.ndarray],
     Returns:
         dict with pixel counts ``tp_px, fp_px, fn_px, tn_px``, ``dice, iou, precision_px,
         recall_px, hd95, assd`` (on the unions), ``n_gt, n_pred``, instance ``tp, fp, fn``,
-        ``matched_dice_sum`` and ``matched_dice`` (mean Dice of matched pairs, NaN if none).
+        ``matched_dice_sum``, ``matched_dice`` (mean Dice of matched pairs, NaN if none) and
+        ``found_by_position`` (:func:`found_by_position`).
     """
     if shape is None and len(pred_masks) + len(gt_masks) > 0:
         shape = np.shape(pred_masks[0] if len(pred_masks) else gt_masks[0])
@@ -210,7 +211,49 @@ def image_metrics(pred_masks: List[np.ndarray], gt_masks: List[np.ndarray],
         "fn": len(gt_masks) - len(matches),
         "matched_dice_sum": float(sum(matched_dice)),
         "matched_dice": float(np.mean(matched_dice)) if matched_dice else float("nan"),
+        "found_by_position": found_by_position(gt_masks, matches),
     }
+
+
+# ------------------------------------------------------------------ recall by disc position
+FOUND, MISSED = "Y", "N"
+
+
+def found_by_position(gt_masks: Sequence[np.ndarray],
+                      matches: Sequence[Tuple[int, int, float]]) -> str:
+    """One letter per GT instance, the lowest in the image first: ``Y`` matched, ``N`` missed.
+
+    "Lowest" is the largest centroid row. On a sagittal slice that is the most caudal disc in
+    the field of view (L5-S1 when the sacrum is in it), and the end discs are where models
+    fail first, so :func:`recall_by_position` can say which end. Letters rather than digits
+    keep the per-image CSV column text (a spreadsheet would read ``0111`` as 111).
+    """
+    rows = [np.nonzero(m)[0].mean() if np.any(m) else -1.0 for m in gt_masks]
+    found = {g for _, g, _ in matches}
+    order = sorted(range(len(rows)), key=lambda g: -rows[g])
+    return "".join(FOUND if g in found else MISSED for g in order)
+
+
+def recall_by_position(records: List[dict]) -> Dict[str, List[dict]]:
+    """Instance recall of the k-th GT instance of each image, counted from the bottom and top.
+
+    Pools the ``found_by_position`` strings of :func:`image_metrics` records (records without
+    one, e.g. from older CSVs, are skipped). Returns ``{"from_bottom": rows, "from_top":
+    rows}``, each row ``{"position" (1 = lowest / highest), "n_gt", "found", "recall"}``.
+    """
+    seqs = [r["found_by_position"] for r in records if r.get("found_by_position")]
+    return {"from_bottom": _position_rows(seqs),
+            "from_top": _position_rows([s[::-1] for s in seqs])}
+
+
+def _position_rows(seqs: List[str]) -> List[dict]:
+    rows = []
+    for k in range(max((len(s) for s in seqs), default=0)):
+        flags = [s[k] for s in seqs if len(s) > k]
+        found = flags.count(FOUND)
+        rows.append({"position": k + 1, "n_gt": len(flags), "found": found,
+                     "recall": found / len(flags)})
+    return rows
 
 
 # ------------------------------------------------------------------------------ summaries
@@ -292,9 +335,9 @@ def summarize(records: List[dict], n_boot: int = 1000, seed: int = 0,
     Returns:
         dict of ``dice_micro, iou_micro, precision_px, recall_px, dice_macro,
         inst_precision, inst_recall, inst_f1, matched_dice, hd95_mean, assd_mean,
-        n_hd_undefined, n_images, n_records, n_patients, n_gt, n_pred, tp, fp, fn`` and
+        n_hd_undefined, n_images, n_records, n_patients, n_gt, n_pred, tp, fp, fn``,
         ``ci95`` {metric: [lo, hi]} for ``dice_micro, dice_macro, inst_precision,
-        inst_recall``.
+        inst_recall`` and ``recall_by_position`` (:func:`recall_by_position`).
     """
     if not records:
         sums = np.zeros((0, len(_COLUMNS)))
@@ -317,6 +360,7 @@ def summarize(records: List[dict], n_boot: int = 1000, seed: int = 0,
         "n_gt": sum(r["n_gt"] for r in records), "n_pred": sum(r["n_pred"] for r in records),
         "tp": tp, "fp": fp, "fn": fn,
         "ci95": bootstrap_ci(sums, n_boot, seed),
+        "recall_by_position": recall_by_position(records),
     })
     return out
 

@@ -282,8 +282,11 @@ def format_result(result: dict) -> str:
     if len(rows) > 1:
         rows["overall"] = result["overall"]
     s = result["settings"]
-    return report.format_table(rows, result["coco"], iou_threshold=s["iou_threshold"],
-                               distance_unit=s["distance_unit"])
+    table = report.format_table(rows, result["coco"], iou_threshold=s["iou_threshold"],
+                                distance_unit=s["distance_unit"])
+    positions = [f"{name}: {line}" for name, summary in rows.items()
+                 if (line := report.format_position_recall(summary))]
+    return "\n".join([table, *positions])
 
 
 def evaluate_files(gt_json: str, predictions: str, output_dir: str,

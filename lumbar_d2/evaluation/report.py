@@ -21,7 +21,7 @@ PAPER_NOTE = ("* reference study: Mask R-CNN, Sudirman axial lumbar MRI, random 
               "(one patient's slices can be in both train and test)")
 
 PER_IMAGE_FIELDS = ["file_name", "patient_id", "category", "dice", "iou", "hd95", "assd",
-                    "n_gt", "n_pred", "tp", "fp", "fn"]
+                    "n_gt", "n_pred", "tp", "fp", "fn", "found_by_position"]
 COCO_KEYS = ("AP", "AP50", "AP75")
 _NAME_W, _NUM_W, _CI_W = 24, 5, 19
 
@@ -108,6 +108,22 @@ def _coco_lines(coco: Dict[str, Dict[str, float]]) -> List[str]:
             vals = "  ".join(f"{k} {format_number(res.get(k), '{:.1f}')}" for k in COCO_KEYS)
             lines.append(f"COCO {iou_type:<4} (0-100)  {vals}")
     return lines
+
+
+def format_position_recall(summary: dict, n: int = 3) -> str:
+    """One line: instance recall of the ``n`` lowest and ``n`` highest GT instances per image.
+
+    From ``summary["recall_by_position"]`` (:func:`metrics.recall_by_position`); "" when the
+    summary has none (no GT). The counts in brackets are GT instances at that position.
+    """
+    pos = summary.get("recall_by_position") or {}
+    parts = []
+    for key, label in (("from_bottom", "lowest"), ("from_top", "highest")):
+        rows = pos.get(key, [])[:n]
+        if rows:
+            cells = ", ".join(f"{r['recall']:.3f} ({r['n_gt']})" for r in rows)
+            parts.append(f"{label} first: {cells}")
+    return f"recall by position in the image, {'; '.join(parts)}" if parts else ""
 
 
 def format_table(summary_by_class: Dict[str, dict], coco: Optional[dict] = None, *,
