@@ -102,6 +102,24 @@ def test_time_budget_hook_steps_lr_at_fractions_and_stops(monkeypatch):
     assert hook.trainer.max_iter == 42  # after_train hooks see a completed run
 
 
+def test_a_stopped_run_saves_model_final_with_its_iteration(monkeypatch):
+    from detectron2.engine import DefaultTrainer
+
+    from lumbar_d2.engine.trainer import Trainer
+
+    def stop(self):
+        raise EarlyStop()
+
+    saved = []
+    monkeypatch.setattr(DefaultTrainer, "train", stop)
+    trainer = object.__new__(Trainer)  # no model needed: only the stop path runs
+    trainer.iter = 4610
+    trainer.checkpointer = SimpleNamespace(save=lambda name, **extra: saved.append(
+        (name, extra)))
+    trainer.train()
+    assert saved == [("model_final", {"iteration": 4610})]
+
+
 def test_noise_and_bias_field_keep_shape_dtype_and_stay_bounded():
     img = np.full((40, 50, 3), 100, np.uint8)
     noisy = _add_noise(img, std=10.0, seed=3)
