@@ -89,8 +89,9 @@ class Trainer(DefaultTrainer):
         TEST.EXPECTED_RESULTS is set)."""
         try:
             super().train()
-        except EarlyStop:  # with the iteration, as Detectron2's own checkpoints: --resume
-            self.checkpointer.save("model_final", iteration=self.iter)  # and the model card
+        except EarlyStop:
+            # with the iteration, as Detectron2's own checkpoints, for --resume and the card
+            self.checkpointer.save("model_final", iteration=self.iter)
         return getattr(self, "_last_eval_results", None)
 
     def resume_or_load(self, resume: bool = True) -> None:

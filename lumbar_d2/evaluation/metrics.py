@@ -238,7 +238,7 @@ def recall_by_position(records: List[dict]) -> Dict[str, List[dict]]:
     """Instance recall of the k-th GT instance of each image, counted from the bottom and top.
 
     Pools the ``found_by_position`` strings of :func:`image_metrics` records (records without
-    one, e.g. from older CSVs, are skipped). Returns ``{"from_bottom": rows, "from_top":
+    one, e.g. hand-made ones, are skipped). Returns ``{"from_bottom": rows, "from_top":
     rows}``, each row ``{"position" (1 = lowest / highest), "n_gt", "found", "recall"}``.
     """
     seqs = [r["found_by_position"] for r in records if r.get("found_by_position")]
