@@ -47,6 +47,10 @@ POINTREND = ["MODEL.ROI_MASK_HEAD.NAME", "PointRendMaskHead", "MODEL.ROI_MASK_HE
              "MODEL.ROI_MASK_HEAD.FC_DIM", "256", "MODEL.POINT_HEAD.FC_DIM", "128"]
 INTENSITY = ["INPUT.AUG.NOISE", "0.06", "INPUT.AUG.BIAS_FIELD", "0.35",
              "INPUT.AUG.CONTRAST", "(0.6, 1.6)", "INPUT.AUG.GAMMA", "(0.5, 2.0)"]
+# The shipped model's scanner-shift and dark-disc augmentation (run 3 in MODEL_ZOO.md).
+SHIP_AUG = ["INPUT.AUG.NOISE", "0.04", "INPUT.AUG.BIAS_FIELD", "0.3",
+            "INPUT.AUG.CONTRAST", "(0.7, 1.3)", "INPUT.AUG.GAMMA", "(0.6, 1.6)",
+            "INPUT.AUG.DARKEN_INSTANCES", "0.3", "INPUT.AUG.DARKEN_GAIN", "(0.25, 0.8)"]
 # name -> (what it tests, overrides on top of BASE)
 VARIANTS: Dict[str, tuple] = {
     "r50_fpn128": ("R50, FPN/mask head 128 (today's lite model)", []),
@@ -62,6 +66,12 @@ VARIANTS: Dict[str, tuple] = {
     "r50_fpn64": ("R50, FPN/mask head 64", FPN64),
     "r18_fpn64_box256": ("R18-FPN64, 2fc box head 256 wide (vs 1024)", R18 + FPN64 + BOX256),
     "r18_fpn64_s448": ("R18-FPN64, 448 px short side (train and test)", R18 + FPN64 + S448),
+    # Third round, the issue's protocol (30 min, both threads, idle machine): the shipped
+    # augmentation at an equal budget, and the second round's two speed-ups together.
+    "r18_fpn64_shipaug": ("R18-FPN64, the shipped model's intensity and dark-disc aug",
+                          R18 + FPN64 + SHIP_AUG),
+    "r18_fpn64_box256_s448": ("R18-FPN64, box head 256 and 448 px together",
+                              R18 + FPN64 + BOX256 + S448),
 }
 THRESHOLDS = [round(0.05 * i, 2) for i in range(6, 20)]
 logger = logging.getLogger("cpu_study")
