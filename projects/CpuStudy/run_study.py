@@ -72,6 +72,8 @@ VARIANTS: Dict[str, tuple] = {
                           R18 + FPN64 + SHIP_AUG),
     "r18_fpn64_box256_s448": ("R18-FPN64, box head 256 and 448 px together",
                               R18 + FPN64 + BOX256 + S448),
+    "r18_fpn64_nonorm": ("R18-FPN64, no percentile intensity normalisation (PNG as stored)",
+                         R18 + FPN64 + ["INPUT.NORMALIZE", "False"]),
 }
 THRESHOLDS = [round(0.05 * i, 2) for i in range(6, 20)]
 logger = logging.getLogger("cpu_study")
