@@ -199,7 +199,21 @@ def write_table(rows: List[dict], out: Path, command: str) -> None:
             f"{_fmt(r.get('latency_1t_s'))} | {_fmt(r.get('latency_2t_s'))} | "
             f"{r['params_M']:.1f} | "
             f"{r['fp16_MB']:.0f} |")
+    lines += ["", *patient_table(rows)]
     (out / "study.md").write_text("\n".join(lines) + "\n")
+
+
+def patient_table(rows: List[dict]) -> List[str]:
+    """Mean slice Dice per val patient and variant, hardest patient (of the first row) first:
+    intensity robustness is judged on the hardest patients, not the pooled mean."""
+    first = rows[0]["patient_dice"]
+    patients = sorted(first, key=first.get)
+    lines = ["Mean slice Dice per validation patient, hardest first:", "",
+             "| variant | " + " | ".join(patients) + " |", "|---|" + "---|" * len(patients)]
+    for r in rows:
+        cells = [_fmt(r["patient_dice"].get(p)) for p in patients]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt(value: Optional[float]) -> str:
