@@ -34,7 +34,8 @@ from .model_zoo import REPO_ROOT, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
 from .utils.image import fit_width
-from .utils.io import write_json, write_png
+from .utils.io import write_png
+from .utils.record import write_result
 
 CONFIG = REPO_ROOT / "configs" / "cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml"
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
@@ -59,7 +60,7 @@ def run_demo(output: Path, n_patients: int = 12, test_patients: int = 3, seed: i
     trainer = build_trainer(cfg)
     results = trainer.train()
     metrics = _metrics(cfg, results, time.time() - start)
-    write_json(output / "metrics.json", metrics)
+    write_result(output / "metrics.json", metrics, data={"dataset": "embedded phantom"})
     overlay_figure(cfg, output / "overlay.png", n=3)
     return metrics
 
@@ -93,7 +94,7 @@ def run_shipped_on_samples(output: Path, config_file: Path = SHIPPED_CONFIG,
                "dice": summary["dice_micro"], "instance_precision": summary["inst_precision"],
                "instance_recall": summary["inst_recall"],
                "per_image_dice": {r["patient_id"]: round(r["dice"], 4) for r in records}}
-    write_json(Path(output) / "metrics.json", metrics)
+    write_result(Path(output) / "metrics.json", metrics, data={"dataset": str(samples)})
     write_png(Path(output) / "overlay.png", np.vstack([fit_width(r, 1024) for r in rows]))
     return metrics
 

@@ -36,7 +36,7 @@ from lumbar_d2.inference.series import detectron2_slice_predictor, run_volumes
 from lumbar_d2.inference.volume import find_volumes
 from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
-from lumbar_d2.utils.io import write_json
+from lumbar_d2.utils.record import write_result
 
 SPIDER = Path(__file__).resolve().parents[2] / "shared/data/spider_t2space_sagittal_2d/images"
 PATIENT, FIRST, N_SLICES = "11", 51, 20
@@ -139,7 +139,7 @@ def bench(args) -> int:
               "series_overhead_s": overhead,
               "budget_s": budget, "within_budget": series_s <= budget,
               "discs": rows[0]["n_discs"], "levels": rows[0]["levels"]}
-    write_json(out / "bench_volume.json", result)
+    write_result(out / "bench_volume.json", result)
     print(f"per-slice latency (median of {N_SLICES}): {median:.2f} s; {N_SLICES}-slice series "
           f"end to end: {series_s:.1f} s; budget 20 x {median:.2f} + 5 = {budget:.1f} s -> "
           f"{'within' if series_s <= budget else 'OVER'}; outside the model {overhead:.1f} s "

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional
 
 from ..inference.visualize import overlay_figure
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path, write_json
+from ..utils.io import atomic_path
+from ..utils.record import write_result
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def collect_run(cfg, results_dir: Path, extra: Optional[Dict] = None) -> dict:
     summary = {"test_dataset": test, "iterations": last["iteration"] + 1,
                "dice": json.loads(dice_file.read_text()),
                "coco": _coco_from_events(events), "config": cfg.dump(), **(extra or {})}
-    write_json(results_dir / "metrics.json", summary)
+    write_result(results_dir / "metrics.json", summary,
+                 data={"train": ",".join(cfg.DATASETS.TRAIN), "test": test})
     with atomic_path(results_dir / "per_image.csv") as tmp:
         shutil.copyfile(inference / "per_image.csv", tmp)
     plot_curves(events, results_dir / "curves.png")

@@ -19,7 +19,7 @@ from detectron2.utils import comm
 
 from ..data.instances import decode_segmentations
 from ..data.register import patient_ids
-from ..utils.io import write_json
+from ..utils.record import write_result
 from . import report
 from .records import image_records, summarize_classes
 
@@ -47,6 +47,7 @@ class DiceEvaluator(DatasetEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         self._classes: List[str] = list(meta.thing_classes)
         self._spacing = tuple(meta.get("pixel_spacing") or (1.0, 1.0))
+        self._dataset_name = dataset_name
         self._output_dir, self._score, self._iou, self._n_boot = (output_dir, score_thresh,
                                                                    iou_thresh, n_boot)
         pids = patient_ids(dataset_name)
@@ -82,11 +83,12 @@ class DiceEvaluator(DatasetEvaluator):
             return {}
         per_class, overall = summarize_classes(records, self._classes, self._n_boot)
         if self._output_dir:
-            write_json(os.path.join(self._output_dir, "dice_metrics.json"),
-                       report.jsonable({"per_class": per_class, "overall": overall,
-                                   "settings": {"score_thresh": self._score,
-                                                "iou_thresh": self._iou,
-                                                "pixel_spacing": list(self._spacing)}}))
+            write_result(os.path.join(self._output_dir, "dice_metrics.json"),
+                         report.jsonable({"per_class": per_class, "overall": overall,
+                                          "settings": {"score_thresh": self._score,
+                                                       "iou_thresh": self._iou,
+                                                       "pixel_spacing": list(self._spacing)}}),
+                         data={"dataset": self._dataset_name})
             report.write_per_image_csv(records, os.path.join(self._output_dir, "per_image.csv"))
         result = {k: float(overall[v]) for k, v in KEYS.items()}
         if len(self._classes) > 1:

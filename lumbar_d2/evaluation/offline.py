@@ -30,7 +30,7 @@ from ..data.imageio import read_label
 from ..data.instances import decode_segmentations, encode_rle
 from ..geometry import parse_spacing
 from ..utils.errors import LumbarError
-from ..utils.io import write_json
+from ..utils.record import write_result
 from . import metrics, report
 from .coco_json import check_ground_truth, check_results, read_json
 from .records import BOOTSTRAP_SEED, image_records, summarize_classes
@@ -340,7 +340,8 @@ def evaluate_files(gt_json: str, predictions: str, output_dir: str,
         result["best_threshold"] = best_threshold(result["threshold_sweep"])
     out = Path(output_dir)
     report.write_per_image_csv(records, out / "per_image.csv")
-    write_json(out / "metrics.json", report.jsonable(result))
+    write_result(out / "metrics.json", report.jsonable(result),
+                 data={"ground_truth": gt_json, "predictions": predictions})
     logger.info("evaluation of %s (%s):\n%s", predictions, out / "metrics.json",
                 format_result(result))
     return result

@@ -44,7 +44,8 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..compat import tracing_adapter_class
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path, write_json
+from ..utils.io import atomic_path
+from ..utils.record import write_result
 from .io import load_image
 from .batch import make_output_dir
 from .predictor import LumbarPredictor
@@ -336,7 +337,7 @@ def export_model(cfg: CfgNode, output_dir: str, image: Optional[ImageLike] = Non
         if fmt == "onnx" and result["onnx_path"] is None:
             raise LumbarError(f"{root / 'model.onnx'}: ONNX export {result['onnx']}; use "
                               "--format torchscript")
-    write_json(root / "export.json", result)
+    write_result(root / "export.json", result)
     return result
 
 

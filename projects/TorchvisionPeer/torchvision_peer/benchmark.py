@@ -93,7 +93,7 @@ from lumbar_d2.inference.batch import make_output_dir
 from lumbar_d2.inference.predictor import LumbarPredictor, operating_point
 from lumbar_d2.runtime import load_config, prepare_config
 from lumbar_d2.utils.errors import LumbarError
-from lumbar_d2.utils.io import write_json
+from lumbar_d2.utils.record import write_result
 
 from .measure import (RSS_RESETTABLE, benchmark_seed, predict_timed,
                       train_timed, use_channels_last)
@@ -349,7 +349,7 @@ def train_peer(config_file: str, opts: Sequence[str], output_dir: str, iters: in
               "batch_size": cfg.SOLVER.IMS_PER_BATCH, "config_file": config_file,
               "opts": list(opts), "setup": peer_setup(peer),
               **machine_info(setup.device), "threads": torch.get_num_threads(), **stats}
-    write_json(out_dir / PEER_LOG, report.jsonable(result))
+    write_result(out_dir / PEER_LOG, report.jsonable(result))
     return result
 
 

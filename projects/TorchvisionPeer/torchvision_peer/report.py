@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from lumbar_d2.evaluation import report
 from lumbar_d2.evaluation.report import format_number
-from lumbar_d2.utils.io import atomic_path, write_json, write_text
+from lumbar_d2.utils.io import atomic_path, write_text
+from lumbar_d2.utils.record import record_markdown, result_record, write_result
 
 # (row label, summary key, paper key or None); fractions shown as percent.
 ACCURACY_ROWS = (("instance precision", "inst_precision", "precision"),
@@ -252,6 +253,8 @@ def write_outputs(result: dict, out_dir: Path) -> Dict[str, Optional[str]]:
     result["files"] = files
     if files["plot"]:
         plot_scaling(result["scaling"], Path(files["plot"]))
-    write_text(files["markdown"], format_markdown(result) + "\n")
-    write_json(files["json"], report.jsonable(result))
+    record = result_record()
+    write_text(files["markdown"], format_markdown(result) + "\n\n## Record\n\n"
+               + record_markdown(record))
+    write_result(files["json"], report.jsonable(result), record=record)
     return files
