@@ -98,6 +98,10 @@ def affine_geometry(img: Any, path: Path) -> Tuple[Tuple[float, float, float],
         LumbarError: non-finite affine, a zero voxel size, or shear.
     """
     affine = np.asarray(img.affine, dtype=np.float64)
+    pixdim = np.asarray(_raw_header(img, path)["pixdim"][1:4], dtype=np.float64)
+    if int(img.header["sform_code"]) == 0 and not (np.isfinite(pixdim).all()
+                                                   and (pixdim != 0).all()):
+        affine = np.full((4, 4), np.nan if not np.isfinite(pixdim).all() else 0.0)
     if not np.isfinite(affine).all():
         raise LumbarError(f"{path}: the NIfTI header's geometry has NaN or infinite values "
                           "(pixdim, qform or sform); fix the header, e.g. with nibabel or "
@@ -115,6 +119,18 @@ def affine_geometry(img: Any, path: Path) -> Tuple[Tuple[float, float, float],
     return (float(spacing[0]), float(spacing[1]), float(spacing[2])), lps
 
 
+def _raw_header(img: Any, path: Path) -> Any:
+    """The header as stored: nibabel's loader silently turns a zero pixdim into 1 mm."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as f:
+            return type(img.header).from_fileobj(f, check=False)
+    except Exception as e:  # the same failures as load_header, for a file changed since
+        raise LumbarError(f"{path}: cannot read NIfTI header ({one_line(e, with_type=True)})"
+                          "; check the file") from None
+
+
 def write_nifti_labels(reference: Path, data: np.ndarray, path: Path) -> Path:
     """Save ``data`` (x, y, z, uint8) as NIfTI with the reference file's header and affine.
 
@@ -126,7 +142,7 @@ def write_nifti_labels(reference: Path, data: np.ndarray, path: Path) -> Path:
     header = ref.header.copy()
     header.set_data_dtype(np.uint8)
     pixdim = header["pixdim"]
-    if not (np.isfinite(pixdim[1:4]).all() and (np.abs(pixdim[1:4]) > 0).all()):
+    if not (np.isfinite(pixdim[1:4]).all() and (pixdim[1:4] > 0).all()):  # nibabel refuses
         pixdim[1:4] = np.linalg.norm(np.asarray(ref.affine)[:3, :3], axis=0)
     out = nib.Nifti1Image(np.ascontiguousarray(data), ref.affine, header)
     out.header.set_slope_inter(1.0, 0.0)
