@@ -17,6 +17,7 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -148,7 +149,7 @@ def output_stems(files: Sequence[Path]) -> List[str]:
     stems = [f.stem for f in files]
     clashing = {s for s in stems if stems.count(s) > 1}
     if not clashing:
-        return stems
+        return _utf8_stems(stems)
     common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
     out = []
     for f, stem in zip(files, stems):
@@ -157,6 +158,20 @@ def output_stems(files: Sequence[Path]) -> List[str]:
             continue
         rel = f.resolve().relative_to(common)
         out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
+    return _utf8_stems(out)
+
+
+def _utf8_stems(stems: List[str]) -> List[str]:
+    """Stems with bytes that are not UTF-8 (kept by Python as lone surrogates, on which
+    OpenCV's writer crashes) shown as U+FFFD, still unique (``_2``, ``_3``...)."""
+    out: List[str] = []
+    for stem in stems:
+        clean = os.fsencode(stem).decode("utf-8", "replace")
+        candidate, k = clean, 1
+        while candidate in out:
+            k += 1
+            candidate = f"{clean}_{k}"
+        out.append(candidate)
     return out
 
 

@@ -190,8 +190,8 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path) as tmp:  # a non-UTF-8 file name in the text stays readable
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)
 
 
