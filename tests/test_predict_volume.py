@@ -8,13 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import INSTANT_CONFIG
 from inference_helpers import save_random_checkpoint, tiny_opts
 from volume_helpers import phantom, sitk_volume, write_dicom_series
 
 from lumbar_d2.inference.series import DISC_FIELDS
-
-sitk = pytest.importorskip("SimpleITK")
 
 
 @pytest.fixture(scope="module")

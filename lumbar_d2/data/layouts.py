@@ -17,6 +17,9 @@ SUDIRMAN_CLASSES: Dict[int, str] = {50: "disc", 100: "posterior_element", 150: "
 SUDIRMAN_SPACING = (0.6875, 0.6875)
 # Sudirman's axial T2 slices cut the three lowest lumbar discs; file names end in D3/D4/D5.
 SUDIRMAN_LEVELS = {"3": "L3-L4", "4": "L4-L5", "5": "L5-S1"}
+# The SPIDER sample masks (datasets/samples/spider, datasets/README.md): label value -> class.
+SPIDER_CLASSES: Dict[int, str] = {29: "disc", 76: "vertebra", 150: "canal"}
+SPIDER_DISC_VALUE = 29
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _SUDIRMAN_NAME = re.compile(r"^L1_(?P<patient>\d+)_D(?P<level>\d)$")
 
