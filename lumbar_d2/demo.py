@@ -28,9 +28,10 @@ from .data.instances import connected_instances
 from .data.layouts import SPIDER_DISC_VALUE
 from .data.phantom import write_sudirman_phantom
 from .engine import build_trainer
+from .engine.results import overlay_figure
 from .evaluation.metrics import image_metrics, summarize
 from .inference.predictor import LumbarPredictor, operating_point
-from .inference.visualize import draw_overlay, overlay_figure
+from .inference.visualize import draw_overlay
 from .model_zoo import REPO_ROOT, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
