@@ -93,6 +93,26 @@ def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+def with_context(centre: np.ndarray, prev: Optional[np.ndarray], nxt: Optional[np.ndarray],
+                 normalize: bool = True) -> np.ndarray:
+    """2.5D model input: slices k-1, k, k+1 of one series as the 3 channels (B, G, R).
+
+    A grey slice fills only one channel of Detectron2's 3-channel stem; its neighbours show
+    whether a faint blob continues through the volume (a lateral disc) or not (noise), at no
+    extra cost. Each slice is normalised on its own, as a lone slice would be. A missing
+    neighbour (volume edge, a lone 2-D slice), or one of another size, is replaced by the
+    centre slice, so ``with_context(x, None, None)`` equals ``to_model_input(x)`` for a grey
+    slice.
+    """
+    grey = to_model_input(centre, normalize)[:, :, 1]
+
+    def channel(other: Optional[np.ndarray]) -> np.ndarray:
+        if other is None or other.shape[:2] != centre.shape[:2]:
+            return grey
+        return to_model_input(other, normalize)[:, :, 1]
+    return np.ascontiguousarray(np.stack([channel(prev), grey, channel(nxt)], axis=2))
+
+
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
     """OpenCV's log level SILENT while any thread decodes (restored after the last one)."""

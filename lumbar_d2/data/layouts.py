@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 SUDIRMAN_LABELS = "05_Final_Ground_Truth_Data/Label_Images"
 SUDIRMAN_IMAGES = "04_Intermediary_Ground_Truth_Data/{seq}_Output"
@@ -32,7 +32,7 @@ class Sample:
     images: List[Path]
     label: Path
     patient_id: str
-    extra: Dict[str, str] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)  # e.g. level, slice_index
 
 
 def discover_sudirman(root: Path, sequences: Sequence[str] = ("T2",)
@@ -71,13 +71,16 @@ def discover_sudirman(root: Path, sequences: Sequence[str] = ("T2",)
     return samples, problems
 
 
-def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
-                   ) -> Tuple[List[Sample], List[str]]:
+def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str,
+                   slice_regex: Optional[str] = None) -> Tuple[List[Sample], List[str]]:
     """Pair same-named files of an image folder and a mask folder.
 
     Args:
         patient_regex: regex whose group ``patient`` (or first group) extracts the patient id
             from the file name, e.g. ``^(?P<patient>\\d+)_`` for ``5_t2_SPACE_slice49.png``.
+        slice_regex: optional regex whose first group is the slice index within the
+            patient's series, e.g. ``slice(\\d+)``; stored as ``extra["slice_index"]`` so that
+            2.5D models can find a slice's neighbours.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     problems = [f"{d}: folder not found; check --images/--masks" for d in (images_dir, masks_dir)
@@ -91,6 +94,10 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
     images, problems = _index_unique(images_dir)
     masks, more = _index_unique(masks_dir)
     problems += more
+    try:
+        srx = re.compile(slice_regex) if slice_regex else None
+    except re.error as e:
+        return [], [f"--slice-regex {slice_regex!r}: invalid regex ({e})"]
     samples, no_id = [], []
     for stem, img in sorted(images.items()):
         mask = masks.pop(stem, None)
@@ -104,7 +111,9 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
             pid = m.group("patient") if "patient" in rx.groupindex else m.group(
                 1 if m.groups() else 0)
             no_id += [img.name] if not pid else []
-            samples.append(Sample(stem, [img], mask, pid or ""))
+            extra, problem = _slice_index(img.name, srx)
+            problems += [problem] if problem else []
+            samples.append(Sample(stem, [img], mask, pid or "", extra))
     if no_id:  # one line for the regex, not one per file
         problems.append(f"--patient-regex {patient_regex!r} gives an empty patient id for "
                         f"{len(no_id)} file(s), e.g. {no_id[0]}; its group 'patient' (or first "
@@ -112,6 +121,18 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str
     problems += [f"{p}: mask has no image in {images_dir}; add it or remove the mask"
                  for p in masks.values()]
     return samples, problems
+
+
+def _slice_index(name: str, srx: Optional["re.Pattern"]) -> Tuple[Dict[str, int], str]:
+    """``({"slice_index": k}, "")`` from a file name, or ``({}, problem)``."""
+    if srx is None:
+        return {}, ""
+    m = srx.search(name)
+    text = (m.group(1) if m.groups() else m.group(0)) if m else ""
+    if not text.isdigit():
+        return {}, (f"{name}: --slice-regex {srx.pattern!r} does not give a slice number; its "
+                    r"first group must capture digits, e.g. 'slice(\d+)'")
+    return {"slice_index": int(text)}, ""
 
 
 def _index(folder: Path) -> Dict[str, Path]:
