@@ -28,11 +28,11 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import write_csv, write_json, write_png
+from ..utils.io import inside_output, locked_output, write_csv, write_json, write_png
 from .io import LoadedImage, list_inputs, load_image
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
@@ -214,7 +214,15 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    root = make_output_dir(output_dir)
+    with locked_output(make_output_dir(output_dir)) as root:
+        return _predict_all(predictor, volumes, files, root, override, default_spacing,
+                            orientation, batch_size, report)
+
+
+def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
+                 root: Path, override: Optional[Spacing], default_spacing: Optional[Spacing],
+                 orientation: str, batch_size: int, report: bool) -> Dict:
+    """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
@@ -284,10 +292,8 @@ def _split_inputs(inputs: str, root: Path, orientation: str
     volumes = find_volumes(inputs)
     if Path(inputs).is_file() and volumes.volume_files:
         check_volume_file(Path(inputs))  # a lone bad volume fails before any output
-    inside = root.resolve()
-    volumes.volume_files = [f for f in volumes.volume_files if inside not in f.resolve().parents]
-    volumes.series = [(uid, fs) for uid, fs in volumes.series
-                      if inside not in fs[0].resolve().parents]
+    volumes.volume_files = [f for f in volumes.volume_files if not _is_output(f, root)]
+    volumes.series = [(uid, fs) for uid, fs in volumes.series if not _is_output(fs[0], root)]
     if len(volumes) and orientation != "sagittal":
         raise LumbarError(f"{inputs}: volumes and DICOM series are sliced sagittally; drop "
                           f"--orientation {orientation} or pass 2-D slices only")
@@ -298,7 +304,25 @@ def _split_inputs(inputs: str, root: Path, orientation: str
         if not len(volumes):
             raise
         files = []
+    if Path(inputs).is_file() and files:
+        _check_lone_slice(files[0])
     return volumes, _inputs_outside(files, root) if files else []
+
+
+def _check_lone_slice(path: Path) -> None:
+    """A single slice with nothing to segment fails in one line before any output."""
+    try:
+        loaded = load_image(path)
+    except LumbarError:
+        return  # reported as the run's one failure, as for a folder
+    problem = signal_problem(loaded.array)
+    if problem:
+        raise LumbarError(f"{path}: {problem}")
+
+
+def _is_output(path: Path, root: Path) -> bool:
+    """True for a file inside ``root`` or inside any folder a lumbar-d2 run wrote."""
+    return root.resolve() in path.resolve().parents or inside_output(path.resolve())
 
 
 def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,
@@ -329,11 +353,10 @@ def make_output_dir(output_dir: str) -> Path:
 
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
     """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
-    root = root.resolve()
-    kept = [f for f in files if root not in f.resolve().parents]
+    kept = [f for f in files if not _is_output(f, root)]
     if len(kept) < len(files):
-        logger.info("skipping %d files inside the output folder %s", len(files) - len(kept),
-                    root)
+        logger.info("skipping %d files inside the output folder %s or an earlier run's",
+                    len(files) - len(kept), root)
     if not kept:
         raise LumbarError(f"{root}: every input is inside the output folder; choose an "
                           "output folder outside the inputs")
@@ -343,7 +366,11 @@ def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
 def _load_or_record(path: Path, failures: List[Dict]) -> Optional[LoadedImage]:
     """The loaded slice, or None after logging and recording why it could not be read."""
     try:
-        return load_image(path)
+        loaded = load_image(path)
+        problem = signal_problem(loaded.array)
+        if problem:
+            raise LumbarError(f"{path}: {problem}")
+        return loaded
     except LumbarError as e:
         logger.warning("skipping %s", e)
         failures.append({"file": str(path), "error": str(e)})

@@ -32,9 +32,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input
 from ..data.mapper import build_augmentations
 from ..geometry import Spacing, parse_spacing
 from ..runtime import check_weights, refuse_shape_mismatch, use_cpu_without_cuda
@@ -95,14 +95,31 @@ class LumbarPredictor:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> List[Instances]:
-        """Predict several slices in one forward pass (one per slice with TTA)."""
-        if not images:
-            return []
-        inputs = [self.prepare(img, resize=self.tta is None) for img in images]
-        model = self.tta if self.tta is not None else self.model
-        with torch.inference_mode():
-            outputs = model(inputs)
-        return [out["instances"].to("cpu") for out in outputs]
+        """Predict several slices in one forward pass (one per slice with TTA).
+
+        A slice with nothing to segment (:func:`~lumbar_d2.data.imageio.signal_problem`:
+        blank, constant, mostly NaN) gets no instances without running the model, which
+        would otherwise find a confident "disc" on a featureless image.
+        """
+        results: List[Optional[Instances]] = [
+            empty_instances(np.shape(img)[:2]) if signal_problem(img) else None for img in images]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            inputs = [self.prepare(images[i], resize=self.tta is None) for i in todo]
+            model = self.tta if self.tta is not None else self.model
+            with torch.inference_mode():
+                outputs = model(inputs)
+            for i, out in zip(todo, outputs):
+                results[i] = out["instances"].to("cpu")
+        return results
+
+
+def empty_instances(size: Sequence[int]) -> Instances:
+    """``Instances`` with no detection (the fields a prediction has) at ``size`` (h, w)."""
+    h, w = int(size[0]), int(size[1])
+    return Instances((h, w), pred_boxes=Boxes(torch.zeros((0, 4))), scores=torch.zeros(0),
+                     pred_classes=torch.zeros(0, dtype=torch.int64),
+                     pred_masks=torch.zeros((0, h, w), dtype=torch.bool))
 
 
 def load_weights(model: torch.nn.Module, weights: str) -> None:
@@ -197,5 +214,5 @@ def operating_point(cfg: CfgNode, score_thresh: Optional[float] = None) -> CfgNo
     return cfg
 
 
-__all__ = ["LumbarPredictor", "class_names", "dataset_spacing", "load_weights",
-           "operating_point", "use_channels_last"]
+__all__ = ["LumbarPredictor", "class_names", "dataset_spacing", "empty_instances",
+           "load_weights", "operating_point", "use_channels_last"]
