@@ -195,7 +195,7 @@ def format_markdown(summary: dict) -> str:
     """The cross-validation table (OOF, all patients) and the decision."""
     lines = ["# Cross-validation, round 1: out-of-fold results over all 29 patients", "",
              "| variant | threshold | pixel Dice [95 % CI] | inst. P | inst. R | R < 400 px | "
-             "R outer third | IoU of found | lowest patient |", "|---|---|---|---|---|---|---|---|---|"]
+             "R outer third | IoU of found | lowest patient |", "|---" * 9 + "|"]
     for key, s in summary["variants"].items():
         for name in ("at_best", "at_shipped_point"):
             m = s[name]
