@@ -142,3 +142,60 @@ def test_committed_folds_cover_the_29_spider_patients():
     folds = read_folds(doc)
     assert len(folds) == 3 and sum(map(len, folds)) == 29
     assert folds == kfold_patients([p for f in folds for p in f], 3, seed=0)
+
+
+class _ContextStub:
+    """Slice predictor that records the neighbours it is given and predicts nothing."""
+
+    wants_context = True
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, images, contexts=None):
+        from lumbar_d2.inference.series import SlicePrediction
+
+        self.seen += list(zip(images, contexts))
+        return [SlicePrediction(np.zeros((0, *im.shape), bool), [], []) for im in images]
+
+
+def test_volume_path_passes_each_slice_its_neighbours(tmp_path):
+    import SimpleITK as sitk
+    from volume_helpers import phantom, sitk_volume
+
+    from lumbar_d2.inference.series import predict_volume
+    from lumbar_d2.inference.volume import read_volume
+
+    images, _ = phantom(n_slices=5)
+    # tell the slices apart, and give the disc-free end slices some signal
+    images = images + np.arange(5, dtype=np.uint8)[:, None, None] + (np.arange(160) % 7).astype(
+        np.uint8)
+    sitk.WriteImage(sitk_volume(images, spacing=(1.0, 1.0, 2.0)), str(tmp_path / "v.mha"))
+    stub = _ContextStub()
+    predict_volume(read_volume(tmp_path / "v.mha"), stub, batch_size=2)
+    assert len(stub.seen) == 5
+    slices = [s for s, _ in stub.seen]
+    for k, (centre, (prev, nxt)) in enumerate(stub.seen):
+        assert (prev is None) == (k == 0) and (nxt is None) == (k == 4)
+        if prev is not None:
+            np.testing.assert_array_equal(prev, slices[k - 1])
+        if nxt is not None:
+            np.testing.assert_array_equal(nxt, slices[k + 1])
+
+
+def test_predictor_builds_25d_input_only_for_a_25d_config():
+    from conftest import INSTANT_CONFIG
+
+    from lumbar_d2.inference.predictor import LumbarPredictor
+    from lumbar_d2.runtime import load_config
+
+    prev, centre, nxt = _slice(60), _slice(120), _slice(200)
+    flat = LumbarPredictor(load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu"]))
+    ctx = LumbarPredictor(load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu",
+                                                            "INPUT.SLICE_CONTEXT", "True"]))
+    got_flat = flat.prepare(centre, resize=False, context=(prev, nxt))["image"].numpy()
+    got_ctx = ctx.prepare(centre, resize=False, context=(prev, nxt))["image"].numpy()
+    np.testing.assert_array_equal(got_flat, to_model_input(centre).transpose(2, 0, 1))
+    np.testing.assert_array_equal(got_ctx, with_context(centre, prev, nxt).transpose(2, 0, 1))
+    lone = ctx.prepare(centre, resize=False)["image"].numpy()
+    np.testing.assert_array_equal(lone, got_flat)
