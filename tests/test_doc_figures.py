@@ -77,6 +77,7 @@ def results(tmp_path):
     ("m.json#rows.0.ips&over=rows.1.ips", 3.416 / 0.9664),
     ("m.json#sweep.1.d&minus=sweep.0.d&scale=100", 0.41),
     ("m.json#per_patient&agg=mean", 0.7),
+    ("m.json#per_patient&agg=mean&skip=2", 0.6),
     ("m.json#seconds&agg=sum&scale=1/3600", 2.2),
     ("events.json#iteration=1119.val/dice", 0.8468),        # JSON lines
     ("p.csv#col=dice&patient=1&agg=mean", 0.6),
@@ -96,6 +97,7 @@ def test_fragment_grammar(results, fragment, expected):
     ("p.csv#col=dice&patient=1", "2 rows match"),
     ("p.csv#col=dise&file=a", "not a column"),
     ("m.json#overall.dice&round=2", "unknown option"),
+    ("m.json#per_patient&agg=mean&skip=3", "lacks"),
 ])
 def test_bad_fragments_are_one_line_errors(results, fragment, message):
     name, frag = fragment.split("#")

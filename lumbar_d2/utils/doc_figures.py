@@ -29,7 +29,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from .errors import LumbarError
 from .result_values import figure_value
 
-FIGURE_LINK = re.compile(r"\[(?P<text>[^\]\n]+)\]\((?P<file>[^)\s#]+\.(?:json|csv))"
+FIGURE_LINK = re.compile(r"\[(?P<text>[^\[\]\n]+)\]\((?P<file>[^)\s#]+\.(?:json|csv))"
                          r"#(?P<frag>[^)\s]+)\)")
 _FIGURE_TEXT = re.compile(r"^(?P<sign>[+\-−]?)(?P<int>\d{1,3}(?:,\d{3})+|\d+)"
                           r"(?:\.(?P<dec>\d+))?(?:\s?(?P<suffix>%|x|×))?$")
@@ -44,6 +44,7 @@ ALLOWED: Tuple[Tuple[str, str], ...] = (
     (r"(?:score|threshold)s?\s*(?:>=|≥|=|of|at)?\s*0\.\d+", "score thresholds are settings"),
     (r"IoU\s*(?:>=|≥)\s*0\.\d+", "the instance-match IoU is a setting"),
     (r"detectron2 0\.6\b", "a version"),
+    (r"\b2\.5-?D\b", "a name: 2.5D input"),
 )
 _ALLOWED = re.compile("|".join(f"(?:{p})" for p, _ in ALLOWED), re.I)
 DOCS = ("README.md", "MODEL_ZOO.md", "docs/RESULTS.md", "projects/*/README.md")

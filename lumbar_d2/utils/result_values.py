@@ -7,12 +7,14 @@ docs/RESULTS.md, "How figures are cited"):
 
 JSON (``.json``; a JSON-lines file such as Detectron2's ``metrics.json`` is read as a list)::
 
-    <path>[&minus=<path>][&over=<path>][&scale=<a>[/<b>]][&agg=mean|sum|min|max|count]
+    <path>[&agg=mean|sum|min|max|count[&skip=<key>,...]][&minus=<path>][&over=<path>]
+          [&scale=<a>[/<b>]]
 
 ``<path>`` is dotted: a dict key (keys may contain dots: the longest key that exists wins), a
 list index (``rows.0``) or a list selector ``<field>=<value>`` picking the one element of a
 list of dicts whose field equals value (``rows.variant=r18_fpn64.dice``). ``agg`` reduces a
-list (or a dict of lists, flattened) to one number. The value is
+list (or a dict of lists, flattened) to one number; ``skip`` leaves keys of that dict out
+(``per_patient&agg=mean&skip=141``: the mean slice Dice without patient 141). The value is
 ``((v - minus) / over) * scale``.
 
 CSV (``.csv``)::
@@ -35,7 +37,7 @@ from .errors import LumbarError
 
 AGGREGATES = {"mean": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max,
               "count": len}
-_JSON_OPTIONS = {"minus", "over", "scale", "agg"}
+_JSON_OPTIONS = {"minus", "over", "scale", "agg", "skip"}
 _CSV_RESERVED = {"col", "scale", "agg"}
 
 
@@ -159,6 +161,11 @@ def _json_figure(data: Any, fragment: str, where: str) -> float:
         raise LumbarError(f"{where}: unknown option(s) {sorted(unknown)}; "
                           f"use {sorted(_JSON_OPTIONS)}")
     raw = json_value(data, path, where)
+    if "skip" in opts:
+        skip = set(opts["skip"].split(","))
+        if not isinstance(raw, dict) or not skip <= set(raw):
+            raise LumbarError(f"{where}: skip={opts['skip']} names keys the value lacks")
+        raw = {k: v for k, v in raw.items() if k not in skip}
     value = (_aggregate(_numbers(raw, where), opts["agg"], where) if "agg" in opts
              else _number(raw, where))
     if "minus" in opts:
