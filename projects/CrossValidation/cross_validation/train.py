@@ -56,10 +56,35 @@ def predict_lone(variant: str, fold: int, output: Path) -> Path:
                                             "MODEL.WEIGHTS", str(out / "model_final.pth")]))
     prepare_config(cfg, source=VARIANTS[variant], training=False)
     cfg.freeze()
-    model = Trainer.build_model(cfg)
-    from detectron2.checkpoint import DetectionCheckpointer
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    test = cfg.DATASETS.TEST[0]
-    with torch.no_grad():
-        Trainer.test(cfg, model, [Trainer.build_evaluator(cfg, test, str(lone / test))])
+    evaluate_weights(cfg, lone / cfg.DATASETS.TEST[0])
     return lone
+
+
+def evaluate_weights(cfg, folder: Path) -> None:
+    """Predict and evaluate ``DATASETS.TEST[0]`` with ``MODEL.WEIGHTS`` into ``folder``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    with torch.no_grad():
+        Trainer.test(cfg, model, [Trainer.build_evaluator(cfg, cfg.DATASETS.TEST[0],
+                                                          str(folder))])
+
+
+SHIPPED_CONFIG = "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
+
+
+def predict_shipped_old_test(output: Path) -> Path:
+    """The shipped model's predictions for its 6 held-out patients (``spider_oldtest``)."""
+    from lumbar_d2.model_zoo import use_shipped_weights
+
+    out = Path(output) / "shipped_oldtest"
+    test = "lumbar_spider_oldtest_test"
+    cfg = load_config(str(REPO / SHIPPED_CONFIG),
+                      ["DATASETS.TRAIN", "()", "DATASETS.TEST", f"('{test}',)",
+                       "LUMBAR.VAL_DATASET", "", "OUTPUT_DIR", str(out)])
+    use_shipped_weights(cfg)
+    prepare_config(cfg, source=SHIPPED_CONFIG, training=False)
+    cfg.freeze()
+    evaluate_weights(cfg, out / test)
+    return out / test / "coco_instances_results.json"
