@@ -161,6 +161,24 @@ def decide(a: dict, b: dict, b_lone: Optional[dict]) -> dict:
             "adopted": "25d" if first and second else "2d"}
 
 
+def score_reference(predictions: Path, results: Path) -> dict:
+    """Today's shipped model on its 6 held-out patients at its operating point (0.93)."""
+    gt_file = Path("datasets") / "spider_oldtest" / "annotations" / "test.json"
+    gt, preds = load_ground_truth(str(gt_file)), json.loads(Path(predictions).read_text())
+    res = evaluate_files(str(gt_file), str(predictions), str(results / "shipped_oldtest"),
+                         score_threshold=SHIPPED_POINT, n_boot=N_BOOT)
+    rows = instance_strata(gt, preds, SHIPPED_POINT)
+    summary = {"model": "spider_disc_R18_FPN64 (shipped before this round)",
+               "patients": sorted({im["patient_id"] for im in gt["images"]}),
+               "threshold": SHIPPED_POINT, "overall": _headline(res["overall"]),
+               "recall_by_size": strata.recall_table(rows, "size",
+                                                     [b[2] for b in strata.SIZE_BINS]),
+               "recall_by_lateral": strata.recall_table(rows, "lateral", strata.THIRDS),
+               "mean_iou_found": float(np.nanmean([r["iou"] for r in rows]))}
+    write_result(results / "shipped_oldtest.json", summary, data={"ground_truth": gt_file})
+    return summary
+
+
 def write_report(variants: Sequence[str], output: Path, results: Path) -> int:
     """Score every variant and mode found, write ``results/spider_cv`` tables."""
     scored: Dict[str, dict] = {}
