@@ -84,7 +84,7 @@ def test_perfect_predictions(tmp_path, gt_path):
     assert res["settings"]["bbox_source"] == "masks"
     assert (s["n_images"], s["n_patients"], s["n_hd_undefined"]) == (3, 2, 0)
     written = _strict_json(out / "metrics.json")
-    assert set(written) == {"coco", "per_class", "overall", "settings"}
+    assert set(written) == {"coco", "per_class", "overall", "settings", "record"}
     assert written["coco"]["segm"]["APl"] is None              # NaN written as null
     lines = (out / "per_image.csv").read_text().splitlines()
     assert lines[0].startswith("file_name,patient_id,category,dice") and len(lines) == 4
