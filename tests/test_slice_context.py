@@ -199,3 +199,46 @@ def test_predictor_builds_25d_input_only_for_a_25d_config():
     np.testing.assert_array_equal(got_ctx, with_context(centre, prev, nxt).transpose(2, 0, 1))
     lone = ctx.prepare(centre, resize=False)["image"].numpy()
     np.testing.assert_array_equal(lone, got_flat)
+
+
+def test_slice_positions_and_neighbours_from_file_names(tmp_path):
+    from pathlib import Path
+
+    from lumbar_d2.data.layouts import slice_neighbours, slice_positions
+
+    paths = [Path(n) for n in ("7_t2_slice10.png", "7_t2_slice11.png", "7_t2_slice13.png",
+                               "8_t2_slice11.png", "lone.png")]
+    pos = slice_positions(paths, r"^([^_]+)_", r"slice(\d+)")
+    assert pos == {paths[0]: ("7", 10), paths[1]: ("7", 11), paths[2]: ("7", 13),
+                   paths[3]: ("8", 11)}
+    nb = slice_neighbours(pos)
+    assert nb[paths[0]] == (None, paths[1]) and nb[paths[1]] == (paths[0], None)
+    assert nb[paths[2]] == (None, None) and nb[paths[3]] == (None, None)
+
+
+def test_predict_folder_gives_a_25d_model_each_slices_neighbours(tmp_path, monkeypatch):
+    from conftest import INSTANT_CONFIG
+
+    from lumbar_d2.inference import batch
+    from lumbar_d2.runtime import load_config
+
+    for k, value in ((1, 60), (2, 120), (3, 200)):
+        write_png(tmp_path / "in" / f"p1_slice{k}.png", _slice(value))
+    seen = {}
+    original = batch.LumbarPredictor.predict_batch
+
+    def spy(self, images, contexts=None):
+        for img, ctx in zip(images, contexts or [None] * len(images)):
+            seen[int(img[5, 10])] = None if ctx is None else tuple(
+                None if c is None else int(c[5, 10]) for c in ctx)
+        return original(self, images, contexts)
+    monkeypatch.setattr(batch.LumbarPredictor, "predict_batch", spy)
+    cfg = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu", "INPUT.SLICE_CONTEXT", "True"])
+    batch.run_prediction(cfg, str(tmp_path / "in"), str(tmp_path / "out"),
+                         slice_regex=r"slice(\d+)")
+    assert seen == {60: (None, 120), 120: (60, 200), 200: (120, None)}
+    seen.clear()
+    flat = load_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu"])
+    batch.run_prediction(flat, str(tmp_path / "in"), str(tmp_path / "out2"),
+                         slice_regex=r"slice(\d+)")
+    assert seen == {60: None, 120: None, 200: None}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 SUDIRMAN_LABELS = "05_Final_Ground_Truth_Data/Label_Images"
 SUDIRMAN_IMAGES = "04_Intermediary_Ground_Truth_Data/{seq}_Output"
@@ -121,6 +121,31 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str,
     problems += [f"{p}: mask has no image in {images_dir}; add it or remove the mask"
                  for p in masks.values()]
     return samples, problems
+
+
+def slice_positions(paths: Sequence[Path], patient_regex: str, slice_regex: str
+                    ) -> Dict[Path, Tuple[str, int]]:
+    """path -> (patient id, slice index) for the file names that both regexes match (the
+    others are lone slices). Raises ``re.error`` for an invalid pattern."""
+    prx, srx = re.compile(patient_regex), re.compile(slice_regex)
+    out = {}
+    for path in paths:
+        m = prx.search(path.name)
+        extra, problem = _slice_index(path.name, srx)
+        if m and not problem:
+            pid = m.group("patient") if "patient" in prx.groupindex else m.group(
+                1 if m.groups() else 0)
+            out[path] = (pid, extra["slice_index"])
+    return out
+
+
+def slice_neighbours(positions: Mapping[Any, Tuple[str, int]]
+                     ) -> Dict[Any, Tuple[Optional[Any], Optional[Any]]]:
+    """item -> (item at slice k-1, item at slice k+1) of the same patient, None where the
+    patient has no such slice: the one definition of a slice's neighbours (2.5D input)."""
+    where = {pos: item for item, pos in positions.items()}
+    return {item: (where.get((pid, k - 1)), where.get((pid, k + 1)))
+            for item, (pid, k) in positions.items()}
 
 
 def _slice_index(name: str, srx: Optional["re.Pattern"]) -> Tuple[Dict[str, int], str]:
