@@ -143,3 +143,13 @@ def test_cli_exit_status(results, capsys):
     assert cli.main([str(bad), "--root", str(results)]) == 1
     assert "bad.md:1: 0.895: the file says 0.8964" in capsys.readouterr().out
     assert cli.main([str(results / "none.md"), "--root", str(results)]) == 2
+
+
+def test_section_anchors(tmp_path):
+    (tmp_path / "other.md").write_text("# Top\n\n## 3. Against torchvision's Mask R-CNN\n"
+                                       "## Runs\n## Runs\n```\n# not a heading\n```\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("[a](other.md#3-against-torchvisions-mask-r-cnn) [b](other.md#runs-1)\n"
+                   "[c](#local) [d](other.md#not-a-heading) [e](gone.md#x)\n\n## Local\n")
+    problems = check_doc(doc, "doc.md")
+    assert [(p.line, p.figure) for p in problems] == [(2, "#not-a-heading"), (2, "gone.md")]

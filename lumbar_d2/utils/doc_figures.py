@@ -17,14 +17,15 @@ projects/*/README.md whole; in README.md the "Results" section) every number wit
 point must be such a link, except in code (fenced blocks and `inline code`, where settings
 and commands belong), in link targets, in version numbers (two dots) and in the short
 :data:`ALLOWED` list of settings. Integers (counts, iterations) may be linked and are then
-checked, but need not be.
+checked, but need not be. Links to a section of a document (``RESULTS.md#3-against-...``)
+must name an existing heading.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .errors import LumbarError
 from .result_values import figure_value
@@ -39,6 +40,8 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _LINK_TARGET = re.compile(r"\]\([^)\s]*\)")
+_ANCHOR_LINK = re.compile(r"\]\((?P<file>[^)\s#]*\.md)?#(?P<anchor>[^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 # Settings that may stand in prose without a link: each pattern with the reason it is allowed.
 ALLOWED: Tuple[Tuple[str, str], ...] = (
     (r"(?:score|threshold)s?\s*(?:>=|≥|=|of|at)?\s*0\.\d+", "score thresholds are settings"),
@@ -114,6 +117,33 @@ def check_links(text: str, base: Path, doc: str) -> List[Problem]:
     return problems
 
 
+def heading_anchors(text: str) -> Set[str]:
+    """GitHub's anchors of a Markdown text's headings (lower case, punctuation dropped,
+    spaces to hyphens; a repeated heading gets ``-1``, ``-2``, ...)."""
+    seen: Dict[str, int] = {}
+    out: Set[str] = set()
+    for m in _HEADING.finditer(_blank(text, _FENCE)):
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).replace("`", "").lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def check_anchors(text: str, base: Path, doc: str) -> List[Problem]:
+    """Links to a section (``file.md#anchor`` or ``#anchor``) whose heading does not exist."""
+    problems = []
+    for m in _ANCHOR_LINK.finditer(_blank(text, _FENCE)):
+        target = base / m["file"] if m["file"] else None
+        if target is not None and not target.is_file():
+            problems.append(Problem(doc, _line(text, m.start()), m["file"], "linked document "
+                                    "not found; fix the link"))
+        elif m["anchor"] not in heading_anchors(target.read_text(encoding="utf-8")
+                                                if target is not None else text):
+            problems.append(Problem(doc, _line(text, m.start()), f"#{m['anchor']}",
+                                    f"no such section in {m['file'] or doc}; fix the anchor"))
+    return problems
+
+
 def scope_spans(text: str, doc: str) -> List[Tuple[int, int]]:
     """Character spans of ``doc`` held to the link rule (see the module docstring)."""
     if Path(doc).name != "README.md" or doc.startswith("projects/"):
@@ -150,7 +180,9 @@ def check_doc(path: Path, doc: Optional[str] = None, base: Optional[Path] = None
     """
     text = path.read_text(encoding="utf-8")
     name = doc or path.name
-    return check_links(text, base or path.parent, name) + unlinked_figures(text, name)
+    base = base or path.parent
+    return (check_links(text, base, name) + unlinked_figures(text, name)
+            + check_anchors(text, base, name))
 
 
 def default_docs(root: Path) -> List[Path]:
