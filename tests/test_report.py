@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from volume_helpers import GroundTruthPredictor, phantom, sitk_volume
 
 from lumbar_d2.inference.report import REPORT_NAME, write_prediction_report
@@ -19,7 +20,6 @@ from lumbar_d2.inference.volume import find_volumes
 from lumbar_d2.utils.html import ReportCase, png_data_uri, render_report
 from lumbar_d2.utils.image import fit_width
 
-sitk = pytest.importorskip("SimpleITK")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 

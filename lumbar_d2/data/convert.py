@@ -218,11 +218,12 @@ def _add_context(cocos: Mapping[str, dict]) -> None:
     """Give each image with a ``slice_index`` its neighbours' ``context_files`` [k-1, k+1]
     (``None`` where the patient has no such slice), for 2.5D models. A patient's slices are
     all in one split, so the neighbours are always in the same split."""
-    images = [im for coco in cocos.values() for im in coco["images"] if "slice_index" in im]
-    where = {(im["patient_id"], im["slice_index"]): im["file_name"] for im in images}
-    for im in images:
-        pid, k = im["patient_id"], im["slice_index"]
-        im["context_files"] = [where.get((pid, k - 1)), where.get((pid, k + 1))]
+    images = {im["file_name"]: im for coco in cocos.values() for im in coco["images"]
+              if "slice_index" in im}
+    pairs = layouts.slice_neighbours({f: (im["patient_id"], im["slice_index"])
+                                      for f, im in images.items()})
+    for f, im in images.items():
+        im["context_files"] = list(pairs[f])
 
 
 def _annotation(mask: np.ndarray, ann_id: int, image_id: int, cat_id: int) -> dict:

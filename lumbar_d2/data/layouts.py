@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 SUDIRMAN_LABELS = "05_Final_Ground_Truth_Data/Label_Images"
 SUDIRMAN_IMAGES = "04_Intermediary_Ground_Truth_Data/{seq}_Output"
@@ -17,6 +17,9 @@ SUDIRMAN_CLASSES: Dict[int, str] = {50: "disc", 100: "posterior_element", 150: "
 SUDIRMAN_SPACING = (0.6875, 0.6875)
 # Sudirman's axial T2 slices cut the three lowest lumbar discs; file names end in D3/D4/D5.
 SUDIRMAN_LEVELS = {"3": "L3-L4", "4": "L4-L5", "5": "L5-S1"}
+# The SPIDER sample masks (datasets/samples/spider, datasets/README.md): label value -> class.
+SPIDER_CLASSES: Dict[int, str] = {29: "disc", 76: "vertebra", 150: "canal"}
+SPIDER_DISC_VALUE = 29
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _SUDIRMAN_NAME = re.compile(r"^L1_(?P<patient>\d+)_D(?P<level>\d)$")
 
@@ -118,6 +121,31 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str,
     problems += [f"{p}: mask has no image in {images_dir}; add it or remove the mask"
                  for p in masks.values()]
     return samples, problems
+
+
+def slice_positions(paths: Sequence[Path], patient_regex: str, slice_regex: str
+                    ) -> Dict[Path, Tuple[str, int]]:
+    """path -> (patient id, slice index) for the file names that both regexes match (the
+    others are lone slices). Raises ``re.error`` for an invalid pattern."""
+    prx, srx = re.compile(patient_regex), re.compile(slice_regex)
+    out = {}
+    for path in paths:
+        m = prx.search(path.name)
+        extra, problem = _slice_index(path.name, srx)
+        if m and not problem:
+            pid = m.group("patient") if "patient" in prx.groupindex else m.group(
+                1 if m.groups() else 0)
+            out[path] = (pid, extra["slice_index"])
+    return out
+
+
+def slice_neighbours(positions: Mapping[Any, Tuple[str, int]]
+                     ) -> Dict[Any, Tuple[Optional[Any], Optional[Any]]]:
+    """item -> (item at slice k-1, item at slice k+1) of the same patient, None where the
+    patient has no such slice: the one definition of a slice's neighbours (2.5D input)."""
+    where = {pos: item for item, pos in positions.items()}
+    return {item: (where.get((pid, k - 1)), where.get((pid, k + 1)))
+            for item, (pid, k) in positions.items()}
 
 
 def _slice_index(name: str, srx: Optional["re.Pattern"]) -> Tuple[Dict[str, int], str]:

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -33,8 +33,10 @@ from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import inside_output, locked_output, write_csv, write_json, write_png
+from ..utils.io import (inside_output, locked_output, make_output_dir, write_csv, write_json,
+                        write_png)
 from .io import LoadedImage, list_inputs, load_image
+from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
@@ -189,7 +191,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    pixel_spacing: Optional[Sequence[float]] = None,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
-                   report: bool = False, spacing_from_dataset: bool = False) -> Dict:
+                   report: bool = False, spacing_from_dataset: bool = False,
+                   slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_"
+                   ) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -215,6 +219,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         spacing_from_dataset: slices without a spacing of their own use the pixel spacing
             of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
             measurements are in pixels.
+        slice_regex, patient_regex: with a 2.5D model (``INPUT.SLICE_CONTEXT``), 2-D slices
+            whose names give patient and slice index (first groups) get slices k-1 / k+1 of
+            the same patient among the inputs as neighbours; others are lone slices.
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
@@ -229,14 +236,16 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
+    context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
     with locked_output(make_output_dir(output_dir)) as root:
         return _predict_all(predictor, volumes, files, root, override, default_spacing,
-                            orientation, batch_size, report)
+                            orientation, batch_size, report, context)
 
 
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
                  root: Path, override: Optional[Spacing], default_spacing: Optional[Spacing],
-                 orientation: str, batch_size: int, report: bool) -> Dict:
+                 orientation: str, batch_size: int, report: bool,
+                 context: Optional[Dict] = None) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
@@ -246,7 +255,8 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     try:
         series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
                               out.failures, batch_size) if len(volumes) else [])
-        _predict_slices(predictor, files, out, override, default_spacing, batch_size)
+        _predict_slices(predictor, files, out, override, default_spacing, batch_size,
+                        context or {})
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -264,14 +274,15 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
 
 def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
                     override: Optional[Spacing], default_spacing: Optional[Spacing],
-                    batch_size: int) -> None:
-    """Load, predict and write the 2-D slices in batches of ``batch_size``."""
+                    batch_size: int, context: Dict) -> None:
+    """Load, predict and write the 2-D slices in batches of ``batch_size``; ``context``:
+    path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
         for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
-                pending.append((loaded, stem))
+                pending.append((loaded, stem, read_neighbours(context.get(path))))
             if len(pending) == batch_size:
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
@@ -351,21 +362,6 @@ def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation:
     return operating_point(cfg, score_thresh)
 
 
-def make_output_dir(output_dir: str) -> Path:
-    """Create the output folder up front, so an unwritable one fails before the model runs.
-
-    Raises:
-        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
-    """
-    root = Path(output_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
-                          "writable folder") from None
-    return root
-
-
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
     """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
     kept = [f for f in files if not _is_output(f, root)]
@@ -392,16 +388,17 @@ def _load_or_record(path: Path, failures: List[Dict]) -> Optional[LoadedImage]:
         return None
 
 
-def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str]],
+def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str, Any]],
                      out: PredictionWriter, override: Optional[Spacing],
                      default_spacing: Optional[Spacing]) -> None:
     """Predict a batch of loaded slices and hand each result to ``out``."""
-    predictions = predictor.predict_batch([loaded.array for loaded, _ in pending])
-    for (loaded, stem), instances in zip(pending, predictions):
+    predictions = predictor.predict_batch([loaded.array for loaded, _, _ in pending],
+                                          [ctx for _, _, ctx in pending])
+    for (loaded, stem, _), instances in zip(pending, predictions):
         spacing = resolve_spacing(override, loaded.spacing, default_spacing)
         out.add(loaded, instances, stem, spacing)
 
 
 __all__ = ["FAILURE_COLUMNS", "MEASUREMENT_COLUMNS", "PredictionWriter", "SUMMARY_COLUMNS",
-           "instance_id_image", "make_output_dir", "output_stems", "resolve_spacing",
+           "instance_id_image", "output_stems", "resolve_spacing",
            "run_prediction"]

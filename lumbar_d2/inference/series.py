@@ -91,15 +91,20 @@ SlicePredictor = Callable[[Sequence[np.ndarray]], List[SlicePrediction]]
 
 
 def detectron2_slice_predictor(predictor: Any) -> SlicePredictor:
-    """Wrap a :class:`~.predictor.LumbarPredictor` (``predict_batch`` -> ``Instances``)."""
-    def predict(images: Sequence[np.ndarray]) -> List[SlicePrediction]:
+    """Wrap a :class:`~.predictor.LumbarPredictor` (``predict_batch`` -> ``Instances``).
+
+    A 2.5D predictor (``slice_context``) is marked ``wants_context``: :func:`predict_volume`
+    then passes each slice's neighbours as ``contexts``.
+    """
+    def predict(images: Sequence[np.ndarray], contexts=None) -> List[SlicePrediction]:
         out = []
-        for inst in predictor.predict_batch(list(images)):
+        for inst in predictor.predict_batch(list(images), contexts):
             out.append(SlicePrediction(inst.pred_masks.numpy().astype(bool),
                                        inst.scores.tolist(),
                                        [predictor.class_names[c]
                                         for c in inst.pred_classes.tolist()]))
         return out
+    predict.wants_context = bool(getattr(predictor, "slice_context", False))
     return predict
 
 
@@ -147,6 +152,19 @@ class VolumeResult:
 
 
 # ------------------------------------------------------------------------------ predicting
+def _predict(predict: SlicePredictor, images: List[np.ndarray], batch: Sequence[int],
+             slices: np.ndarray, spacing: Spacing) -> List[SlicePrediction]:
+    """Call ``predict``; a 2.5D one also gets each slice's neighbours k-1 / k+1 (None
+    beyond the volume's ends), resampled like the slice."""
+    if not getattr(predict, "wants_context", False):
+        return predict(images)
+
+    def neighbour(k: int) -> Optional[np.ndarray]:
+        return square_pixels(slices[k], spacing, cv2.INTER_LINEAR) if 0 <= k < len(slices) \
+            else None
+    return predict(images, [(neighbour(k - 1), neighbour(k + 1)) for k in batch])
+
+
 def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
                    ) -> VolumeResult:
     """Predict every sagittal slice, link, name and measure the discs (see the module doc)."""
@@ -156,7 +174,7 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start:start + batch_size]
         images = [square_pixels(slices[k], spacing, cv2.INTER_LINEAR) for k in batch]
-        for k, pred in zip(batch, predict(images)):
+        for k, pred in zip(batch, _predict(predict, images, batch, slices, spacing)):
             per_slice[k] = [
                 SliceInstance.from_mask(k, _native_mask(mask, slices.shape[1:]), score)
                 for mask, score, cls in zip(pred.masks, pred.scores, pred.classes)

@@ -4,6 +4,7 @@
     python projects/CrossValidation/run_cv.py train --variant 2d            # all folds
     python projects/CrossValidation/run_cv.py train --variant 25d --fold 0 --lone
     python projects/CrossValidation/run_cv.py report --variants 2d 25d
+    python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
 
 ``train`` converts each fold (once), trains the variant on the other folds' patients and
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
@@ -37,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
     r.add_argument("--output", default="output/cv")
     r.add_argument("--results", default="results/spider_cv", help="committable tables")
+    f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
+    f.add_argument("--output", default="output/cv")
+    f.add_argument("--results", default="results/spider_cv")
     return p.parse_args(argv)
 
 
@@ -56,9 +60,21 @@ def main(argv=None) -> int:
         setup_logger(name=name)
     if a.command == "train":
         return run_tool(lambda: train(a), verbose=True)
+    if a.command == "reference":
+        return run_tool(lambda: reference(a), verbose=True)
     from cross_validation.report import write_report
     return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results)),
                     verbose=True)
+
+
+def reference(a: argparse.Namespace) -> int:
+    from cross_validation.folds import convert_old_test
+    from cross_validation.report import score_reference
+    from cross_validation.train import predict_shipped_old_test
+
+    convert_old_test()
+    score_reference(predict_shipped_old_test(Path(a.output)), Path(a.results))
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,3 +40,23 @@ def convert_fold(fold: int, data: Path = SPIDER, folds_file: Path = FOLDS_FILE,
                   classes=["disc"], slice_regex=SLICE_REGEX, split_file=split_file, val=0,
                   test=0)
     return out
+
+
+# The 6 held-out patients of the earlier 19 / 4 / 6 split: the only patients the shipped
+# model never trained on, so the only fair place to measure "today's model".
+OLD_TEST_PATIENTS = ("127", "141", "18", "185", "241", "45")
+
+
+def convert_old_test(data: Path = SPIDER, root: Optional[str] = None) -> Path:
+    """Convert the SPIDER slices with the old 6 test patients as ``test`` (skipped if done)."""
+    out = datasets_root(root) / "spider_oldtest"
+    if (out / "meta.json").is_file():
+        return out
+    patients = {p for f in read_folds(FOLDS_FILE) for p in f}
+    split_file = out.parent / ".spider_oldtest_splits.csv"
+    write_text(split_file, split_csv_text({p: "test" if p in OLD_TEST_PATIENTS else "train"
+                                           for p in patients}))
+    convert_masks(data / "images", data / "masks", out, CLASS_MAP, PATIENT_REGEX,
+                  classes=["disc"], slice_regex=SLICE_REGEX, split_file=split_file, val=0,
+                  test=0)
+    return out

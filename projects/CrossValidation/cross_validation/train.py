@@ -5,9 +5,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List
 
-import torch
-
-from lumbar_d2.engine.trainer import Trainer, build_trainer
+from lumbar_d2.engine.study import evaluate_weights, train_config
 from lumbar_d2.runtime import load_config, prepare_config
 
 from .folds import REPO, fold_name
@@ -37,13 +35,7 @@ def train_fold(variant: str, fold: int, output: Path, extra: List[str] = ()) -> 
     the fold's test predictions (``inference/<test>/coco_instances_results.json``).
     A finished run (``model_final.pth``) is skipped; a killed one resumes."""
     out = run_dir(output, variant, fold)
-    if (out / "model_final.pth").is_file():
-        logger.info("%s fold %d: done, skipped", variant, fold)
-        return out
-    cfg = load_config(str(REPO / VARIANTS[variant]), fold_opts(fold, out, extra))
-    prepare_config(cfg, source=VARIANTS[variant])
-    cfg.freeze()
-    build_trainer(cfg, resume=True).train()
+    train_config(str(REPO / VARIANTS[variant]), fold_opts(fold, out, extra), VARIANTS[variant])
     return out
 
 
@@ -56,10 +48,25 @@ def predict_lone(variant: str, fold: int, output: Path) -> Path:
                                             "MODEL.WEIGHTS", str(out / "model_final.pth")]))
     prepare_config(cfg, source=VARIANTS[variant], training=False)
     cfg.freeze()
-    model = Trainer.build_model(cfg)
-    from detectron2.checkpoint import DetectionCheckpointer
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    test = cfg.DATASETS.TEST[0]
-    with torch.no_grad():
-        Trainer.test(cfg, model, [Trainer.build_evaluator(cfg, test, str(lone / test))])
+    evaluate_weights(cfg, lone / cfg.DATASETS.TEST[0])
     return lone
+
+
+
+SHIPPED_CONFIG = "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
+
+
+def predict_shipped_old_test(output: Path) -> Path:
+    """The shipped model's predictions for its 6 held-out patients (``spider_oldtest``)."""
+    from lumbar_d2.model_zoo import use_shipped_weights
+
+    out = Path(output) / "shipped_oldtest"
+    test = "lumbar_spider_oldtest_test"
+    cfg = load_config(str(REPO / SHIPPED_CONFIG),
+                      ["DATASETS.TRAIN", "()", "DATASETS.TEST", f"('{test}',)",
+                       "LUMBAR.VAL_DATASET", "", "OUTPUT_DIR", str(out)])
+    use_shipped_weights(cfg)
+    prepare_config(cfg, source=SHIPPED_CONFIG, training=False)
+    cfg.freeze()
+    evaluate_weights(cfg, out / test)
+    return out / test / "coco_instances_results.json"
