@@ -17,7 +17,6 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,8 +32,8 @@ from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import (inside_output, locked_output, make_output_dir, write_csv, write_json,
-                        write_png)
+from ..utils.io import (inside_output, locked_output, make_output_dir, unique_name, utf8_name,
+                        write_csv, write_json, write_png)
 from .io import LoadedImage, list_inputs, load_image
 from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
@@ -164,17 +163,10 @@ def output_stems(files: Sequence[Path]) -> List[str]:
 
 
 def _utf8_stems(stems: List[str]) -> List[str]:
-    """Stems with bytes that are not UTF-8 (kept by Python as lone surrogates, on which
-    OpenCV's writer crashes) shown as U+FFFD, still unique (``_2``, ``_3``...)."""
-    out: List[str] = []
-    for stem in stems:
-        clean = os.fsencode(stem).decode("utf-8", "replace")
-        candidate, k = clean, 1
-        while candidate in out:
-            k += 1
-            candidate = f"{clean}_{k}"
-        out.append(candidate)
-    return out
+    """Stems with bytes that are not UTF-8 (OpenCV's writer crashes on them) shown as
+    U+FFFD, still unique (``_2``, ``_3``...)."""
+    taken: set = set()
+    return [unique_name(utf8_name(stem), taken, fold_case=False) for stem in stems]
 
 
 def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:

@@ -58,15 +58,23 @@ def safe_name(text: str, fallback: str = "series") -> str:
     return name or fallback
 
 
-def unique_name(name: str, taken: set) -> str:
+def unique_name(name: str, taken: set, fold_case: bool = True) -> str:
     """``name``, or ``name_2``, ``name_3``... whichever is not in ``taken`` (compared without
-    case, as on macOS/Windows file systems); the result is added to ``taken``."""
+    case with ``fold_case``, as on macOS/Windows file systems); the result joins ``taken``."""
+    def key(text: str) -> str:
+        return text.lower() if fold_case else text
     candidate, k = name, 1
-    while candidate.lower() in taken:
+    while key(candidate) in taken:
         k += 1
         candidate = f"{name}_{k}"
-    taken.add(candidate.lower())
+    taken.add(key(candidate))
     return candidate
+
+
+def utf8_name(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (which Python keeps as lone
+    surrogates) shown as U+FFFD, so it can name an output file."""
+    return os.fsencode(text).decode("utf-8", "replace")
 
 
 def _temp_prefix(path: Path) -> str:
