@@ -34,7 +34,8 @@ from ..data.layouts import slice_neighbours, slice_positions
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import inside_output, locked_output, write_csv, write_json, write_png
+from ..utils.io import (inside_output, locked_output, make_output_dir, output_stems, write_csv,
+                        write_json, write_png)
 from .io import LoadedImage, list_inputs, load_image
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
@@ -139,36 +140,6 @@ class PredictionWriter:
                  "failures": write_csv(self.root / "failures.csv", FAILURE_COLUMNS,
                                        self.failures)}
         return {k: str(v) for k, v in paths.items()}
-
-
-def output_stems(files: Sequence[Path]) -> List[str]:
-    """PNG stem per input: the file stem, or a path-derived name where stems collide.
-
-    ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
-    common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
-    """
-    stems = [f.stem for f in files]
-    clashing = {s for s in stems if stems.count(s) > 1}
-    if not clashing:
-        return stems
-    common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
-    out = []
-    for f, stem in zip(files, stems):
-        if stem not in clashing:
-            out.append(stem)
-            continue
-        rel = f.resolve().relative_to(common)
-        out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
-    return out
-
-
-def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
-    common: Tuple[str, ...] = ()
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common += (level[0],)
-    return common
 
 
 # --------------------------------------------------------------------------- batch job
@@ -372,21 +343,6 @@ def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation:
     if batch_size < 1:
         raise LumbarError(f"batch size {batch_size}: must be >= 1")
     return operating_point(cfg, score_thresh)
-
-
-def make_output_dir(output_dir: str) -> Path:
-    """Create the output folder up front, so an unwritable one fails before the model runs.
-
-    Raises:
-        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
-    """
-    root = Path(output_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
-                          "writable folder") from None
-    return root
 
 
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
