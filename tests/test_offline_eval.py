@@ -255,3 +255,21 @@ def test_sweep_rejects_thresholds_outside_unit_range(tmp_path, gt_path):
     with pytest.raises(LumbarError, match="score threshold 1.5 is outside"):
         evaluate_files(gt_path, preds, str(tmp_path / "o"), sweep=[0.5, 1.5])
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_at_best_scores_at_the_swept_best_threshold(tmp_path, gt_path):
+    """Same predictions as the hand-computed sweep: 0.5 is best (Dice 1), 0.55 ties it and
+    wins (ties go to the higher threshold), and the result is the one at that threshold."""
+    from lumbar_d2.evaluation.offline import evaluate_at_best
+
+    preds = _perfect_results()
+    preds[2]["score"] = 0.6
+    preds.append(dict(_ann(_rect(20, 24, 4, 20), 3), score=0.4))
+    res = evaluate_at_best(gt_path, _write(tmp_path / "pred.json", preds), str(tmp_path / "o"),
+                           thresholds=[0.3, 0.5, 0.55, 0.7])
+    assert res["best_threshold"] == 0.55
+    assert res["overall"]["dice_micro"] == pytest.approx(1.0)
+    assert res["settings"]["score_threshold"] == 0.55
+    assert [r["score_threshold"] for r in res["threshold_sweep"]] == [0.3, 0.5, 0.55, 0.7]
+    saved = _strict_json(tmp_path / "o" / "best" / "metrics.json")
+    assert saved["settings"]["score_threshold"] == 0.55 and "record" in saved

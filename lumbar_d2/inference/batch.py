@@ -17,7 +17,6 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,13 +29,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.imageio import signal_problem, to_model_input
-from ..data.layouts import slice_neighbours, slice_positions
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
 from ..utils.io import (inside_output, locked_output, make_output_dir, output_stems, write_csv,
                         write_json, write_png)
 from .io import LoadedImage, list_inputs, load_image
+from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
@@ -192,24 +191,10 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    context = _slice_context(predictor, files, slice_regex, patient_regex)
+    context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
     with locked_output(make_output_dir(output_dir)) as root:
         return _predict_all(predictor, volumes, files, root, override, default_spacing,
                             orientation, batch_size, report, context)
-
-
-def _slice_context(predictor: LumbarPredictor, files: List[Path], slice_regex: Optional[str],
-                   patient_regex: str) -> Dict[Path, Tuple[Optional[Path], Optional[Path]]]:
-    """Neighbour files of each 2-D slice for a 2.5D predictor (empty otherwise)."""
-    if not (slice_regex and predictor.slice_context):
-        if slice_regex:
-            logger.warning("--slice-regex is ignored: the model is 2-D (INPUT.SLICE_CONTEXT)")
-        return {}
-    try:
-        return slice_neighbours(slice_positions(files, patient_regex, slice_regex))
-    except re.error as e:
-        raise LumbarError(f"--slice-regex/--patient-regex: invalid regex ({e}); e.g. "
-                          r"'slice(\d+)' and '^([^_]+)_'") from None
 
 
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
@@ -252,24 +237,11 @@ def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: Predicti
         for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
-                pending.append((loaded, stem, _neighbours(context.get(path))))
+                pending.append((loaded, stem, read_neighbours(context.get(path))))
             if len(pending) == batch_size:
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
-
-
-def _neighbours(paths: Optional[Tuple[Optional[Path], Optional[Path]]]):
-    """The arrays of a slice's neighbour files (None for a missing or unreadable one)."""
-    if not paths:
-        return None
-
-    def read(p: Optional[Path]):
-        try:
-            return load_image(p).array if p else None
-        except LumbarError:
-            return None
-    return tuple(read(p) for p in paths)
 
 
 def _dataset_spacing(cfg: CfgNode) -> Spacing:
@@ -383,5 +355,5 @@ def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage
 
 
 __all__ = ["FAILURE_COLUMNS", "MEASUREMENT_COLUMNS", "PredictionWriter", "SUMMARY_COLUMNS",
-           "instance_id_image", "make_output_dir", "output_stems", "resolve_spacing",
+           "instance_id_image", "output_stems", "resolve_spacing",
            "run_prediction"]

@@ -236,6 +236,21 @@ def write_png(path: PathLike, image: np.ndarray) -> Path:
     return Path(path)
 
 
+def make_output_dir(output_dir: PathLike) -> Path:
+    """Create the output folder up front, so an unwritable one fails before the model runs.
+
+    Raises:
+        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
+    """
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
+                          "writable folder") from None
+    return root
+
+
 @contextlib.contextmanager
 def locked_output(root: PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on the output folder ``root`` (created) for the block.
@@ -266,21 +281,6 @@ def locked_output(root: PathLike) -> Iterator[Path]:
 def inside_output(path: PathLike) -> bool:
     """True when ``path`` lies in a folder that a lumbar-d2 run wrote (:func:`locked_output`)."""
     return any((folder / OUTPUT_LOCK).is_file() for folder in Path(path).absolute().parents)
-
-
-def make_output_dir(output_dir: str) -> Path:
-    """Create the output folder up front, so an unwritable one fails before the model runs.
-
-    Raises:
-        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
-    """
-    root = Path(output_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
-                          "writable folder") from None
-    return root
 
 
 def output_stems(files: Sequence[Path]) -> List[str]:
