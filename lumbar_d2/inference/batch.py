@@ -82,6 +82,7 @@ class PredictionWriter:
     root: Path
     class_names: List[str]
     orientation: str
+    operating_point: float = 0.0  # the score detections are kept at (QC low_score)
     results: List[Dict] = field(default_factory=list)
     images: List[Dict] = field(default_factory=list)
     rows: List[Dict] = field(default_factory=list)
@@ -106,7 +107,7 @@ class PredictionWriter:
                    for res in instances_to_coco_json(instances, image_id)]
         value, source = spacing
         rows, summary = measure_prediction(list(masks), names, scores, value,
-                                           self.orientation, loaded.path)
+                                           self.orientation, loaded.path, self.operating_point)
         summary.update(height=height, width=width, spacing_source=source,
                        spacing_row_mm=value[0] if value else "",
                        spacing_col_mm=value[1] if value else "")
@@ -202,14 +203,15 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
                  orientation: str, batch_size: int, report: bool,
                  context: Optional[Dict] = None) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
-    out = PredictionWriter(root, predictor.class_names, orientation)
+    kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
+    out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
     series: List = []
     try:
         series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                              out.failures, batch_size) if len(volumes) else [])
+                              out.failures, batch_size, kept_at) if len(volumes) else [])
         _predict_slices(predictor, files, out, override, default_spacing, batch_size,
                         context or {})
         interrupted = False
