@@ -65,6 +65,8 @@ MEASUREMENT_FIELDS = ["file_name", "instance_id", "class", "score", "level", "or
                       "centroid_x", "centroid_y", "centroid_x_mm", "centroid_y_mm", "qc_flags"]
 _GEOMETRY_FIELDS = ["width_mm", "height_mm", "angle_deg", "centroid_x", "centroid_y",
                     "centroid_x_mm", "centroid_y_mm"]
+# measurements.csv: the fields + the length unit that measure_prediction adds ("mm" or "px")
+MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
 SUMMARY_FIELDS = ["file_name", "n_instances", "n_discs", "mean_disc_area_mm2",
                   "canal_area_mm2", "qc_flags"]
 FLAG_SEP = ";"  # joins an image's QC flags in the CSV ``qc_flags`` column

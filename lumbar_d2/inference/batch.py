@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
-from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
+from ..measure import MEASUREMENT_COLUMNS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
 from ..utils.io import (inside_output, locked_output, make_output_dir, output_stems, write_csv,
                         write_json, write_png)
@@ -44,7 +44,6 @@ from .volume import VolumeInputs, check_volume_file, find_volumes
 
 logger = logging.getLogger(__name__)
 
-MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
 SUMMARY_COLUMNS = SUMMARY_FIELDS + ["height", "width", "unit", "spacing_row_mm",
                                     "spacing_col_mm", "spacing_source"]
 FAILURE_COLUMNS = ["file", "error"]
