@@ -16,6 +16,7 @@ Output files (``<out>/``):
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from .io import LoadedImage, list_inputs, load_image
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
+from .shards import Shard, shard_folder
 from .visualize import draw_overlay
 from .volume import VolumeInputs, check_volume_file, find_volumes
 
@@ -174,7 +176,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    pixel_spacing: Optional[Sequence[float]] = None,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
-                   report: bool = False, spacing_from_dataset: bool = False) -> Dict:
+                   report: bool = False, spacing_from_dataset: bool = False,
+                   shard: Optional[Shard] = None) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -200,6 +203,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         spacing_from_dataset: slices without a spacing of their own use the pixel spacing
             of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
             measurements are in pixels.
+        shard: predict only this shard's block of the inputs, into its own folder
+            ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; output
+            names are those of the whole job).
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
@@ -212,9 +218,12 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     cfg = _prediction_config(cfg, score_thresh, orientation, batch_size)
     override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
+    stems, job = output_stems(files), {}
+    if shard is not None:
+        volumes, files, stems, job = _take_shard(volumes, files, stems, shard)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    root = make_output_dir(output_dir)
+    root = make_output_dir(shard_folder(output_dir, shard) if shard else output_dir)
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
@@ -223,7 +232,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     try:
         series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
                               out.failures, batch_size) if len(volumes) else [])
-        _predict_slices(predictor, files, out, override, default_spacing, batch_size)
+        _predict_slices(predictor, files, stems, out, override, default_spacing, batch_size)
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -231,7 +240,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     _warn_pixel_units(out.summaries)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root),
-              "interrupted": interrupted, **out.write_tables()}
+              "interrupted": interrupted, **job, **out.write_tables()}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
@@ -239,13 +248,13 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     return result
 
 
-def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
-                    override: Optional[Spacing], default_spacing: Optional[Spacing],
-                    batch_size: int) -> None:
+def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[str],
+                    out: PredictionWriter, override: Optional[Spacing],
+                    default_spacing: Optional[Spacing], batch_size: int) -> None:
     """Load, predict and write the 2-D slices in batches of ``batch_size``."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
-        for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
+        for path, stem in zip(tqdm(files, desc="predict", unit="img"), stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
                 pending.append((loaded, stem))
@@ -253,6 +262,19 @@ def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: Predicti
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
+
+
+def _take_shard(volumes: VolumeInputs, files: List[Path], stems: List[str], shard: Shard):
+    """``shard``'s block of (volume files, DICOM series, slices) with their whole-job stems,
+    and ``n_inputs`` / ``inputs_sha256`` of the whole job (for the merge's check)."""
+    keys = ([str(f) for f in volumes.volume_files] + [uid for uid, _ in volumes.series]
+            + [str(f) for f in files])
+    n, n_vol, n_ser = len(keys), len(volumes.volume_files), len(volumes.series)
+    taken = VolumeInputs(shard.take(volumes.volume_files, 0, n),
+                         shard.take(volumes.series, n_vol, n), volumes.single_dicom)
+    index = shard.take(range(len(files)), n_vol + n_ser, n)
+    job = {"n_inputs": n, "inputs_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()}
+    return taken, [files[i] for i in index], [stems[i] for i in index], job
 
 
 def _dataset_spacing(cfg: CfgNode) -> Spacing:
