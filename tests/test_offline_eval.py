@@ -171,6 +171,13 @@ def _gt_without_height():
     return gt
 
 
+def _gt_with_shared_file_name():
+    """Two images of one file_name merged into one row set of per_image.csv."""
+    gt = _gt_dict()
+    gt["images"][1]["file_name"] = gt["images"][0]["file_name"]
+    return gt
+
+
 def _bad_prediction_image():
     preds = _perfect_results()
     preds[0] = dict(preds[0], image_id=99)
@@ -182,6 +189,8 @@ BAD_INPUTS = {
     "gt missing": (None, _perfect_results(), "gt.json", "not found"),
     "gt unparseable": ("{not json", _perfect_results(), "gt.json", "cannot parse"),
     "gt lacks field": (_gt_without_height(), _perfect_results(), "gt.json", "'height'"),
+    "gt shared file_name": (_gt_with_shared_file_name(), _perfect_results(), "gt.json",
+                            "images[1] repeats the file_name 'images/case1.png' of images[0]"),
     "predictions missing": (_gt_dict(), None, "pred.json", "not found"),
     "unknown image_id": (_gt_dict(), _bad_prediction_image(), "pred.json", "image_id 99"),
 }

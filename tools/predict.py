@@ -68,6 +68,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--report", action="store_true",
                    help="also write report.html: every series and slice, worst QC first, "
                         "with measurements and overlays (one self-contained file)")
+    p.add_argument("--slice-regex", default=None,
+                   help="2.5D models: regex whose first group is the slice index in a 2-D "
+                        "slice's name, e.g. 'slice(\\d+)'; slices k-1/k+1 of the same patient "
+                        "among the inputs become its neighbours")
+    p.add_argument("--patient-regex", default=r"^([^_]+)_",
+                   help="with --slice-regex: regex whose first group is the patient id")
     p.add_argument("--shard", metavar="I/N",
                    help="predict only shard I of N (a contiguous block of the inputs) into "
                         "OUTPUT/shards/I-of-N; a finished shard is skipped when rerun")
@@ -96,7 +102,8 @@ def predict(args: argparse.Namespace) -> dict:
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
     kwargs = dict(pixel_spacing=args.pixel_spacing, orientation=args.orientation,
                   tta=args.tta, score_thresh=args.score_thresh, batch_size=args.batch_size,
-                  spacing_from_dataset=args.spacing_from_dataset)
+                  spacing_from_dataset=args.spacing_from_dataset,
+                  slice_regex=args.slice_regex, patient_regex=args.patient_regex)
     rv = None if args.shard else env_rendezvous()
     if rv is None and not args.shard:
         return run_prediction(cfg, args.input, args.output, report=args.report, **kwargs)

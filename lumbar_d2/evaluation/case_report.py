@@ -51,7 +51,7 @@ def _slice_picture(image: dict, images_dir: Optional[Path], gt_masks: List[np.nd
     """The slice (or black) with ground-truth contours in green and predictions in red."""
     shape = (image["height"], image["width"])
     picture = np.zeros((*shape, 3), dtype=np.uint8)
-    path = images_dir / image["file_name"] if images_dir else None
+    path = image_path(images_dir, image["file_name"]) if images_dir else None
     if path is not None and path.is_file():
         try:
             grey = normalize_intensity(read_array(path))
@@ -66,6 +66,17 @@ def _slice_picture(image: dict, images_dir: Optional[Path], gt_masks: List[np.nd
                                            cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(picture, contours, -1, colour, 1)
     return picture
+
+
+def image_path(images_dir: Path, file_name: str) -> Path:
+    """``file_name`` resolved under ``images_dir``; one that escapes it (``../``, an absolute
+    path, a link out) is refused, so the report never embeds a file from elsewhere."""
+    root = images_dir.resolve()
+    path = (root / file_name).resolve()
+    if root not in path.parents:
+        raise LumbarError(f"ground-truth file_name {file_name!r} points outside the images "
+                          f"folder {images_dir}; file names must be relative paths inside it")
+    return path
 
 
 def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,

@@ -16,11 +16,11 @@ Output files (``<out>/``):
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -29,16 +29,17 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input
+from ..data.layouts import slice_neighbours, slice_positions
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import write_csv, write_json, write_png
+from ..utils.io import inside_output, locked_output, write_csv, write_json, write_png
 from .io import LoadedImage, list_inputs, load_image
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
-from .shards import Shard, shard_folder
+from .shards import Shard, shard_folder, take_shard
 from .visualize import draw_overlay
 from .volume import VolumeInputs, check_volume_file, find_volumes
 
@@ -177,6 +178,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
+                   slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
                    shard: Optional[Shard] = None) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
@@ -203,9 +205,12 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         spacing_from_dataset: slices without a spacing of their own use the pixel spacing
             of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
             measurements are in pixels.
+        slice_regex, patient_regex: with a 2.5D model (``INPUT.SLICE_CONTEXT``), 2-D slices
+            whose names give patient and slice index (first groups) get slices k-1 / k+1 of
+            the same patient among the inputs as neighbours; others are lone slices.
         shard: predict only this shard's block of the inputs, into its own folder
-            ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; output
-            names are those of the whole job).
+            ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; names and
+            slice neighbours are those of the whole job).
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
@@ -218,12 +223,39 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     cfg = _prediction_config(cfg, score_thresh, orientation, batch_size)
     override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
-    stems, job = output_stems(files), {}
-    if shard is not None:
-        volumes, files, stems, job = _take_shard(volumes, files, stems, shard)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    root = make_output_dir(shard_folder(output_dir, shard) if shard else output_dir)
+    context = _slice_context(predictor, files, slice_regex, patient_regex)
+    stems, job = output_stems(files), {}
+    if shard is not None:
+        volumes, files, stems, job = take_shard(volumes, files, stems, shard)
+    folder = shard_folder(output_dir, shard) if shard is not None else output_dir
+    with locked_output(make_output_dir(folder)) as root:
+        return {**_predict_all(predictor, volumes, files, stems, root, override,
+                               default_spacing, orientation, batch_size, report, context),
+                **job}
+
+
+def _slice_context(predictor: LumbarPredictor, files: List[Path], slice_regex: Optional[str],
+                   patient_regex: str) -> Dict[Path, Tuple[Optional[Path], Optional[Path]]]:
+    """Neighbour files of each 2-D slice for a 2.5D predictor (empty otherwise)."""
+    if not (slice_regex and predictor.slice_context):
+        if slice_regex:
+            logger.warning("--slice-regex is ignored: the model is 2-D (INPUT.SLICE_CONTEXT)")
+        return {}
+    try:
+        return slice_neighbours(slice_positions(files, patient_regex, slice_regex))
+    except re.error as e:
+        raise LumbarError(f"--slice-regex/--patient-regex: invalid regex ({e}); e.g. "
+                          r"'slice(\d+)' and '^([^_]+)_'") from None
+
+
+def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
+                 stems: List[str], root: Path, override: Optional[Spacing],
+                 default_spacing: Optional[Spacing], orientation: str, batch_size: int,
+                 report: bool,
+                 context: Optional[Dict] = None) -> Dict:
+    """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
@@ -232,7 +264,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     try:
         series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
                               out.failures, batch_size) if len(volumes) else [])
-        _predict_slices(predictor, files, stems, out, override, default_spacing, batch_size)
+        _predict_slices(predictor, files, stems, out, override, default_spacing,
+                        batch_size, context or {})
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -240,7 +273,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     _warn_pixel_units(out.summaries)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root),
-              "interrupted": interrupted, **job, **out.write_tables()}
+              "interrupted": interrupted, **out.write_tables()}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
@@ -250,31 +283,32 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
 
 def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[str],
                     out: PredictionWriter, override: Optional[Spacing],
-                    default_spacing: Optional[Spacing], batch_size: int) -> None:
-    """Load, predict and write the 2-D slices in batches of ``batch_size``."""
+                    default_spacing: Optional[Spacing], batch_size: int, context: Dict) -> None:
+    """Load, predict and write the 2-D slices in batches of ``batch_size``; ``context``:
+    path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
         for path, stem in zip(tqdm(files, desc="predict", unit="img"), stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
-                pending.append((loaded, stem))
+                pending.append((loaded, stem, _neighbours(context.get(path))))
             if len(pending) == batch_size:
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
 
 
-def _take_shard(volumes: VolumeInputs, files: List[Path], stems: List[str], shard: Shard):
-    """``shard``'s block of (volume files, DICOM series, slices) with their whole-job stems,
-    and ``n_inputs`` / ``inputs_sha256`` of the whole job (for the merge's check)."""
-    keys = ([str(f) for f in volumes.volume_files] + [uid for uid, _ in volumes.series]
-            + [str(f) for f in files])
-    n, n_vol, n_ser = len(keys), len(volumes.volume_files), len(volumes.series)
-    taken = VolumeInputs(shard.take(volumes.volume_files, 0, n),
-                         shard.take(volumes.series, n_vol, n), volumes.single_dicom)
-    index = shard.take(range(len(files)), n_vol + n_ser, n)
-    job = {"n_inputs": n, "inputs_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()}
-    return taken, [files[i] for i in index], [stems[i] for i in index], job
+def _neighbours(paths: Optional[Tuple[Optional[Path], Optional[Path]]]):
+    """The arrays of a slice's neighbour files (None for a missing or unreadable one)."""
+    if not paths:
+        return None
+
+    def read(p: Optional[Path]):
+        try:
+            return load_image(p).array if p else None
+        except LumbarError:
+            return None
+    return tuple(read(p) for p in paths)
 
 
 def _dataset_spacing(cfg: CfgNode) -> Spacing:
@@ -306,10 +340,8 @@ def _split_inputs(inputs: str, root: Path, orientation: str
     volumes = find_volumes(inputs)
     if Path(inputs).is_file() and volumes.volume_files:
         check_volume_file(Path(inputs))  # a lone bad volume fails before any output
-    inside = root.resolve()
-    volumes.volume_files = [f for f in volumes.volume_files if inside not in f.resolve().parents]
-    volumes.series = [(uid, fs) for uid, fs in volumes.series
-                      if inside not in fs[0].resolve().parents]
+    volumes.volume_files = [f for f in volumes.volume_files if not _is_output(f, root)]
+    volumes.series = [(uid, fs) for uid, fs in volumes.series if not _is_output(fs[0], root)]
     if len(volumes) and orientation != "sagittal":
         raise LumbarError(f"{inputs}: volumes and DICOM series are sliced sagittally; drop "
                           f"--orientation {orientation} or pass 2-D slices only")
@@ -320,7 +352,25 @@ def _split_inputs(inputs: str, root: Path, orientation: str
         if not len(volumes):
             raise
         files = []
+    if Path(inputs).is_file() and files:
+        _check_lone_slice(files[0])
     return volumes, _inputs_outside(files, root) if files else []
+
+
+def _check_lone_slice(path: Path) -> None:
+    """A single slice with nothing to segment fails in one line before any output."""
+    try:
+        loaded = load_image(path)
+    except LumbarError:
+        return  # reported as the run's one failure, as for a folder
+    problem = signal_problem(loaded.array)
+    if problem:
+        raise LumbarError(f"{path}: {problem}")
+
+
+def _is_output(path: Path, root: Path) -> bool:
+    """True for a file inside ``root`` or inside any folder a lumbar-d2 run wrote."""
+    return root.resolve() in path.resolve().parents or inside_output(path.resolve())
 
 
 def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,
@@ -351,11 +401,10 @@ def make_output_dir(output_dir: str) -> Path:
 
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
     """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
-    root = root.resolve()
-    kept = [f for f in files if root not in f.resolve().parents]
+    kept = [f for f in files if not _is_output(f, root)]
     if len(kept) < len(files):
-        logger.info("skipping %d files inside the output folder %s", len(files) - len(kept),
-                    root)
+        logger.info("skipping %d files inside the output folder %s or an earlier run's",
+                    len(files) - len(kept), root)
     if not kept:
         raise LumbarError(f"{root}: every input is inside the output folder; choose an "
                           "output folder outside the inputs")
@@ -365,19 +414,24 @@ def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
 def _load_or_record(path: Path, failures: List[Dict]) -> Optional[LoadedImage]:
     """The loaded slice, or None after logging and recording why it could not be read."""
     try:
-        return load_image(path)
+        loaded = load_image(path)
+        problem = signal_problem(loaded.array)
+        if problem:
+            raise LumbarError(f"{path}: {problem}")
+        return loaded
     except LumbarError as e:
         logger.warning("skipping %s", e)
         failures.append({"file": str(path), "error": str(e)})
         return None
 
 
-def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str]],
+def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str, Any]],
                      out: PredictionWriter, override: Optional[Spacing],
                      default_spacing: Optional[Spacing]) -> None:
     """Predict a batch of loaded slices and hand each result to ``out``."""
-    predictions = predictor.predict_batch([loaded.array for loaded, _ in pending])
-    for (loaded, stem), instances in zip(pending, predictions):
+    predictions = predictor.predict_batch([loaded.array for loaded, _, _ in pending],
+                                          [ctx for _, _, ctx in pending])
+    for (loaded, stem, _), instances in zip(pending, predictions):
         spacing = resolve_spacing(override, loaded.spacing, default_spacing)
         out.add(loaded, instances, stem, spacing)
 

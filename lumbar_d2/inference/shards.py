@@ -10,6 +10,7 @@ order are the single-process tables (image ids shifted), which is how
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from ..utils.errors import LumbarError
 from ..utils.io import write_json
+from .volume import VolumeInputs
 
 SHARDS_DIR = "shards"
 DONE = "done.json"
@@ -43,6 +45,20 @@ class Shard:
         """The part of ``items`` (global positions ``offset..``) inside this shard's block."""
         start, stop = self.bounds(n_items)
         return list(items[max(0, start - offset):max(0, stop - offset)])
+
+
+def take_shard(volumes: VolumeInputs, files: List[Path], stems: List[str], shard: Shard
+               ) -> Tuple[VolumeInputs, List[Path], List[str], Dict[str, Any]]:
+    """``shard``'s block of (volume files, DICOM series, slices), the slices' whole-job
+    stems, and the job's ``n_inputs`` / ``inputs_sha256`` (for the merge's check)."""
+    keys = ([str(f) for f in volumes.volume_files] + [uid for uid, _ in volumes.series]
+            + [str(f) for f in files])
+    n, n_vol, n_ser = len(keys), len(volumes.volume_files), len(volumes.series)
+    taken = VolumeInputs(shard.take(volumes.volume_files, 0, n),
+                         shard.take(volumes.series, n_vol, n), volumes.single_dicom)
+    index = shard.take(range(len(files)), n_vol + n_ser, n)
+    job = {"n_inputs": n, "inputs_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()}
+    return taken, [files[i] for i in index], [stems[i] for i in index], job
 
 
 def parse_shard(text: str) -> Shard:
@@ -103,4 +119,4 @@ def require_one_count(output_dir: Path, count: Optional[int]) -> int:
 
 
 __all__ = ["DONE", "SHARDS_DIR", "Shard", "parse_shard", "read_done", "require_one_count",
-           "shard_counts", "shard_folder", "write_done"]
+           "shard_counts", "shard_folder", "take_shard", "write_done"]

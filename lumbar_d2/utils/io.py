@@ -8,9 +8,10 @@ default), as a plain ``open`` would give, not ``mkstemp``'s private 0600.
 from __future__ import annotations
 
 import contextlib
-import errno
-import glob
 import csv
+import errno
+import fcntl
+import glob
 import io
 import json
 import os
@@ -25,6 +26,51 @@ import numpy as np
 from .errors import LumbarError
 
 PathLike = Union[str, "os.PathLike[str]"]
+TEMP_NAME_CHARS = 64  # of the target's name kept in a temp name: 255-byte names still fit
+FORMAT_SUFFIXES = (".nii.gz",)  # double suffixes that writers pick the format by
+OUTPUT_LOCK = ".lumbar-d2.lock"  # marks (and locks) a folder that a lumbar-d2 run writes
+
+
+def format_suffix(path: PathLike) -> str:
+    """The suffix that names ``path``'s format: ``.nii.gz`` for ``x.nii.gz``, else the last."""
+    name = Path(path).name.lower()
+    return next((s for s in FORMAT_SUFFIXES if name.endswith(s)), Path(path).suffix)
+
+
+def check_encodable(path: PathLike) -> None:
+    """Refuse a path that is not valid UTF-8 before native code sees it.
+
+    Python keeps undecodable bytes of a file name as lone surrogates; SimpleITK aborts and
+    OpenCV crashes on them instead of raising, so they must be caught here.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise LumbarError(f"{shown}: file name is not valid UTF-8; rename it") from None
+
+
+def safe_name(text: str, fallback: str = "series") -> str:
+    """A folder name made of ``text``: letters, digits, ``-_.`` only, never ``.``/``..``/
+    hidden, never longer than 120 characters, ``fallback`` when nothing is left."""
+    name = "".join(c if (c.isalnum() and c.isascii()) or c in "-_." else "_" for c in text)
+    name = name.lstrip(".")[:120]
+    return name or fallback
+
+
+def unique_name(name: str, taken: set) -> str:
+    """``name``, or ``name_2``, ``name_3``... whichever is not in ``taken`` (compared without
+    case, as on macOS/Windows file systems); the result is added to ``taken``."""
+    candidate, k = name, 1
+    while candidate.lower() in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_CHARS]}."
 
 
 @contextlib.contextmanager
@@ -35,9 +81,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path: final destination. Its parent folder is created if missing.
     """
     path = Path(path)
+    check_encodable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + format_suffix(path),
                                    dir=path.parent)
     except OSError as e:
         raise LumbarError(f"cannot write {path}: {e.strerror}; choose a writable output folder")
@@ -47,6 +94,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from others
         yield tmp_path
         os.replace(tmp_path, path)
+    except RuntimeError as e:  # SimpleITK's writers raise RuntimeError
+        raise LumbarError(f"cannot write {path}: {' '.join(str(e).split())[-200:]}; choose a "
+                          "writable output folder") from None
     except OSError as e:
         raise LumbarError(f"cannot write {path}: {e.strerror}; free disk space or choose "
                           "another output folder") from e
@@ -64,7 +114,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     Staging folders of killed runs (their process is gone) are deleted first.
     """
     path = Path(path)
-    prefix = f".{path.name}.{os.getpid()}."
+    check_encodable(path)
+    prefix = f"{_temp_prefix(path)}{os.getpid()}."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(path)
@@ -95,8 +146,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
 
 def _remove_stale_stages(path: Path) -> None:
     """Delete ``.<name>.<pid>.*.tmp|.old`` folders beside ``path`` whose process has ended."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.*"):
-        pid = stale.name[len(path.name) + 2:].split(".")[0]
+    prefix = _temp_prefix(path)
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.*"):
+        pid = stale.name[len(prefix):].split(".")[0]
         if stale.suffix in (".tmp", ".old") and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -167,3 +219,35 @@ def write_png(path: PathLike, image: np.ndarray) -> Path:
         if not cv2.imwrite(str(tmp), image):
             raise LumbarError(f"cannot write {path}: PNG encoder failed; check the output folder")
     return Path(path)
+
+
+@contextlib.contextmanager
+def locked_output(root: PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``root`` (created) for the block.
+
+    Two runs writing one folder at once would mix their tables and masks; the second one is
+    refused in one line instead. The lock file :data:`OUTPUT_LOCK` stays behind (empty): it
+    also marks the folder as lumbar-d2 output, which later runs never read as input.
+    """
+    root = Path(root)
+    check_encodable(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / OUTPUT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
+                          "writable folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LumbarError(f"{root}: another lumbar-d2 run is writing into this folder; "
+                              "wait for it to finish or choose another output folder") from None
+        yield root
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def inside_output(path: PathLike) -> bool:
+    """True when ``path`` lies in a folder that a lumbar-d2 run wrote (:func:`locked_output`)."""
+    return any((folder / OUTPUT_LOCK).is_file() for folder in Path(path).absolute().parents)
