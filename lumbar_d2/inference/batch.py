@@ -253,8 +253,7 @@ def _slice_context(predictor: LumbarPredictor, files: List[Path], slice_regex: O
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
                  stems: List[str], root: Path, override: Optional[Spacing],
                  default_spacing: Optional[Spacing], orientation: str, batch_size: int,
-                 report: bool,
-                 context: Optional[Dict] = None) -> Dict:
+                 report: bool, context: Optional[Dict] = None) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:

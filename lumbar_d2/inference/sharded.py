@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from detectron2.config import CfgNode
 
 from ..utils.errors import LumbarError
-from ..utils.io import write_csv
+from ..utils.io import locked_output, write_csv
 from .batch import PredictionWriter, run_prediction
 from .report import write_prediction_report
 from .series import SERIES_CSV, SERIES_FIELDS
@@ -84,10 +84,17 @@ def merge_shards(output_dir: str, count: Optional[int] = None, report: bool = Fa
     if len({json.dumps(d["inputs"]) for d in dones}) > 1:
         raise LumbarError(f"{root}: the {count} shards ran on different inputs; delete "
                           f"{root / 'shards'} and run all shards again")
+    with locked_output(root):
+        return _merge(root, folders, report)
+
+
+def _merge(root: Path, folders: List[Path], report: bool) -> Dict:
+    """:func:`merge_shards` once the shards are checked and the output folder is locked."""
     out = _merged_tables(root, folders)
     series = _merged_series(root, folders)
     for folder in folders:
         _move_pictures(folder, root, series)
+    count = len(folders)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root), "interrupted": False,
               "n_shards": count, **out.write_tables()}
