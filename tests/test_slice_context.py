@@ -242,3 +242,22 @@ def test_predict_folder_gives_a_25d_model_each_slices_neighbours(tmp_path, monke
     batch.run_prediction(flat, str(tmp_path / "in"), str(tmp_path / "out2"),
                          slice_regex=r"slice(\d+)")
     assert seen == {60: None, 120: None, 200: None}
+
+
+def test_bench_latency_writes_percentiles_with_the_record(tmp_path, run_tool, capsys):
+    from conftest import INSTANT_CONFIG
+
+    for k in (1, 2):
+        write_png(tmp_path / "img" / f"s{k}.png", _slice(100 + k))
+    code, err = run_tool("bench_latency", ["--config-file", INSTANT_CONFIG, "--images",
+                                           tmp_path / "img", "--threads", "1", "--repeats", "2",
+                                           "--output", tmp_path / "out", "MODEL.DEVICE", "cpu"],
+                         capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "latency.json").read_text())
+    assert saved["n_slices"] == 2 and saved["repeats"] == 2 and saved["threads"] == 1
+    assert 0 < saved["p50_s"] <= saved["p90_s"]
+    assert saved["record"]["machine"]["torch_threads"] == 1
+    code, err = run_tool("bench_latency", ["--images", tmp_path / "none", "--output",
+                                           tmp_path / "o2"], capsys)
+    assert code == 2 and "no PNG slices" in err and not (tmp_path / "o2").exists()

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..utils.errors import LumbarError
+from ..utils.io import csv_text
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -54,17 +55,13 @@ def _count(value: float, n: int, name: str) -> int:
     return k
 
 
+SPLIT_FIELDS = ["patient_id", "split"]
+
+
 def split_csv_text(assign: Mapping[str, str]) -> str:
     """``patient_id,split`` rows (sorted), the text of a split file."""
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\n")
-    # with a "\n" terminator, QUOTE_MINIMAL leaves a "\r" in an id unquoted: it would split
-    # the row when read back
-    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    w.writerow(["patient_id", "split"])
-    for row in sorted(assign.items()):
-        (quoted if "\r" in row[0] else w).writerow(row)
-    return buf.getvalue()
+    return csv_text(SPLIT_FIELDS, ({"patient_id": p, "split": s}
+                                   for p, s in sorted(assign.items())))
 
 
 def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:

@@ -10,7 +10,6 @@ still gives a page a browser opens quickly.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..data.instances import decode_segmentations
 from ..utils.errors import LumbarError
 from ..utils.html import ReportCase, write_report
 from .offline import load_ground_truth, load_predictions
+from .records import read_per_image_csv, row_float
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +33,8 @@ ROW_COLUMNS = ["category", "dice", "iou", "hd95", "n_gt", "n_pred", "tp", "fp", 
 GT_COLOUR, PRED_COLOUR = (60, 200, 60), (40, 40, 230)  # BGR
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _mean_dice(rows: List[Dict[str, str]]) -> float:
-    values = [_float(r.get("dice")) for r in rows]
+    values = [row_float(r, "dice") for r in rows]
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
@@ -95,10 +88,9 @@ def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,
     results, _ = load_predictions(predictions, gt)
     source = images_dir or (gt.get("info") or {}).get("source")
     root = Path(source) if source and Path(source).is_dir() else None
-    with open(per_image, newline="") as f:
-        rows_of: Dict[str, List[Dict[str, str]]] = {}
-        for row in csv.DictReader(f):
-            rows_of.setdefault(row["file_name"], []).append(row)
+    rows_of: Dict[str, List[Dict[str, str]]] = {}
+    for row in read_per_image_csv(per_image):
+        rows_of.setdefault(row["file_name"], []).append(row)
     gt_by: Dict[int, list] = {}
     for ann in gt["annotations"]:
         if not ann.get("iscrowd", 0):
@@ -119,7 +111,7 @@ def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,
             pictures = [("ground truth green, prediction red", _slice_picture(
                 im, root, decode_segmentations(gt_by.get(im["id"], []), h, w),
                 decode_segmentations(pred_by.get(im["id"], []), h, w)))]
-        missed, extra = (sum(int(np.nan_to_num(_float(r.get(k)))) for r in rows)
+        missed, extra = (sum(int(np.nan_to_num(row_float(r, k))) for r in rows)
                          for k in ("fn", "fp"))
         flags = ([f"{missed} missed"] if missed else []) + ([f"{extra} false"] if extra else [])
         cases.append(ReportCase(

@@ -200,13 +200,28 @@ def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     return write_text(path, json_text(obj, indent))
 
 
+def csv_text(fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """The one CSV format of lumbar-d2: header ``fields``, ``\\n`` line ends, keys of a row
+    that are not in ``fields`` ignored.
+
+    With a ``\\n`` terminator the csv module would leave a lone ``\\r`` in a value unquoted,
+    and the row would split when read back: such a row is written fully quoted.
+    """
+    buf = io.StringIO(newline="")
+    plain = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n",
+                           extrasaction="ignore")
+    quoted = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n",
+                            extrasaction="ignore", quoting=csv.QUOTE_ALL)
+    plain.writeheader()
+    for row in rows:
+        carriage = any("\r" in str(row.get(k, "")) for k in fields)
+        (quoted if carriage else plain).writerow(row)
+    return buf.getvalue()
+
+
 def write_csv(path: PathLike, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write dict ``rows`` as CSV with header ``fields`` (``\\n`` line ends) atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buf.getvalue())
+    """Write dict ``rows`` atomically as :func:`csv_text`."""
+    return write_text(path, csv_text(fields, rows))
 
 
 def write_png(path: PathLike, image: np.ndarray) -> Path:

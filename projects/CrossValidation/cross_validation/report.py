@@ -18,7 +18,8 @@ import numpy as np
 from lumbar_d2.data.instances import decode_segmentations
 from lumbar_d2.data.splits import read_folds
 from lumbar_d2.evaluation import metrics, strata
-from lumbar_d2.evaluation.offline import evaluate_files, load_ground_truth, per_image_records
+from lumbar_d2.evaluation.offline import (STUDY_SWEEP, evaluate_files, load_ground_truth,
+                                          per_image_records)
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.io import write_csv, write_json, write_text
 from lumbar_d2.utils.record import record_markdown, result_record, write_result
@@ -26,7 +27,6 @@ from lumbar_d2.utils.record import record_markdown, result_record, write_result
 from .folds import FOLDS_FILE, fold_name
 from .train import run_dir
 
-SWEEP = [round(0.30 + 0.05 * i, 2) for i in range(14)]  # 0.30 ... 0.95
 SHIPPED_POINT = 0.93
 N_BOOT = 1000
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def score_mode(output: Path, variant: str, mode: str, out: Path) -> dict:
     """Everything the protocol reports for one variant and mode."""
     files = pool_fold_files(output, variant, mode, output / "oof" / variant / mode)
     swept = evaluate_files(str(files["gt"]), str(files["predictions"]), str(out / "sweep"),
-                           n_boot=0, sweep=SWEEP)
+                           n_boot=0, sweep=STUDY_SWEEP)
     best = swept["best_threshold"]
     gt, results = load_ground_truth(str(files["gt"])), json.loads(files["predictions"].read_text())
     summary = {"variant": variant, "mode": mode, "best_threshold": best,
