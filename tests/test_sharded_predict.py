@@ -113,3 +113,19 @@ def test_two_torchrun_ranks_equal_one_process(job, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["0-of-2",
                                                                              "1-of-2"]
     _assert_same_output(tmp_path / "out", single)
+
+
+def test_one_series_name_from_two_shards_is_refused(job, tmp_path, load_tool, capsys):
+    _, argv, _ = job
+    images, _ = phantom(n_slices=4)
+    for sub in ("a", "b"):  # one process would name the second "scan_2"; two shards cannot
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        sitk.WriteImage(sitk_volume(images), str(tmp_path / "in" / sub / "scan.nii.gz"))
+    argv = list(argv)
+    argv[argv.index("--input") + 1] = str(tmp_path / "in")
+    predict = load_tool("predict").main
+    for i in (0, 1):
+        assert predict(["--output", str(tmp_path / "out"), "--shard", f"{i}/2", *argv]) == 0
+    capsys.readouterr()
+    assert predict(["--output", str(tmp_path / "out"), "--merge"]) == 2
+    assert "series scan named by two shards" in capsys.readouterr().err

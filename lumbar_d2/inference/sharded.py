@@ -134,8 +134,8 @@ def _merged_tables(root: Path, folders: List[Path]) -> PredictionWriter:
 def _merged_series(root: Path, folders: List[Path]) -> List[Dict[str, str]]:
     """Every shard's ``series.csv`` rows; a series name from two shards is refused."""
     rows = [r for f in folders for r in _csv_rows(f / SERIES_CSV)]
-    names = [r["series"] for r in rows]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    names = [r["series"].lower() for r in rows]  # one folder on case-blind file systems
+    twice = sorted({r["series"] for r in rows if names.count(r["series"].lower()) > 1})
     if twice:
         raise LumbarError(f"{root}: series {', '.join(twice)} named by two shards; predict "
                           "inputs with one file name in one shard, or rename them")
