@@ -7,7 +7,8 @@ each worker count in --workers, through the same launch as ``tools/train_net.py 
 (gloo workers on a CPU machine, NCCL on GPUs). The batch per worker is fixed (weak scaling):
 N workers train on N x --batch-per-worker images per step. Per-iteration times come from
 Detectron2's IterationTimer; the first --warmup iterations are left out. The machine's load
-average before and after each run is recorded: on a shared machine other jobs take cores.
+average before and after each run, and the CPU seconds the workers got (``cores_obtained`` =
+CPU s / wall s), are recorded: on a shared machine other jobs take cores.
 Writes <output>/scaling_<device>.json with the result record.
 
 Usage:
@@ -19,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -57,11 +59,15 @@ def _worker(opts: List[str], result_file: str) -> None:
     cfg.freeze()
     seed_all_rng(cfg.SEED + comm.get_rank())
     trainer = build_trainer(cfg)
+    wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
+    # CPU seconds each worker got: on a shared machine the wall time says little without it
+    used = comm.gather(time.process_time() - cpu)
     if comm.is_main_process():
         times = [t for t, _ in trainer.storage.history("time").values()]
-        Path(result_file).write_text(json.dumps({"times": times,
-                                                 "threads": torch.get_num_threads()}))
+        Path(result_file).write_text(json.dumps({
+            "times": times, "threads": torch.get_num_threads(), "cpu_s": sum(used),
+            "wall_s": time.perf_counter() - wall}))
 
 
 def run(workers: int, args: argparse.Namespace, root: Path, tmp: Path) -> Dict:
@@ -80,6 +86,9 @@ def run(workers: int, args: argparse.Namespace, root: Path, tmp: Path) -> Dict:
             "images_per_step": batch, "s_per_iter_median": round(s_per_iter, 3),
             "images_per_s": round(batch / s_per_iter, 3),
             "iteration_times_s": [round(t, 3) for t in timed["times"]],
+            "train_wall_s": round(timed["wall_s"], 1), "train_cpu_s_all_workers":
+                round(timed["cpu_s"], 1),
+            "cores_obtained": round(timed["cpu_s"] / timed["wall_s"], 2),
             "load_average_1_5_15_before": [round(x, 2) for x in load_before],
             "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
 
@@ -105,7 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in runs:
         print(f"{r['workers']} worker(s) x {r['threads_per_worker']} threads: "
               f"{r['images_per_s']:.2f} images/s ({r['s_per_iter_median']:.2f} s/iter, "
-              f"{r['images_per_step']} images/step), load {r['load_average_1_5_15_before'][0]}")
+              f"{r['images_per_step']} images/step), {r['cores_obtained']} cores obtained, "
+              f"load {r['load_average_1_5_15_before'][0]}")
     print(f"-> {path}")
     return 0
 
