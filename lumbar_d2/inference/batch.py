@@ -17,7 +17,6 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,12 +29,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.imageio import signal_problem, to_model_input
-from ..data.layouts import slice_neighbours, slice_positions
 from ..geometry import Spacing, parse_spacing
-from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
+from ..measure import MEASUREMENT_COLUMNS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import inside_output, locked_output, write_csv, write_json, write_png
+from ..utils.io import (inside_output, locked_output, make_output_dir, output_stems, write_csv,
+                        write_json, write_png)
 from .io import LoadedImage, list_inputs, load_image
+from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
@@ -45,7 +45,6 @@ from .volume import VolumeInputs, check_volume_file, find_volumes
 
 logger = logging.getLogger(__name__)
 
-MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
 SUMMARY_COLUMNS = SUMMARY_FIELDS + ["height", "width", "unit", "spacing_row_mm",
                                     "spacing_col_mm", "spacing_source"]
 FAILURE_COLUMNS = ["file", "error"]
@@ -83,6 +82,7 @@ class PredictionWriter:
     root: Path
     class_names: List[str]
     orientation: str
+    operating_point: float = 0.0  # the score detections are kept at (QC low_score)
     results: List[Dict] = field(default_factory=list)
     images: List[Dict] = field(default_factory=list)
     rows: List[Dict] = field(default_factory=list)
@@ -107,7 +107,7 @@ class PredictionWriter:
                    for res in instances_to_coco_json(instances, image_id)]
         value, source = spacing
         rows, summary = measure_prediction(list(masks), names, scores, value,
-                                           self.orientation, loaded.path)
+                                           self.orientation, loaded.path, self.operating_point)
         summary.update(height=height, width=width, spacing_source=source,
                        spacing_row_mm=value[0] if value else "",
                        spacing_col_mm=value[1] if value else "")
@@ -140,36 +140,6 @@ class PredictionWriter:
                  "failures": write_csv(self.root / "failures.csv", FAILURE_COLUMNS,
                                        self.failures)}
         return {k: str(v) for k, v in paths.items()}
-
-
-def output_stems(files: Sequence[Path]) -> List[str]:
-    """PNG stem per input: the file stem, or a path-derived name where stems collide.
-
-    ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
-    common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
-    """
-    stems = [f.stem for f in files]
-    clashing = {s for s in stems if stems.count(s) > 1}
-    if not clashing:
-        return stems
-    common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
-    out = []
-    for f, stem in zip(files, stems):
-        if stem not in clashing:
-            out.append(stem)
-            continue
-        rel = f.resolve().relative_to(common)
-        out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
-    return out
-
-
-def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
-    common: Tuple[str, ...] = ()
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common += (level[0],)
-    return common
 
 
 # --------------------------------------------------------------------------- batch job
@@ -225,7 +195,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    context = _slice_context(predictor, files, slice_regex, patient_regex)
+    context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
     stems, job = output_stems(files), {}
     if shard is not None:
         volumes, files, stems, job = take_shard(volumes, files, stems, shard)
@@ -236,33 +206,20 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                 **job}
 
 
-def _slice_context(predictor: LumbarPredictor, files: List[Path], slice_regex: Optional[str],
-                   patient_regex: str) -> Dict[Path, Tuple[Optional[Path], Optional[Path]]]:
-    """Neighbour files of each 2-D slice for a 2.5D predictor (empty otherwise)."""
-    if not (slice_regex and predictor.slice_context):
-        if slice_regex:
-            logger.warning("--slice-regex is ignored: the model is 2-D (INPUT.SLICE_CONTEXT)")
-        return {}
-    try:
-        return slice_neighbours(slice_positions(files, patient_regex, slice_regex))
-    except re.error as e:
-        raise LumbarError(f"--slice-regex/--patient-regex: invalid regex ({e}); e.g. "
-                          r"'slice(\d+)' and '^([^_]+)_'") from None
-
-
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
                  stems: List[str], root: Path, override: Optional[Spacing],
                  default_spacing: Optional[Spacing], orientation: str, batch_size: int,
                  report: bool, context: Optional[Dict] = None) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
-    out = PredictionWriter(root, predictor.class_names, orientation)
+    kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
+    out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
     series: List = []
     try:
         series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                              out.failures, batch_size) if len(volumes) else [])
+                              out.failures, batch_size, kept_at) if len(volumes) else [])
         _predict_slices(predictor, files, stems, out, override, default_spacing,
                         batch_size, context or {})
         interrupted = False
@@ -290,24 +247,11 @@ def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[s
         for path, stem in zip(tqdm(files, desc="predict", unit="img"), stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
-                pending.append((loaded, stem, _neighbours(context.get(path))))
+                pending.append((loaded, stem, read_neighbours(context.get(path))))
             if len(pending) == batch_size:
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
         _predict_pending(predictor, pending, out, override, default_spacing)
-
-
-def _neighbours(paths: Optional[Tuple[Optional[Path], Optional[Path]]]):
-    """The arrays of a slice's neighbour files (None for a missing or unreadable one)."""
-    if not paths:
-        return None
-
-    def read(p: Optional[Path]):
-        try:
-            return load_image(p).array if p else None
-        except LumbarError:
-            return None
-    return tuple(read(p) for p in paths)
 
 
 def _dataset_spacing(cfg: CfgNode) -> Spacing:
@@ -383,21 +327,6 @@ def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation:
     return operating_point(cfg, score_thresh)
 
 
-def make_output_dir(output_dir: str) -> Path:
-    """Create the output folder up front, so an unwritable one fails before the model runs.
-
-    Raises:
-        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
-    """
-    root = Path(output_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
-                          "writable folder") from None
-    return root
-
-
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
     """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
     kept = [f for f in files if not _is_output(f, root)]
@@ -436,5 +365,5 @@ def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage
 
 
 __all__ = ["FAILURE_COLUMNS", "MEASUREMENT_COLUMNS", "PredictionWriter", "SUMMARY_COLUMNS",
-           "instance_id_image", "make_output_dir", "output_stems", "resolve_spacing",
+           "instance_id_image", "output_stems", "resolve_spacing",
            "run_prediction"]

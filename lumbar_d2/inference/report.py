@@ -13,15 +13,24 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from ..measure import FLAG_SEP
+from ..measure import FLAG_SEP, MEASUREMENT_COLUMNS
 from ..utils.html import ReportCase, flag_count, write_report
-from .series import SERIES_CSV
+from .series import DISC_FIELDS, SERIES_CSV
+
+
+def _shown(fields: List[str], hidden: List[str]) -> List[str]:
+    """The columns of a written table that the report shows, in the file's order."""
+    unknown = set(hidden) - set(fields)
+    if unknown:  # a renamed field: fail at import, not with an empty column
+        raise ValueError(f"not columns of the table: {sorted(unknown)}")
+    return [f for f in fields if f not in hidden]
+
 
 REPORT_NAME = "report.html"
-DISC_COLUMNS = ["level", "label_value", "volume_ml", "height_mm", "ap_diameter_mm",
-                "n_slices", "mean_score", "qc_flags"]
-SLICE_COLUMNS = ["instance_id", "class", "level", "score", "area_mm2", "width_mm",
-                 "height_mm", "unit"]
+DISC_COLUMNS = _shown(DISC_FIELDS, ["series", "first_slice", "last_slice", "mid_slice"])
+SLICE_COLUMNS = _shown(MEASUREMENT_COLUMNS, [
+    "file_name", "order", "area_px", "angle_deg", "centroid_x", "centroid_y", "centroid_x_mm",
+    "centroid_y_mm", "qc_flags"])
 
 
 def _rows(path: Path) -> List[Dict[str, str]]:
