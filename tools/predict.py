@@ -16,6 +16,11 @@ Usage:
 
 Without MODEL.WEIGHTS, a config that ships a trained model (LUMBAR.SHIPPED_WEIGHTS, see
 MODEL_ZOO.md) uses it after checking its sha256.
+
+Large inputs in shards (contiguous blocks of the inputs; README "Scaling out"):
+    python tools/predict.py ... --shard 0/4     # on each machine / array task, I = 0..3
+    python tools/predict.py --output out/ --merge [--report]
+    torchrun --nproc_per_node 2 tools/predict.py ...   # one shard per rank, rank 0 merges
 """
 import argparse
 import logging
@@ -24,7 +29,11 @@ from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.data import register_all_lumbar
+from detectron2.utils import comm
+from lumbar_d2.engine.launch import env_rendezvous, init_from_env
 from lumbar_d2.inference.batch import run_prediction
+from lumbar_d2.inference.sharded import merge_shards, run_shard
+from lumbar_d2.inference.shards import Shard, parse_shard
 from lumbar_d2.measure import ORIENTATIONS
 from lumbar_d2.model_zoo import use_shipped_weights
 from lumbar_d2.runtime import load_config
@@ -35,8 +44,8 @@ from lumbar_d2.utils.errors import LumbarError
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="model config (configs/*.yaml)")
-    p.add_argument("--input", required=True,
+    p.add_argument("--config-file", help="model config (configs/*.yaml); required to predict")
+    p.add_argument("--input",
                    help="a slice file, a volume (.nii, .nii.gz, .mha, .mhd), a folder "
                         "(recursive: slices, volumes, DICOM series) or a glob of slices")
     p.add_argument("--output", required=True, help="results folder (created)")
@@ -66,22 +75,47 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "among the inputs become its neighbours")
     p.add_argument("--patient-regex", default=r"^([^_]+)_",
                    help="with --slice-regex: regex whose first group is the patient id")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only shard I of N (a contiguous block of the inputs) into "
+                        "OUTPUT/shards/I-of-N; a finished shard is skipped when rerun")
+    p.add_argument("--merge", nargs="?", const=0, type=int, metavar="N",
+                   help="merge the finished shards in --output into its final tables "
+                        "(refused while a shard is unfinished); N if several shard counts")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.merge is None and not (args.config_file and args.input):
+        p.error("--config-file and --input are required (except with --merge)")
+    return args
 
 
 def predict(args: argparse.Namespace) -> dict:
-    """Config -> datasets (for class names / spacing) -> run (device and weights checked)."""
+    """Config -> datasets (for class names / spacing) -> run (device and weights checked).
+
+    With ``--shard``, or as one rank of a torchrun / srun job, only that shard is predicted;
+    the job's rank 0 then merges once every rank is through.
+    """
+    if args.merge is not None:
+        return merge_shards(args.output, args.merge or None, args.report)
     cfg = load_config(args.config_file, args.opts)
     use_shipped_weights(cfg)  # no MODEL.WEIGHTS given: the config's shipped model, verified
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
-    return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
-                          orientation=args.orientation, tta=args.tta,
-                          score_thresh=args.score_thresh, batch_size=args.batch_size,
-                          report=args.report, spacing_from_dataset=args.spacing_from_dataset,
-                          slice_regex=args.slice_regex, patient_regex=args.patient_regex)
+    kwargs = dict(pixel_spacing=args.pixel_spacing, orientation=args.orientation,
+                  tta=args.tta, score_thresh=args.score_thresh, batch_size=args.batch_size,
+                  spacing_from_dataset=args.spacing_from_dataset,
+                  slice_regex=args.slice_regex, patient_regex=args.patient_regex)
+    rv = None if args.shard else env_rendezvous()
+    if rv is None and not args.shard:
+        return run_prediction(cfg, args.input, args.output, report=args.report, **kwargs)
+    shard = parse_shard(args.shard) if args.shard else Shard(rv.rank, rv.world_size)
+    if rv is not None:
+        init_from_env(rv)
+    result = run_shard(cfg, args.input, args.output, shard, **kwargs)
+    if rv is None:
+        return result
+    comm.synchronize()  # every rank's shard is done (or its process failed the job)
+    return merge_shards(args.output, shard.count, args.report) if rv.rank == 0 else result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -99,7 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     n_ok, n_failed = result["n_ok"], result["n_failed"]
     n_series = result.get("n_series", 0)
-    print(f"predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
+    verb = "already done: " if result.get("skipped") else ""
+    print(f"{verb}predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
           f"{result['output_dir']}")
     if "report" in result:
         print(f"report: {result['report']}")
@@ -109,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: interrupted after {n_ok} inputs; the tables in {result['output_dir']} "
               "cover those, rerun to predict all", file=sys.stderr)
         return 130
-    if n_ok == 0:
+    if n_ok == 0 and (n_failed or "skipped" not in result):  # an empty shard is no error
         print(f"error: no input could be read; see {result['failures']}", file=sys.stderr)
         return 2
     return 0

@@ -56,7 +56,7 @@ from ..measure import (
     sagittal_level_names,
 )
 from ..utils.errors import LumbarError
-from ..utils.image import fit_width
+from ..utils.image import fit_width, resized, scaled
 from ..utils.io import atomic_folder, unique_name, write_csv, write_png
 from .linking import LinkedDisc, SliceInstance, link_instances
 from .visualize import draw_overlay
@@ -206,19 +206,14 @@ def square_pixels(image: np.ndarray, spacing: Spacing, interpolation: int) -> np
     if abs(row_mm / col_mm - 1.0) <= SQUARE_TOLERANCE:
         return image
     fine = min(row_mm, col_mm)
-    size = (max(1, round(image.shape[1] * col_mm / fine)),
-            max(1, round(image.shape[0] * row_mm / fine)))
-    return cv2.resize(image, size, interpolation=interpolation)
+    return scaled(image, row_mm / fine, col_mm / fine, interpolation)
 
 
 def _native_mask(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape == tuple(shape):
         return mask
-    resized = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]),
-                         interpolation=cv2.INTER_AREA if mask.shape[0] > shape[0]
-                         else cv2.INTER_LINEAR)
-    return resized >= 0.5
+    return resized(mask.astype(np.float32), *shape) >= 0.5
 
 
 def _centre_row(disc: LinkedDisc) -> float:
