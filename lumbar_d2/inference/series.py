@@ -336,18 +336,20 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
     """
     rows: List[Dict[str, Any]] = []
     taken = set(RESERVED_NAMES)
-    for reader, source in _volume_readers(found, failures):
-        try:
-            volume = reader()
-        except LumbarError as e:
-            logger.warning("skipping %s", e)
-            failures.append({"file": source, "error": str(e)})
-            continue
-        volume.name = unique_name(volume.name, taken)  # two inputs, one name: kept apart
-        result = predict_volume(volume, predict, batch_size, operating_point)
-        write_series(result, root)
-        rows.append(result.summary())
-    write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
+    try:
+        for reader, source in _volume_readers(found, failures):
+            try:
+                volume = reader()
+            except LumbarError as e:
+                logger.warning("skipping %s", e)
+                failures.append({"file": source, "error": str(e)})
+                continue
+            volume.name = unique_name(volume.name, taken)  # two inputs, one name: apart
+            result = predict_volume(volume, predict, batch_size, operating_point)
+            write_series(result, root)
+            rows.append(result.summary())
+    finally:  # Ctrl-C or SIGTERM too: no series folder without its row
+        write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
     return rows
 
 
