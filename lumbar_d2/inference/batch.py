@@ -17,6 +17,7 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -174,7 +175,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    pixel_spacing: Optional[Sequence[float]] = None,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
-                   report: bool = False, spacing_from_dataset: bool = False) -> Dict:
+                   report: bool = False, spacing_from_dataset: bool = False,
+                   dicom_seg: bool = True) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -200,9 +202,11 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         spacing_from_dataset: slices without a spacing of their own use the pixel spacing
             of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
             measurements are in pixels.
+        dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
+        ``n_slices`` (2-D slices and slices of volumes predicted) and ``seconds`` they took,
         ``interrupted`` (Ctrl-C: the tables cover the inputs done before it) and the path
         of each written table (and of ``report``).
 
@@ -220,9 +224,11 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
     series: List = []
+    start = time.perf_counter()
     try:
-        series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                              out.failures, batch_size) if len(volumes) else [])
+        with logging_redirect_tqdm():  # log lines above the per-slice bars
+            series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
+                                  out.failures, batch_size, dicom_seg) if len(volumes) else [])
         _predict_slices(predictor, files, out, override, default_spacing, batch_size)
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
@@ -231,7 +237,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     _warn_pixel_units(out.summaries)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root),
-              "interrupted": interrupted, **out.write_tables()}
+              "interrupted": interrupted, **out.write_tables(),
+              "n_slices": len(out.images) + sum(int(r["n_slices"]) for r in series),
+              "seconds": time.perf_counter() - start}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],

@@ -13,6 +13,8 @@ writes, under ``<output>/<series name>/``:
 * ``discs.csv``: one row per disc (:data:`DISC_FIELDS`).
 * ``overlay.png``: the mid-sagittal slice with each disc's contour and level;
   ``montage.png``: every slice, small, with the same colours per disc.
+* ``seg.dcm`` (DICOM series, unless turned off): the discs as a DICOM SEG on the source
+  images (:mod:`.dicom_seg`).
 
 Slices whose pixels are not square (row and column spacing differ by more than 5 %, e.g. a
 volume acquired axially and resliced sagittally) are resampled to square pixels at the finer
@@ -35,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..data.imageio import to_model_input
 from ..measure import (
@@ -48,6 +51,7 @@ from ..measure import (
 from ..utils.errors import LumbarError
 from ..utils.image import fit_width
 from ..utils.io import write_csv, write_png
+from .dicom_seg import SEG_NAME, write_dicom_seg
 from .linking import LinkedDisc, SliceInstance, link_instances
 from .visualize import draw_overlay
 from .volume import Volume, VolumeInputs, read_dicom_series, read_volume, write_labels
@@ -133,11 +137,15 @@ class VolumeResult:
 
 
 # ------------------------------------------------------------------------------ predicting
-def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
-                   ) -> VolumeResult:
-    """Predict every sagittal slice, link, name and measure the discs (see the module doc)."""
+def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
+                   desc: str = "") -> VolumeResult:
+    """Predict every sagittal slice, link, name and measure the discs (see the module doc).
+
+    A progress bar (``desc``, e.g. "series 2/5 <name>") counts the slices.
+    """
     slices, spacing, slice_mm = volume.sagittal()
     per_slice: List[List[SliceInstance]] = []
+    bar = tqdm(total=len(slices), desc=desc or volume.name, unit="slice", leave=False)
     for start in range(0, len(slices), max(1, batch_size)):
         batch = slices[start:start + batch_size]
         images = [square_pixels(s, spacing, cv2.INTER_LINEAR) for s in batch]
@@ -146,6 +154,8 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1
                 SliceInstance.from_mask(k, _native_mask(mask, slices.shape[1:]), score)
                 for mask, score, cls in zip(pred.masks, pred.scores, pred.classes)
                 if cls == DISC_CLASS])
+        bar.update(len(batch))
+    bar.close()
     kept, dropped = link_instances(per_slice)
     discs = _named(kept, spacing)
     for disc in discs:
@@ -223,15 +233,22 @@ def _round(value: float) -> float:
 
 
 # ------------------------------------------------------------------------------ writing
-def write_series(result: VolumeResult, root: Path) -> Dict[str, str]:
-    """Write the label volume, ``discs.csv``, ``overlay.png`` and ``montage.png``."""
+def write_series(result: VolumeResult, root: Path, dicom_seg: bool = True) -> Dict[str, str]:
+    """Write the label volume, ``discs.csv``, ``overlay.png``, ``montage.png`` and, for a
+    DICOM series with discs when ``dicom_seg``, ``seg.dcm``."""
     folder = root / result.volume.name
-    paths = {"labels": write_labels(result.volume, result.labels, folder),
+    labels = result.labels
+    paths = {"labels": write_labels(result.volume, labels, folder),
              "discs": write_csv(folder / "discs.csv", DISC_FIELDS,
                                 [d.row for d in result.discs])}
     overlay, tiles = series_pictures(result)
     paths.update(overlay=write_png(folder / "overlay.png", overlay),
                  montage=write_png(folder / "montage.png", tiles))
+    if dicom_seg and result.volume.source == "dicom":
+        seg = write_dicom_seg(result.volume, labels, [d.level for d in result.discs],
+                              folder / SEG_NAME)
+        if seg:
+            paths["dicom_seg"] = seg
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -286,18 +303,20 @@ SERIES_CSV = "series.csv"
 
 
 def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
-                failures: List[Dict[str, str]], batch_size: int = 1) -> List[Dict[str, Any]]:
+                failures: List[Dict[str, str]], batch_size: int = 1,
+                dicom_seg: bool = True) -> List[Dict[str, Any]]:
     """Predict every volume file and DICOM series of ``found`` into ``root/<name>/``.
 
     A volume that cannot be read is recorded in ``failures`` (``file``, ``error``) and the
-    others go on. Writes ``root/series.csv`` (:data:`SERIES_FIELDS`, one row per series).
+    others go on. Writes ``root/series.csv`` (:data:`SERIES_FIELDS`, one row per series);
+    ``dicom_seg``: also ``seg.dcm`` for DICOM series (:func:`write_series`).
 
     Returns:
         the series rows written.
     """
     rows: List[Dict[str, Any]] = []
     names: Dict[str, int] = {}
-    for reader, source in _volume_readers(found, failures):
+    for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
         try:
             volume = reader()
         except LumbarError as e:
@@ -307,8 +326,9 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
         names[volume.name] = names.get(volume.name, 0) + 1
         if names[volume.name] > 1:  # two inputs with one name: keep both folders apart
             volume.name = f"{volume.name}_{names[volume.name]}"
-        result = predict_volume(volume, predict, batch_size)
-        write_series(result, root)
+        result = predict_volume(volume, predict, batch_size,
+                                desc=f"series {k}/{len(found)} {volume.name}")
+        write_series(result, root, dicom_seg)
         rows.append(result.summary())
     write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
     return rows

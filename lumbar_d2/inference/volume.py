@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils.errors import LumbarError, one_line
-from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom
+from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom, monochrome1_not_inverted
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
                               f"({_itk_message(e)}); re-export it") from None
     folder = Path(os.path.commonpath([str(f.parent) for f in files]))
     image = _check_grey_3d(image, folder)
+    if monochrome1_not_inverted(files[0], _sitk().GetArrayViewFromImage(image)[0]):
+        image = _inverted(image)  # MONOCHROME1 shown bright <-> dark, as on the 2-D path
     logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
     name = f"{_safe(folder.name)}_{_safe(uid)[-12:]}"
     flags = ["uneven_slices"] if _uneven_slices(files) else []
@@ -264,6 +266,14 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
         logger.warning("%s: DICOM series %s has unevenly spaced slices (missing or extra "
                        "slices); its geometry is approximate", folder, uid)
     return Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
+
+
+def _inverted(image: Any) -> Any:
+    """``min + max - image`` (float32), same geometry: dark <-> bright within its range."""
+    sitk = _sitk()
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    return sitk.Cast(image, sitk.sitkFloat32) * -1.0 + (stats.GetMinimum() + stats.GetMaximum())
 
 
 def _read_series(files: Sequence[Path]) -> Any:
