@@ -22,7 +22,7 @@ from .. import __version__
 from ..measure import LEVEL_VALUES
 from ..utils.errors import LumbarError, one_line
 from ..utils.io import atomic_path
-from .visualize import COLORS
+from .visualize import index_color
 from .volume import Volume, _sitk
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def segment_descriptions(levels: Sequence[str]) -> List[Any]:
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm, tracking_id=f"disc {level}",
             tracking_uid=hd.UID(), anatomic_regions=[region] if region else None,
-            display_color=hd.color.CIELabColor.from_rgb(*COLORS[(number - 1) % len(COLORS)])))
+            display_color=hd.color.CIELabColor.from_rgb(*index_color(number - 1))))
     return out
 
 

@@ -65,7 +65,7 @@ SERIES_FIELDS = ["series", "input", "source", "n_slices", "size", "spacing_mm", 
                  "n_dropped", "levels", "qc_flags"]
 SQUARE_TOLERANCE = 0.05
 LOW_SCORE = 0.7
-MONTAGE_TILE = 160  # px width of one slice in the montage
+MONTAGE_TILE = 256  # px width of one slice in the montage (and the report's scrubber)
 
 
 @dataclass
@@ -254,8 +254,12 @@ def write_series(result: VolumeResult, root: Path, dicom_seg: bool = True) -> Di
 
 def mid_sagittal_index(result: VolumeResult) -> int:
     """The median of the discs' mid slices; the middle slice without discs."""
-    mids = [d.row["mid_slice"] for d in result.discs]
-    return int(np.median(mids)) if mids else len(result.slices) // 2
+    return middle_slice([d.row["mid_slice"] for d in result.discs], len(result.slices))
+
+
+def middle_slice(mids: Sequence[int], n_slices: int) -> int:
+    """The median of the discs' mid slices ``mids``; the middle slice without discs."""
+    return int(np.median(mids)) if len(mids) else n_slices // 2
 
 
 def slice_overlay(result: VolumeResult, k: int, labels: bool = True) -> np.ndarray:
@@ -296,6 +300,15 @@ def montage(tiles: List[np.ndarray], columns: Optional[int] = None) -> np.ndarra
         out[r * height:r * height + tile.shape[0],
             c * tile.shape[1]:(c + 1) * tile.shape[1]] = tile
     return out
+
+
+def montage_tiles(image: np.ndarray, n: int) -> List[np.ndarray]:
+    """The ``n`` tiles of a :func:`montage` (default columns) cut back out, in order."""
+    columns = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    height, width = image.shape[0] // rows, image.shape[1] // columns
+    return [image[r * height:(r + 1) * height, c * width:(c + 1) * width]
+            for r, c in (divmod(i, columns) for i in range(n))]
 
 
 # ------------------------------------------------------------------------------ batch
