@@ -253,7 +253,8 @@ def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: Predicti
     """Load, predict and write the 2-D slices in batches of ``batch_size``."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
-        for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
+        for path, stem in zip(tqdm(files, desc="predict", unit="img",
+                                                disable=not files), output_stems(files)):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
                 pending.append((loaded, stem))

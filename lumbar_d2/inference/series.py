@@ -145,7 +145,7 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
     """
     slices, spacing, slice_mm = volume.sagittal()
     per_slice: List[List[SliceInstance]] = []
-    bar = tqdm(total=len(slices), desc=desc or volume.name, unit="slice", leave=False)
+    bar = tqdm(total=len(slices), desc=desc or volume.name, unit="slice")
     for start in range(0, len(slices), max(1, batch_size)):
         batch = slices[start:start + batch_size]
         images = [square_pixels(s, spacing, cv2.INTER_LINEAR) for s in batch]
