@@ -17,6 +17,11 @@ Each patch is applied only when needed and recorded in :data:`ACTIVE`, which the
 * ``detectron2.export`` imports its Caffe2 exporter, and Caffe2 left PyTorch:
   :func:`tracing_adapter_class` then imports ``detectron2.export.flatten`` (TracingAdapter,
   all that TorchScript export needs) without the package ``__init__``.
+* detectron2 v0.6's ``launch`` asserts CUDA and always asks for NCCL, and its
+  ``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel
+  refuses for a CPU model. Without CUDA, :func:`apply_distributed` (run by
+  :mod:`lumbar_d2.engine`) backports what detectron2's main branch does: the spawned workers
+  join a gloo group, and CPU models get ``device_ids=None``. With CUDA nothing changes.
 
 Call :func:`apply` before importing detectron2 modules; importing :mod:`lumbar_d2` does it.
 """
@@ -27,8 +32,9 @@ import importlib.util
 import sys
 import types
 import warnings
+from datetime import timedelta
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, List, Sequence
 
 ACTIVE: List[str] = []
 HAS_COMPILED_OPS: bool = False
@@ -92,7 +98,8 @@ def _patch_pillow() -> None:
 
 
 _KNOWN_WARNINGS = (r"`torch\.jit\.\w+` is deprecated", r"torch.meshgrid: in an upcoming release",
-                   r"The given NumPy array is not writable")
+                   r"The given NumPy array is not writable",
+                   r"`broadcast_buffers` is deprecated")  # DefaultTrainer's DDP argument
 
 
 def _quiet_known_warnings() -> None:
@@ -130,3 +137,83 @@ def tracing_adapter_class() -> type:
     sys.modules["detectron2.export"] = package
     ACTIVE.append("detectron2.export without Caffe2 (flatten.TracingAdapter only)")
     return importlib.import_module("detectron2.export.flatten").TracingAdapter
+
+
+# ---------------------------------------------------------------------------- distributed
+def create_local_process_group(local_size: int) -> None:
+    """The per-machine group detectron2's ``comm.get_local_rank`` reads (set by its launcher).
+
+    Ranks are numbered machine by machine, ``local_size`` per machine, as detectron2's
+    ``launch``, ``torchrun`` and SLURM's default block distribution do.
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % local_size:
+        raise ValueError(f"world size {world} is not a multiple of {local_size} per machine")
+    for first in range(0, world, local_size):
+        group = dist.new_group(list(range(first, first + local_size)))  # every rank joins each
+        if first <= rank < first + local_size:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def cpu_threads(local_size: int) -> int:
+    """Torch threads per worker: the cores shared among this machine's workers.
+
+    ``OMP_NUM_THREADS`` (which ``torchrun`` sets to 1) wins when given.
+    """
+    import os
+
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = max(1, (os.cpu_count() or 1) // max(1, local_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _cpu_distributed_worker(local_rank: int, main_func: Callable, world_size: int,
+                            num_gpus_per_machine: int, machine_rank: int, dist_url: str,
+                            args: Sequence[Any], timeout: timedelta = timedelta(minutes=30)
+                            ) -> None:
+    """detectron2's ``_distributed_worker`` for a machine without CUDA: gloo, no device."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    apply_distributed()  # a spawned process starts afresh: the DDP patch again
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
+                            rank=machine_rank * num_gpus_per_machine + local_rank,
+                            timeout=timeout)
+    create_local_process_group(num_gpus_per_machine)
+    cpu_threads(num_gpus_per_machine)
+    comm.synchronize()
+    main_func(*args)
+
+
+def _ddp_for_cpu(create_ddp_model: Callable) -> Callable:
+    """``create_ddp_model`` that gives a CPU model ``device_ids=None`` (DDP refuses a list)."""
+    def create(model, *, fp16_compression: bool = False, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        if on_cpu and "device_ids" not in kwargs:
+            kwargs["device_ids"] = None
+        return create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
+    create.__wrapped__ = create_ddp_model
+    return create
+
+
+def apply_distributed() -> List[str]:
+    """Let detectron2's ``launch`` and ``DefaultTrainer`` run on CPU (once; no-op with CUDA)."""
+    import torch
+
+    if getattr(apply_distributed, "_done", False) or torch.cuda.is_available():
+        return list(ACTIVE)
+    # detectron2.engine re-exports the function ``launch`` under its module's name
+    launch = importlib.import_module("detectron2.engine.launch")
+    defaults = importlib.import_module("detectron2.engine.defaults")
+    launch._distributed_worker = _cpu_distributed_worker
+    defaults.create_ddp_model = _ddp_for_cpu(defaults.create_ddp_model)
+    ACTIVE.append("CPU workers: detectron2 launch uses gloo, DDP device_ids=None")
+    apply_distributed._done = True
+    return list(ACTIVE)

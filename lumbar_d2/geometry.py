@@ -104,9 +104,15 @@ def mask_iou_matrix(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndar
     return np.nan_to_num(safe_ratio(inter, union), nan=0.0)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two masks of one grid; 0 when both are empty (the rule of
+    :func:`mask_iou_matrix`, the one home of mask IoU)."""
+    return float(mask_iou_matrix([a], [b])[0, 0])
+
+
 def _stack(masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(m) != 0 for m in masks])
 
 
-__all__ = ["Box", "Spacing", "bbox", "bbox_window", "check_spacing", "mask_iou_matrix",
+__all__ = ["Box", "Spacing", "bbox", "bbox_window", "check_spacing", "mask_iou", "mask_iou_matrix",
            "parse_spacing", "safe_ratio"]

@@ -82,6 +82,35 @@ def test_mask_iou_matrix():
     np.testing.assert_array_equal(m.mask_iou_matrix([empty], [empty, a]), [[0.0, 0.0]])
 
 
+def test_mask_iou_has_one_empty_mask_rule_in_every_home():
+    """Mask IoU lives in geometry; linking (3-D discs) and the export comparison use it, so
+    two empty masks give 0 everywhere (an export that loses every pixel is not "identical")
+    and the same pair gives the same value everywhere."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from lumbar_d2.inference.export import _differences
+    from lumbar_d2.inference.linking import SliceInstance, mask_iou as crop_iou
+
+    empty = np.zeros((6, 6), dtype=bool)
+    a, b = _mask((6, 6), np.s_[0:2, 0:3]), _mask((6, 6), np.s_[1:3, 1:4])  # 6, 6 px, 2 shared
+    assert geometry.mask_iou(empty, empty) == 0.0 and geometry.mask_iou(a, empty) == 0.0
+    assert geometry.mask_iou(a, b) == pytest.approx(2 / 10)
+    inst = [SliceInstance.from_mask(0, x, 0.9) for x in (empty, a, b)]
+    assert crop_iou(inst[0], inst[0]) == 0.0
+    assert crop_iou(inst[1], inst[2]) == pytest.approx(2 / 10)
+
+    def instances(mask):
+        out = Instances((6, 6))
+        out.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 4.0, 3.0]]))
+        out.pred_masks = torch.from_numpy(mask[None])
+        return out
+    probs = torch.zeros(1, 1, 4, 4)
+    assert _differences(instances(empty), instances(empty), probs, probs)["min_mask_iou"] == 0.0
+    pair = _differences(instances(a), instances(b), probs, probs)
+    assert pair["min_mask_iou"] == pytest.approx(2 / 10)
+
+
 def test_duplicate_prediction_is_one_tp_one_fp():
     disc_a = _mask((8, 8), np.s_[0:2, 0:4])       # 8 px
     disc_b = _mask((8, 8), np.s_[5:7, 0:4])       # 8 px

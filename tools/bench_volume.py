@@ -22,7 +22,6 @@ import platform
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -37,6 +36,7 @@ from lumbar_d2.inference.volume import find_volumes
 from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
 from lumbar_d2.utils.record import write_result
+from lumbar_d2.utils.timing import Stopwatch, time_calls
 
 SPIDER = Path(__file__).resolve().parents[2] / "shared/data/spider_t2space_sagittal_2d/images"
 PATIENT, FIRST, N_SLICES = "11", 51, 20
@@ -70,9 +70,9 @@ def write_volume(slices: np.ndarray, path: Path) -> None:
 def timed(predict, seconds: list):
     """``predict`` that appends the seconds of each call to ``seconds``."""
     def run(images):
-        start = time.perf_counter()
-        out = predict(images)
-        seconds.append(time.perf_counter() - start)
+        with Stopwatch() as watch:
+            out = predict(images)
+        seconds.append(watch.seconds)
         return out
     return run
 
@@ -99,25 +99,20 @@ def bench(args) -> int:
     slices, source = series_slices()
     write_volume(slices, out / "in" / "series.nii.gz")
     cfg = operating_point(load_config(args.config_file, args.opts), args.score_thresh)
-    start = time.perf_counter()
-    predictor = LumbarPredictor(cfg)
-    build_s = time.perf_counter() - start
+    with Stopwatch() as build:
+        predictor = LumbarPredictor(cfg)
     for s in slices[:2]:
         predictor(s)
     pairs = []
     for _ in range(max(1, args.repeats)):
-        per_slice = []
-        for s in slices:
-            start = time.perf_counter()
-            predictor(s)
-            per_slice.append(time.perf_counter() - start)
+        per_slice = [time_calls(lambda s=s: predictor(s), 1)[0] for s in slices]
         shutil.rmtree(out / "out", ignore_errors=True)
         in_model = []
-        start = time.perf_counter()
-        rows = run_volumes(timed(detectron2_slice_predictor(predictor), in_model),
-                           find_volumes(str(out / "in")), out / "out", [])
-        write_prediction_report(out / "out")
-        total = time.perf_counter() - start
+        with Stopwatch() as series:
+            rows = run_volumes(timed(detectron2_slice_predictor(predictor), in_model),
+                               find_volumes(str(out / "in")), out / "out", [])
+            write_prediction_report(out / "out")
+        total = series.seconds
         pairs.append({"per_slice_median_s": statistics.median(per_slice),
                       "per_slice_mean_s": statistics.mean(per_slice),
                       "series_end_to_end_s": total, "series_model_s": sum(in_model),
@@ -134,7 +129,7 @@ def bench(args) -> int:
               "score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
               "torch_threads": torch.get_num_threads(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-              "cpu": platform.processor() or platform.machine(), "model_build_s": build_s,
+              "cpu": platform.processor() or platform.machine(), "model_build_s": build.seconds,
               "per_slice_median_s": median, "series_end_to_end_s": series_s,
               "series_overhead_s": overhead,
               "budget_s": budget, "within_budget": series_s <= budget,

@@ -6,8 +6,10 @@
     python tools/train_net.py --config-file ... --eval-only   # the config's shipped model
     python tools/train_net.py --config-file ... --resume      # continue from last_checkpoint
 
-Multi-GPU / multi-machine runs go through Detectron2's ``launch`` (--num-gpus,
---num-machines, --machine-rank, --dist-url).
+Multi-process runs go through Detectron2's ``launch`` (lumbar_d2/engine/launch.py):
+--num-gpus N workers per machine (NCCL on GPUs; N gloo workers on a machine without CUDA),
+--num-machines, --machine-rank, --dist-url; or one process per rank started by torchrun or
+srun (env:// rendezvous). See README "Scaling out".
 """
 import os
 import shutil
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, build_trainer
+from lumbar_d2.engine.launch import launch, worker_error
 from lumbar_d2.engine.trainer import ALLOW_SHAPE_MISMATCH
 from lumbar_d2.inference.predictor import use_channels_last
 from lumbar_d2.model_zoo import use_shipped_weights
@@ -87,8 +90,12 @@ def cli(argv=None):
     args = parse_args(argv)
     print("Command Line Args:", args)
     try:
-        return launch(main, args.num_gpus, num_machines=args.num_machines,
-                      machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        if args.num_gpus * args.num_machines > 1:  # a bad config fails here, not N times
+            prepare_config(load_config(args.config_file, args.opts), args.config_file,
+                           training=not args.eval_only)
+        with worker_error():
+            return launch(main, args.num_gpus, num_machines=args.num_machines,
+                          machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except LumbarError as e:
         for folder in FRESH_OUTPUT:
             remove_setup_leftovers(folder)

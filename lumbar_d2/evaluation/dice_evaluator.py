@@ -1,7 +1,9 @@
 """Detectron2 ``DatasetEvaluator`` adding Dice, instance P/R/F1 and HD95/ASSD to COCO AP.
 
 Per image and class it keeps only a small record of counts and distances (never the masks),
-like ``SemSegEvaluator``; records are gathered across ranks in :meth:`evaluate`. Returned
+like ``SemSegEvaluator``; records are gathered across ranks in :meth:`evaluate` and put in
+dataset order, one per image and class (:func:`gathered_records`), so N processes give
+exactly the metrics and ``per_image.csv`` of one. Returned
 under its own key ``"dice"`` (``DatasetEvaluators`` requires unique keys), values are
 fractions in [0, 1]; HD95/ASSD are in mm when the dataset has a pixel spacing, else pixels.
 Definitions and empty-case rules: :mod:`lumbar_d2.evaluation.metrics`.
@@ -78,9 +80,10 @@ class DiceEvaluator(DatasetEvaluator):
                                            pred, gt, shape, self._spacing, self._iou)
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        records = [r for part in comm.gather(self._records, dst=0) for r in part]
+        parts = comm.gather(self._records, dst=0)
         if not comm.is_main_process():
             return {}
+        records = gathered_records(parts, list(self._gt))
         per_class, overall = summarize_classes(records, self._classes, self._n_boot)
         if self._output_dir:
             write_result(os.path.join(self._output_dir, "dice_metrics.json"),
@@ -94,6 +97,27 @@ class DiceEvaluator(DatasetEvaluator):
         if len(self._classes) > 1:
             result.update({f"Dice-{c}": float(s["dice_micro"]) for c, s in per_class.items()})
         return {"dice": result}
+
+
+def gathered_records(parts: List[List[dict]], order: List[int]) -> List[dict]:
+    """The records of all ranks in dataset ``order`` (image ids), each (image, class) once.
+
+    Detectron2's ``InferenceSampler`` gives each rank a disjoint slice, but a sampler that
+    pads shards (e.g. ``DistributedSampler``) repeats images: the first copy is kept. Images
+    of ``order`` seen by no rank are logged (the metrics then cover fewer images).
+    """
+    position = {image_id: i for i, image_id in enumerate(order)}
+    unique: Dict[tuple, dict] = {}
+    for rec in (r for part in parts for r in part):
+        unique.setdefault((rec["image_id"], rec["category"]), rec)
+    if len(unique) < sum(map(len, parts)):
+        logger.warning("%d duplicate per-image records dropped (padded sampler)",
+                       sum(map(len, parts)) - len(unique))
+    missing = set(order) - {image_id for image_id, _ in unique}
+    if missing:
+        logger.warning("%d of %d images were not evaluated by any process", len(missing),
+                       len(order))
+    return sorted(unique.values(), key=lambda r: position.get(r["image_id"], len(order)))
 
 
 def _json_file_name(path: str, image_root: Optional[str]) -> str:

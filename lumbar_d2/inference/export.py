@@ -29,7 +29,6 @@ import inspect
 import json
 import logging
 import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,9 +42,11 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..compat import tracing_adapter_class
+from ..geometry import mask_iou
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path
 from ..utils.record import write_result
+from ..utils.timing import time_calls
 from .io import load_image
 from .batch import make_output_dir
 from .predictor import LumbarPredictor
@@ -219,7 +220,8 @@ def _differences(eager: Instances, exported: Instances, eager_probs: torch.Tenso
                 "mean_mask_iou": float("nan"), "mask_prob_mean_abs_diff": float("nan")}
     i, j = (torch.tensor(idx) for idx in zip(*pairs))
     boxes = (eager.pred_boxes.tensor[i] - exported.pred_boxes.tensor[j]).abs()
-    ious = [_mask_iou(eager.pred_masks[a], exported.pred_masks[b]) for a, b in pairs]
+    ious = [mask_iou(eager.pred_masks[a].cpu().numpy(), exported.pred_masks[b].cpu().numpy())
+            for a, b in pairs]
     probs = (eager_probs[i].float() - exported_probs[j].float()).abs()
     return {**out, "max_box_diff": float(boxes.max()), "min_mask_iou": float(min(ious)),
             "mean_mask_iou": float(np.mean(ious)), "mask_prob_mean_abs_diff": float(probs.mean())}
@@ -234,26 +236,16 @@ def _match(a: Instances, b: Instances) -> List[Tuple[int, int]]:
     return [(i, int(idx[i])) for i in range(len(a)) if best[i] > 0]
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
-
-
 def _median_ms(fn: Callable[[], object], n_runs: int) -> float:
     """Median wall time of ``fn`` in ms over ``n_runs`` calls, after warm-up calls.
 
     TorchScript's profiling executor optimises the graph during the first calls, so those
     are not timed (for the eager model either, to keep the comparison fair).
     """
-    times = []
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     with torch.inference_mode():
-        for _ in range(WARMUP_RUNS + n_runs):
-            start = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times[WARMUP_RUNS:])
+        seconds = time_calls(fn, n_runs, warmup=WARMUP_RUNS, sync=sync)
+    return statistics.median(seconds) * 1000.0
 
 
 def _onnx_installed() -> bool:

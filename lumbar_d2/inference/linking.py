@@ -24,6 +24,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .. import geometry
+
 Box = Tuple[int, int, int, int]  # y0, y1, x0, x1 (exclusive ends)
 
 MIN_IOU = 0.2
@@ -82,16 +84,23 @@ class LinkedDisc:
 
 
 def mask_iou(a: SliceInstance, b: SliceInstance) -> float:
-    """IoU of two cropped masks of the same slice grid (0 when the boxes do not meet)."""
-    y0, y1 = max(a.box[0], b.box[0]), min(a.box[1], b.box[1])
-    x0, x1 = max(a.box[2], b.box[2]), min(a.box[3], b.box[3])
-    if y0 >= y1 or x0 >= x1:
+    """:func:`lumbar_d2.geometry.mask_iou` of two cropped masks of the same slice grid.
+
+    Boxes that do not meet give 0 at once; otherwise both crops are pasted into their joint
+    box (a few discs' size, not the slice's) and compared there.
+    """
+    if min(a.box[1], b.box[1]) <= max(a.box[0], b.box[0]) or \
+            min(a.box[3], b.box[3]) <= max(a.box[2], b.box[2]):
         return 0.0
-    ca = a.crop[y0 - a.box[0]:y1 - a.box[0], x0 - a.box[2]:x1 - a.box[2]]
-    cb = b.crop[y0 - b.box[0]:y1 - b.box[0], x0 - b.box[2]:x1 - b.box[2]]
-    inter = int(np.count_nonzero(ca & cb))
-    union = a.area + b.area - inter
-    return inter / union if union else 0.0
+    y0, x0 = min(a.box[0], b.box[0]), min(a.box[2], b.box[2])
+    shape = (max(a.box[1], b.box[1]) - y0, max(a.box[3], b.box[3]) - x0)
+    return geometry.mask_iou(*(_pasted(m, y0, x0, shape) for m in (a, b)))
+
+
+def _pasted(inst: SliceInstance, y0: int, x0: int, shape: Tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[inst.box[0] - y0:inst.box[1] - y0, inst.box[2] - x0:inst.box[3] - x0] = inst.crop
+    return out
 
 
 def link_instances(per_slice: Sequence[Sequence[SliceInstance]], min_iou: float = MIN_IOU,

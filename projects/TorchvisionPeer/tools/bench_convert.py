@@ -8,11 +8,11 @@ Usage: python projects/TorchvisionPeer/tools/bench_convert.py [--patients 515] \
 """
 import argparse
 import shutil
-import time
 from pathlib import Path
 
 from lumbar_d2.data.convert import convert_sudirman, summary_table
 from lumbar_d2.data.phantom import write_sudirman_phantom
+from lumbar_d2.utils.timing import Stopwatch
 
 
 def main(argv=None) -> int:
@@ -24,10 +24,10 @@ def main(argv=None) -> int:
     if not (root / "sudirman" / "05_Final_Ground_Truth_Data").is_dir():
         write_sudirman_phantom(root / "sudirman", n_patients=a.patients)
     shutil.rmtree(root / "out", ignore_errors=True)
-    start = time.perf_counter()
-    cocos = convert_sudirman(root / "sudirman", root / "out", ("T2",), ("disc",),
-                             val=50, test=150, seed=0)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        cocos = convert_sudirman(root / "sudirman", root / "out", ("T2",), ("disc",),
+                                 val=50, test=150, seed=0)
+    seconds = watch.seconds
     print(summary_table(cocos))
     n = sum(len(c["images"]) for c in cocos.values())
     print(f"converted {n} slices in {seconds:.1f} s ({n / seconds:.0f} slices/s)")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the torchvision_
 
 import lumbar_d2  # noqa: F401,E402  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser  # noqa: E402
-from torchvision_peer.benchmark import BenchmarkOptions, run_benchmark  # noqa: E402
+from torchvision_peer import BenchmarkOptions, run_benchmark  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

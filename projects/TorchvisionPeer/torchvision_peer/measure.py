@@ -15,7 +15,6 @@ import os
 import resource
 import statistics
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lumbar_d2.engine.trainer import Trainer
+from lumbar_d2.utils.timing import Stopwatch
 
 from .peer import Batch, Predict
 
@@ -165,10 +165,9 @@ def train_timed(model: torch.nn.Module, loss_fn: LossFn, cfg: CfgNode, iters: in
             EventStorage(0) as storage:
         bar = tqdm(range(iters), desc=desc, unit="it")
         for _ in bar:
-            start = time.perf_counter()
-            losses.append(_train_step(model, loss_fn, next(batches), optimizer, scaler))
-            _sync(device)
-            times.append(time.perf_counter() - start)
+            with Stopwatch(lambda: _sync(device)) as watch:
+                losses.append(_train_step(model, loss_fn, next(batches), optimizer, scaler))
+            times.append(watch.seconds)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             scheduler.step()
             storage.step()
@@ -229,9 +228,9 @@ def predict_timed(predict: Predict, images: Sequence[np.ndarray], warmup: int, d
         for _ in range(warmup):
             predict(images[0])
         for image in tqdm(images, desc=desc, unit="img"):
-            start = time.perf_counter()
-            outputs.append(predict(image))  # CPU results: the copy synchronises CUDA
-            times.append(time.perf_counter() - start)
+            with Stopwatch() as watch:
+                outputs.append(predict(image))  # CPU results: the copy synchronises CUDA
+            times.append(watch.seconds)
     n_det = float(np.mean([len(o) for o in outputs]))
     return outputs, {**latency_stats(times), "detections_per_image": n_det, **memory}
 
