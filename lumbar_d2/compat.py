@@ -28,6 +28,7 @@ Call :func:`apply` before importing detectron2 modules; importing :mod:`lumbar_d
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -74,16 +75,25 @@ class _StandInC(types.ModuleType):
         return _missing_op(name)
 
 
+def _has_compiled_extension() -> bool:
+    """Whether detectron2's folder holds a built ``_C`` extension, found without importing
+    detectron2 (importing it pulls in torch; a model-free path such as the volume reader
+    must stay free of both)."""
+    spec = importlib.util.find_spec("detectron2")
+    folders = spec.submodule_search_locations or [] if spec else []
+    return any((Path(folder) / f"_C{suffix}").is_file() for folder in folders
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
 def _patch_compiled_ops() -> None:
     global HAS_COMPILED_OPS
     if "detectron2._C" in sys.modules:
         HAS_COMPILED_OPS = not isinstance(sys.modules["detectron2._C"], _StandInC)
         return
-    try:
-        HAS_COMPILED_OPS = importlib.util.find_spec("detectron2._C") is not None
-    except ImportError:  # detectron2 itself not installed
+    if importlib.util.find_spec("detectron2") is None:  # detectron2 itself not installed
         HAS_COMPILED_OPS = False
         return
+    HAS_COMPILED_OPS = _has_compiled_extension()
     if not HAS_COMPILED_OPS:
         sys.modules["detectron2._C"] = _StandInC("detectron2._C")
         ACTIVE.append("detectron2._C stand-in (torchvision ops; COCOEvaluator use_fast_impl=False)")

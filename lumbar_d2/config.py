@@ -62,5 +62,12 @@ def add_lumbar_config(cfg: CN) -> None:
     # degenerated discs lose their T2 signal and look dark; 0 = off.
     cfg.INPUT.AUG.DARKEN_INSTANCES = 0.0
     cfg.INPUT.AUG.DARKEN_GAIN = (0.3, 0.8)
+    # 2.5D input: slices k-1 and k+1 of the same series in the first and last input channel
+    # (the centre slice stands in for a missing one). Datasets need the converter's
+    # --slice-regex; inference takes neighbours from volumes, series and slice folders.
+    cfg.INPUT.SLICE_CONTEXT = False
+    # With SLICE_CONTEXT: probability that a training sample is given as a lone slice (both
+    # neighbours replaced by the centre), so that single 2-D slices keep working.
+    cfg.INPUT.AUG.DROP_CONTEXT = 0.0
     # Percentile intensity normalisation of each slice to uint8 (see lumbar_d2.data.imageio).
     cfg.INPUT.NORMALIZE = True

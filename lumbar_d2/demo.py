@@ -25,11 +25,13 @@ from detectron2.utils.logger import setup_logger
 from .data.convert import convert_sudirman, summary_table
 from .data.imageio import read_array, read_label, to_model_input
 from .data.instances import connected_instances
+from .data.layouts import SPIDER_DISC_VALUE
 from .data.phantom import write_sudirman_phantom
 from .engine import build_trainer
+from .engine.results import overlay_figure
 from .evaluation.metrics import image_metrics, summarize
 from .inference.predictor import LumbarPredictor, operating_point
-from .inference.visualize import draw_overlay, overlay_figure
+from .inference.visualize import draw_overlay
 from .model_zoo import DEFAULT_MODEL, REPO_ROOT, get_config_file, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
@@ -40,7 +42,6 @@ from .utils.record import write_result
 CONFIG = get_config_file("cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml")
 SHIPPED_CONFIG = get_config_file(DEFAULT_MODEL)
 SAMPLES = REPO_ROOT / "datasets" / "samples" / "spider"
-DISC_VALUE = 29  # SPIDER sample masks: 29 = disc (datasets/README.md)
 logger = logging.getLogger("lumbar_d2.demo")
 
 
@@ -69,7 +70,8 @@ def run_shipped_on_samples(output: Path, config_file: Path = SHIPPED_CONFIG,
                            samples: Path = SAMPLES) -> dict:
     """Shipped model on the real sample slices: pooled Dice / instance P/R, overlay PNG.
 
-    Ground-truth disc instances are the connected components of ``mask == 29``, as in the
+    Ground-truth disc instances are the connected components of ``mask == 29``
+    (:data:`~lumbar_d2.data.layouts.SPIDER_DISC_VALUE`), as in the
     converter; detections are kept at the config's operating point (``LUMBAR.SCORE_THRESH``).
     """
     cfg = load_config(str(config_file))
@@ -79,7 +81,7 @@ def run_shipped_on_samples(output: Path, config_file: Path = SHIPPED_CONFIG,
     for image_file in sorted((samples / "images").glob("*.png")):
         raw = read_array(image_file)
         gt = list(connected_instances(read_label(samples / "masks" / image_file.name)
-                                      == DISC_VALUE))
+                                      == SPIDER_DISC_VALUE))
         inst = predictor(raw)
         pred = list(inst.pred_masks.numpy())
         rec = image_metrics(pred, gt, shape=raw.shape[:2])

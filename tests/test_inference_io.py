@@ -4,7 +4,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from lumbar_d2.inference.io import list_inputs, load_image
 from lumbar_d2.utils.errors import LumbarError
@@ -16,10 +19,6 @@ RESCALED = np.array([[-100, 100], [300, 1900]], dtype=np.float32)
 
 def _write_dicom(path: Path, pixels: np.ndarray = STORED, **elements) -> Path:
     """Write a single-frame 16-bit MR DICOM with ``elements`` set on the dataset."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -12,7 +12,10 @@ scratch copy with an upward import added, so the checker itself is tested.
 from __future__ import annotations
 
 import ast
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
@@ -215,3 +218,14 @@ def test_checker_on_tools_and_projects(scratch: Path) -> None:
     assert "another project" in _mutated(scratch, study, "from torchvision_peer import x")[0]
     long = "\n".join(["x = 1"] * MAX_LINES)
     assert "lines" in _mutated(scratch, study, long)[0]  # the cap covers projects too
+
+
+def test_volume_path_does_not_import_detectron2() -> None:
+    """The model-free volume path (read, slice, link, measure, draw, write) runs with any
+    slice predictor; importing it must not pull in Detectron2 (nor torch with it)."""
+    code = ("import sys, lumbar_d2.inference.series, lumbar_d2.inference.report; "
+            "print(sorted(m for m in ('detectron2', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

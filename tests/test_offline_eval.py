@@ -84,7 +84,7 @@ def test_perfect_predictions(tmp_path, gt_path):
     assert res["settings"]["bbox_source"] == "masks"
     assert (s["n_images"], s["n_patients"], s["n_hd_undefined"]) == (3, 2, 0)
     written = _strict_json(out / "metrics.json")
-    assert set(written) == {"coco", "per_class", "overall", "settings"}
+    assert set(written) == {"coco", "per_class", "overall", "settings", "record"}
     assert written["coco"]["segm"]["APl"] is None              # NaN written as null
     lines = (out / "per_image.csv").read_text().splitlines()
     assert lines[0].startswith("file_name,patient_id,category,dice") and len(lines) == 4
@@ -171,6 +171,13 @@ def _gt_without_height():
     return gt
 
 
+def _gt_with_shared_file_name():
+    """Two images of one file_name merged into one row set of per_image.csv."""
+    gt = _gt_dict()
+    gt["images"][1]["file_name"] = gt["images"][0]["file_name"]
+    return gt
+
+
 def _bad_prediction_image():
     preds = _perfect_results()
     preds[0] = dict(preds[0], image_id=99)
@@ -182,6 +189,8 @@ BAD_INPUTS = {
     "gt missing": (None, _perfect_results(), "gt.json", "not found"),
     "gt unparseable": ("{not json", _perfect_results(), "gt.json", "cannot parse"),
     "gt lacks field": (_gt_without_height(), _perfect_results(), "gt.json", "'height'"),
+    "gt shared file_name": (_gt_with_shared_file_name(), _perfect_results(), "gt.json",
+                            "images[1] repeats the file_name 'images/case1.png' of images[0]"),
     "predictions missing": (_gt_dict(), None, "pred.json", "not found"),
     "unknown image_id": (_gt_dict(), _bad_prediction_image(), "pred.json", "image_id 99"),
 }
@@ -246,3 +255,21 @@ def test_sweep_rejects_thresholds_outside_unit_range(tmp_path, gt_path):
     with pytest.raises(LumbarError, match="score threshold 1.5 is outside"):
         evaluate_files(gt_path, preds, str(tmp_path / "o"), sweep=[0.5, 1.5])
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_at_best_scores_at_the_swept_best_threshold(tmp_path, gt_path):
+    """Same predictions as the hand-computed sweep: 0.5 is best (Dice 1), 0.55 ties it and
+    wins (ties go to the higher threshold), and the result is the one at that threshold."""
+    from lumbar_d2.evaluation.offline import evaluate_at_best
+
+    preds = _perfect_results()
+    preds[2]["score"] = 0.6
+    preds.append(dict(_ann(_rect(20, 24, 4, 20), 3), score=0.4))
+    res = evaluate_at_best(gt_path, _write(tmp_path / "pred.json", preds), str(tmp_path / "o"),
+                           thresholds=[0.3, 0.5, 0.55, 0.7])
+    assert res["best_threshold"] == 0.55
+    assert res["overall"]["dice_micro"] == pytest.approx(1.0)
+    assert res["settings"]["score_threshold"] == 0.55
+    assert [r["score_threshold"] for r in res["threshold_sweep"]] == [0.3, 0.5, 0.55, 0.7]
+    saved = _strict_json(tmp_path / "o" / "best" / "metrics.json")
+    assert saved["settings"]["score_threshold"] == 0.55 and "record" in saved

@@ -25,6 +25,7 @@ from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, ins
 from lumbar_d2.inference.predictor import LumbarPredictor
 from lumbar_d2.measure import MEASUREMENT_FIELDS
 from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.io import OUTPUT_LOCK
 from test_inference_io import _write_dicom
 
 DICOM_SPACING = (0.7, 0.5)
@@ -83,7 +84,8 @@ def test_counts_masks_and_overlays(run: Tuple[dict, Path]) -> None:
         assert ids.shape == (128, 128) and ids.dtype == np.uint8 and ids.max() > 0
         assert overlay.shape == (128, 128, 3)
     assert not (out / "masks" / "d_corrupt.png").exists()
-    assert not [p for p in out.rglob(".*")], "no temp files left"
+    left = [p for p in out.rglob(".*") if p.name != OUTPUT_LOCK]
+    assert not left, "no temp files left"
 
 
 def test_failures_csv_names_the_corrupt_file(run: Tuple[dict, Path]) -> None:
@@ -269,3 +271,102 @@ def test_outputs_default_to_the_operating_point() -> None:
     cfg.LUMBAR.SCORE_THRESH = 0.8
     assert _prediction_config(cfg, None, "sagittal", 1).MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.8
     assert _prediction_config(cfg, 0.3, "sagittal", 1).MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.3
+
+
+# ------------------------------------------------------------------ featureless inputs
+@pytest.fixture(scope="module")
+def shipped() -> LumbarPredictor:
+    """The shipped model at its operating point (it finds a 0.957 'disc' on a zero slice)."""
+    from lumbar_d2.demo import SHIPPED_CONFIG
+    from lumbar_d2.inference.predictor import operating_point
+    from lumbar_d2.model_zoo import use_shipped_weights
+    from lumbar_d2.runtime import load_config
+
+    cfg = load_config(str(SHIPPED_CONFIG), ["MODEL.DEVICE", "cpu"])
+    assert use_shipped_weights(cfg)
+    return LumbarPredictor(operating_point(cfg))
+
+
+def _featureless() -> Dict[str, np.ndarray]:
+    constant = np.full((320, 256), 900.0, np.float32)
+    nan_patch = constant.copy()
+    nan_patch[:8, :8] = np.nan  # under the 1 % limit: filled, the slice stays constant
+    mostly_nan = np.random.default_rng(0).random((320, 256)).astype(np.float32)
+    mostly_nan[:40] = np.nan  # 12.5 % NaN
+    return {"zero": np.zeros((320, 256), np.uint8), "constant": constant.astype(np.uint16),
+            "nan_patch": nan_patch, "mostly_nan": mostly_nan,
+            "overflow": np.full((320, 256), 1e300), "one_hot_pixel": _one_pixel()}
+
+
+def _one_pixel() -> np.ndarray:
+    """A zero-filled slice with one bright pixel: blank after the 99.5th percentile clip."""
+    image = np.zeros((320, 256), np.uint16)
+    image[100, 100] = 4000
+    return image
+
+
+def test_featureless_slices_give_no_disc_with_the_shipped_model(shipped) -> None:
+    cases = _featureless()
+    out = shipped.predict_batch(list(cases.values()))
+    assert {name: len(inst) for name, inst in zip(cases, out)} == dict.fromkeys(cases, 0)
+    assert all(inst.image_size == (320, 256) for inst in out)
+
+
+def test_a_nan_patch_does_not_blank_the_slice() -> None:
+    """Before: NaN made the percentiles NaN and the whole model input black."""
+    from lumbar_d2.data.imageio import normalize_intensity, signal_problem
+
+    ramp = np.tile(np.linspace(0, 1000, 64, dtype=np.float32), (64, 1))
+    ramp[5:7, 5:7] = np.nan
+    out = normalize_intensity(ramp)
+    assert signal_problem(ramp) is None and out[0, 0] == 0 and out[0, -1] == 255
+    assert out[5, 5] == 0  # the NaN counts as the darkest value
+
+
+def test_lone_blank_slice_is_one_line_error(tmp_path: Path, weights: str, capsys) -> None:
+    blank = tmp_path / "blank.png"
+    assert cv2.imwrite(str(blank), np.zeros((64, 64), np.uint8))
+    code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
+                                      str(blank), "--output", str(tmp_path / "out"),
+                                      *tiny_opts(weights)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {blank}: no signal (blank or constant image); " \
+                                "nothing to segment\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_blank_slice_in_a_folder_is_listed_as_failure(tmp_path: Path, weights: str,
+                                                      slices: List[np.ndarray]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "grey.png"), np.full((64, 64), 128, np.uint8))
+    assert cv2.imwrite(str(folder / "real.png"), slices[0])
+    result = run_prediction(tiny_cfg(weights), str(folder), str(tmp_path / "out"))
+    failures = _csv(Path(result["failures"]))
+    assert (result["n_ok"], [Path(f["file"]).name for f in failures]) == (1, ["grey.png"])
+    assert "no signal" in failures[0]["error"]
+    assert not (tmp_path / "out" / "masks" / "grey.png").exists()
+
+
+# ------------------------------------------------------------------ the output folder
+def test_earlier_outputs_are_never_read_as_inputs(tmp_path: Path, weights: str,
+                                                  slices: List[np.ndarray]) -> None:
+    """--output inside --input, then a second run with another output: the first run's
+    masks and overlays (PNGs) are not predicted as slices."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "real.png"), slices[0])
+    first = run_prediction(tiny_cfg(weights), str(folder), str(folder / "out1"))
+    second = run_prediction(tiny_cfg(weights), str(folder), str(folder / "out2"))
+    assert first["n_ok"] == second["n_ok"] == 1
+    assert [i["file_name"] for i in json.loads(Path(second["images"]).read_text())["images"]] \
+        == [str(folder / "real.png")]
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path: Path, input_dir: Path) -> None:
+    from lumbar_d2.utils.io import locked_output
+
+    with locked_output(tmp_path / "out"):
+        with pytest.raises(LumbarError, match="another lumbar-d2 run is writing"):
+            run_prediction(tiny_cfg(), str(input_dir), str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUT_LOCK]

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from volume_helpers import GroundTruthPredictor, phantom, sitk_volume
 
 from lumbar_d2.inference.report import QC_HELP, REPORT_NAME, level_chart, write_prediction_report
@@ -22,7 +23,6 @@ from lumbar_d2.inference.volume import find_volumes
 from lumbar_d2.utils.html import ReportCase, png_data_uri, render_report
 from lumbar_d2.utils.image import fit_width
 
-sitk = pytest.importorskip("SimpleITK")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 N_SLICES = 9  # phantom()
 # written by the page once loaded: page width, viewport width, right edge of the content
@@ -164,6 +164,30 @@ def test_evaluate_report_sorted_by_dice_worst_first(tmp_path, load_tool):
     order = [page.index(f"images/case{i}.png</b>") for i in (2, 1, 3)]
     assert order == sorted(order)  # Dice 0, then 1, then undefined (no disc at all)
     assert "1 missed" in page and page.count("data:image/png;base64,") == 3
+
+
+@pytest.mark.parametrize("escape", ["../secret.png", "ABSOLUTE", "images/link.png"])
+def test_evaluate_report_refuses_file_names_outside_the_images(tmp_path, load_tool, capsys,
+                                                               escape):
+    """A GT file_name with ../, an absolute path or a link out embedded any readable image
+    into report.html as base64."""
+    from test_offline_eval import _gt_dict, _perfect_results, _write
+
+    secret = tmp_path / "secret.png"
+    assert cv2.imwrite(str(secret), np.full((64, 64), 77, np.uint8))
+    images = tmp_path / "slices"
+    (images / "images").mkdir(parents=True)
+    (images / "images" / "link.png").symlink_to(secret)
+    gt = _gt_dict()
+    gt["images"][0]["file_name"] = str(secret) if escape == "ABSOLUTE" else escape
+    out = tmp_path / "eval"
+    code = load_tool("evaluate").main(
+        ["--gt", _write(tmp_path / "gt.json", gt), "--predictions",
+         _write(tmp_path / "pred.json", _perfect_results()), "--output", str(out),
+         "--bootstrap", "0", "--report", "--images", str(images)])
+    err = capsys.readouterr().err
+    assert code == 2 and "points outside the images folder" in err and err.count("\n") == 1
+    assert not (out / "report.html").exists()
 
 
 def test_fit_width_area_averages_and_keeps_aspect() -> None:

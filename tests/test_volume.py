@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import io
+import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 from volume_helpers import (
     SPIDER_DISC,
     GroundTruthPredictor,
@@ -16,12 +22,16 @@ from volume_helpers import (
 )
 
 from lumbar_d2.inference.linking import SliceInstance, link_instances, mask_iou
-from lumbar_d2.inference.series import DISC_FIELDS, predict_volume, write_series
-from lumbar_d2.inference.volume import find_volumes, read_dicom_series, read_volume
+from lumbar_d2.inference.series import DISC_FIELDS, predict_volume, run_volumes, write_series
+from lumbar_d2.inference.volume import (
+    check_volume_file,
+    find_volumes,
+    read_dicom_series,
+    read_volume,
+)
 from lumbar_d2.measure import LEVEL_VALUES
 from lumbar_d2.utils.errors import LumbarError
-
-sitk = pytest.importorskip("SimpleITK")
+from lumbar_d2.utils.io import write_png
 
 
 def _geometry(image):
@@ -58,7 +68,9 @@ def test_nifti_oblique_anisotropic_round_trip(patient, tmp_path):
     assert spacing == pytest.approx((0.6, 0.5)) and slice_mm == pytest.approx(3.3)
     result, paths = _run(volume, images, labels, tmp_path / "out")
     written = sitk.ReadImage(paths["labels"])
-    assert _geometry(written) == _geometry(volume.image)  # bit-exact header round trip
+    # bit-exact header round trip: any reader gives the labels the input's geometry
+    assert _geometry(written) == _geometry(sitk.ReadImage(str(path)))
+    assert np.array_equal(nib.load(paths["labels"]).affine, nib.load(str(path)).affine)
     back = sitk.GetArrayFromImage(sitk.DICOMOrient(written, "PIL"))
     truth = labels == SPIDER_DISC
     dice = 2 * np.count_nonzero((back > 0) & truth) / (np.count_nonzero(back) + truth.sum())
@@ -93,7 +105,7 @@ def test_linking_gives_one_id_per_disc(patient, tmp_path):
     components, n = ndimage.label(out > 0)
     for i in range(1, n + 1):
         assert len(np.unique(out[components == i])) == 1, "a disc carries two ids"
-    assert len(result.discs) >= 7  # SPIDER fields of view show T-discs too
+    assert len(result.discs) == 8  # the sample slice shows eight discs, T10-T11 to L5-S1
     assert len({d.level for d in result.discs}) == len(result.discs)
 
 
@@ -123,7 +135,6 @@ def test_dicom_series_with_undecodable_slice_goes_on(patient, tmp_path):
     images, _ = patient
     folder = tmp_path / "dicom"
     uid = write_dicom_series(folder, images[:5])
-    pydicom = pytest.importorskip("pydicom")
     victim = next(f for f in folder.glob("*.dcm")  # the middle slice
                   if pydicom.dcmread(str(f), stop_before_pixels=True).InstanceNumber == 3)
     victim.write_bytes(victim.read_bytes()[:-5000])  # header intact, pixel data truncated
@@ -203,3 +214,238 @@ def test_mhd_with_raw_reads_and_writes_mha(tmp_path):
     _, paths = _run(volume, images, labels, tmp_path / "out")
     assert paths["labels"].endswith("labels.mha")
     assert _geometry(sitk.ReadImage(paths["labels"])) == _geometry(volume.image)
+
+
+# ------------------------------------------------------------------ content and geometry
+# NIfTI written with nibabel, so each header field is exactly what the test says. Storage
+# (a, b, c) = (column, row, slice) of the sagittal view; in RAS the columns run posterior
+# (-y), the rows inferior (-z), the slices left (+x).
+SAGITTAL_RAS = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def _nifti(path: Path, images: np.ndarray, spacing=(0.8, 0.8, 3.0), qform: bool = True,
+           sform: bool = True, pixdim=None) -> Path:
+    """``images`` (slices, rows, columns) as a sagittal NIfTI with (col, row, slice) mm."""
+    affine = np.eye(4)
+    affine[:3, :3] = SAGITTAL_RAS * np.asarray(spacing)
+    affine[:3, 3] = (-20.0, 35.0, 110.0)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(2, 1, 0)), affine),
+             str(path))
+    # nibabel rewrites the header from the affine on save: damage it in the bytes
+    gz = path.name.endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(data[:348])))
+    header["qform_code"], header["sform_code"] = int(qform), 2 * int(sform)
+    if pixdim is not None:
+        header["pixdim"][1:4] = pixdim
+    data[:348] = header.binaryblock
+    path.write_bytes(gzip.compress(bytes(data)) if gz else bytes(data))
+    return path
+
+
+def test_zero_pixdim_takes_the_voxel_size_of_a_valid_sform(tmp_path):
+    """SimpleITK read this header as 1 mm voxels (volumes +14 % here); the sform says 0.8."""
+    images, _ = phantom()
+    path = _nifti(tmp_path / "zero.nii", images, qform=False, pixdim=(0, 0, 0))
+    assert sitk.ReadImage(str(path)).GetSpacing() == (1.0, 1.0, 1.0)  # what SimpleITK says
+    slices, spacing, slice_mm = read_volume(path).sagittal()
+    assert spacing == pytest.approx((0.8, 0.8)) and slice_mm == pytest.approx(3.0)
+    assert np.array_equal(slices, images)
+
+
+@pytest.mark.parametrize("case", ["nan_pixdim", "zero_pixdim_no_sform"])
+def test_unknown_voxel_size_is_refused(tmp_path, case):
+    images, _ = phantom()
+    pixdim = (np.nan, 0.8, 3.0) if case == "nan_pixdim" else (0.0, 0.0, 0.0)
+    path = _nifti(tmp_path / f"{case}.nii", images, sform=False, pixdim=pixdim)
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError) as e:
+            check(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+        assert ("NaN" if case == "nan_pixdim" else "unknown voxel size") in str(e.value)
+
+
+def test_nan_pixdim_beside_a_valid_sform_reads_and_writes_labels(tmp_path):
+    """Before: nibabel's HeaderDataError after the model ran, and an empty folder."""
+    images, labels = phantom()
+    path = _nifti(tmp_path / "nan.nii.gz", images, qform=False, pixdim=(np.nan, 0.8, 3.0))
+    result, paths = _run(read_volume(path), images, labels, tmp_path / "out")
+    assert len(result.discs) == 6
+    assert np.array_equal(nib.load(paths["labels"]).affine, nib.load(str(path)).affine)
+
+
+def test_negative_pixdim_model_view_and_labels_share_one_geometry(tmp_path):
+    """SimpleITK flipped the rows of this header and nibabel did not: the model saw the spine
+    upside down and L5-S1 was written on the top disc. Now L5-S1 is the lowest disc in the
+    world coordinates of the labels file."""
+    images, labels = phantom()
+    path = _nifti(tmp_path / "neg.nii", images, sform=False, pixdim=(0.8, -0.8, 3.0))
+    result, paths = _run(read_volume(path), images, labels, tmp_path / "out")
+    written = nib.load(paths["labels"])
+    data = np.asarray(written.dataobj)
+    heights = {}
+    for level in ("L5-S1", "T12-L1"):
+        voxels = np.argwhere(data == LEVEL_VALUES[level])
+        heights[level] = nib.affines.apply_affine(written.affine, voxels)[:, 2].mean()
+    assert heights["L5-S1"] < heights["T12-L1"]  # RAS z grows towards the head
+    assert np.array_equal(data > 0, np.asarray(nib.load(str(path)).dataobj) == 200)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_refused(tmp_path, suffix):
+    """SimpleITK zero-filled the missing voxels: halved disc volumes, a phantom T9-T10."""
+    images, _ = phantom()
+    good = _nifti(tmp_path / f"good{suffix}", images)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) * 2 // 3])
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError) as e:
+            check(cut)
+        assert "truncated" in str(e.value) and str(cut) in str(e.value)
+
+
+def test_short_payload_without_gzip_damage_is_refused(tmp_path):
+    """A complete gzip stream whose payload is shorter than the header implies."""
+    images, _ = phantom()
+    good = _nifti(tmp_path / "good.nii", images)
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(good.read_bytes()[:-1000]))
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError, match="truncated"):
+            check(short)
+
+
+def test_blank_volume_gives_no_disc_and_no_signal(tmp_path):
+    images, labels = phantom()
+    stub = GroundTruthPredictor(images, labels)
+    for name, array in (("zero", np.zeros_like(images)), ("grey", np.full_like(images, 90))):
+        path = _nifti(tmp_path / f"{name}.nii", array)
+        result = predict_volume(read_volume(path), stub)
+        assert result.discs == [] and "no_signal" in result.flags
+    assert stub.calls == 0  # nothing featureless reaches the slice predictor
+
+
+def test_zero_filled_slices_are_not_predicted(tmp_path):
+    images, labels = phantom()
+    padded = images.copy()
+    padded[:2] = 0  # zero padding, as a truncated or cropped export leaves
+    stub = GroundTruthPredictor(images, labels)
+    result = predict_volume(read_volume(_nifti(tmp_path / "pad.nii", padded)), stub)
+    assert stub.calls == len(images) - 3  # slice 0, 1 zero, the last constant grey
+    assert "no_signal" not in result.flags and len(result.discs) == 6
+
+
+def test_non_finite_voxels_above_the_limit_are_refused(tmp_path):
+    images, labels = phantom()
+    nan = images.astype(np.float32)
+    nan[4, :, :30] = np.nan  # 2 % of the voxels
+    with pytest.raises(LumbarError, match="2.1% of the voxels are NaN"):
+        read_volume(_nifti(tmp_path / "nan.nii", nan))
+    few = images.astype(np.float32)
+    few[4, 100:104, 70:74] = np.nan  # 16 voxels: filled, the slice is still predicted
+    stub = GroundTruthPredictor(images, labels)
+    result = predict_volume(read_volume(_nifti(tmp_path / "few.nii", few)), stub)
+    assert len(result.discs) == 6
+
+
+def test_header_claiming_axial_for_sagittal_data_is_refused(tmp_path):
+    """Before: 512 slices of 8x640 px, 10 'discs', 279 s."""
+    stack = np.random.default_rng(0).integers(0, 255, (40, 8, 160)).astype(np.uint8)
+    path = _nifti(tmp_path / "axial.nii", stack, spacing=(0.8, 0.8, 0.8))
+    with pytest.raises(LumbarError, match="40 x 8x160 px .*unlike any lumbar sagittal scan"):
+        read_volume(path)
+
+
+def _edit_dicom_series(folder: Path, edit) -> str:
+    images, _ = phantom()
+    uid = write_dicom_series(folder, images.astype(np.uint16))
+    files = sorted(folder.glob("*.dcm"))
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(str(f))
+        edit(k, ds)
+        ds.save_as(str(f))
+    return uid
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_pixel_spacing", "without a valid PixelSpacing"),
+    ("one_position", "slices at the same position"),
+    ("one_odd_orientation", "mixes slice orientations")])
+def test_dicom_series_with_made_up_geometry_is_refused(tmp_path, case, message):
+    def edit(k, ds):
+        if case == "no_pixel_spacing":
+            del ds.PixelSpacing
+        elif case == "one_position":
+            ds.ImagePositionPatient = [-20.0, 35.5, 110.25]
+            ds.SliceThickness = 4.0
+        elif k == 3:
+            ds.ImageOrientationPatient = [0, 0.9, 0.1, 0, 0.1, -0.9]
+    uid = _edit_dicom_series(tmp_path / "dicom", edit)
+    found = find_volumes(str(tmp_path / "dicom"))
+    files = dict(found.series).get(uid) or sorted((tmp_path / "dicom").glob("*.dcm"))
+    with pytest.raises(LumbarError, match=message) as e:
+        read_dicom_series(uid, files, [])
+    assert uid in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ output names
+def test_series_names_stay_inside_the_output_and_apart(tmp_path):
+    """``...nii.gz`` named its series ``..`` (outputs in the parent of --output), ``.nii.gz``
+    wrote into the output root, two inputs of one name and a series called ``masks`` (the
+    slices' folder) overwrote each other."""
+    images, labels = phantom()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("...nii.gz", ".nii.gz", "a.nii", "a.nii.gz", "A.nii.gz", "masks.nii"):
+        _nifti(inputs / name, images)
+    root = tmp_path / "out" / "run"
+    rows = run_volumes(GroundTruthPredictor(images, labels), find_volumes(str(inputs)), root,
+                       [])
+    names = [r["series"] for r in rows]
+    assert sorted(names) == ["A", "a_2", "a_3", "masks_2", "volume", "volume_2"]
+    assert sorted(p.name for p in root.iterdir()) == sorted(names + ["series.csv"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run"]
+
+
+def test_non_utf8_volume_name_is_refused_before_simpleitk(tmp_path):
+    """SimpleITK aborted the process (rc 134) on such a name."""
+    images, _ = phantom()
+    good = _nifti(tmp_path / "good.mha.nii", images)
+    for suffix in (".nii", ".mha"):
+        bad = tmp_path / os.fsdecode(b"caf\xe9" + suffix.encode())
+        bad.write_bytes(good.read_bytes())
+        for check in (read_volume, check_volume_file):
+            with pytest.raises(LumbarError, match="not valid UTF-8"):
+                check(bad)
+
+
+def test_series_folder_is_written_as_a_unit(tmp_path, monkeypatch):
+    """An interrupt while a series folder is written leaves the previous folder whole."""
+    from lumbar_d2.inference import series as series_module
+
+    images, labels = phantom()
+    volume = read_volume(_nifti(tmp_path / "case.nii", images))
+    result = predict_volume(volume, GroundTruthPredictor(images, labels))
+    paths = write_series(result, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "case").iterdir()}
+    result.discs = result.discs[:1]
+
+    def interrupted(path, image):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(series_module, "write_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_series(result, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "case").iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case"]  # no stage left
+    assert set(paths) == {"labels", "discs", "overlay", "montage"}
+
+
+def test_long_file_name_fits_the_temp_names(tmp_path):
+    """A 250-character name overflowed the temp-file name (255 bytes) and stopped the batch."""
+    images, labels = phantom()
+    long = tmp_path / ("x" * 243 + ".nii.gz")
+    volume = read_volume(_nifti(long, images))
+    paths = write_series(predict_volume(volume, GroundTruthPredictor(images, labels)),
+                         tmp_path / "out")
+    assert len(Path(paths["labels"]).parent.name) == 120
+    write_png(tmp_path / "out" / ("y" * 251 + ".png"), np.zeros((4, 4), np.uint8))

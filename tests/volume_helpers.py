@@ -1,5 +1,6 @@
-"""Volumes for the series tests: SPIDER slices of one patient as NIfTI / MHA / DICOM series,
-a phantom with known disc levels, and a stub slice predictor that returns ground truth.
+"""Volumes for the series tests: a series built from a SPIDER sample slice as NIfTI / MHA /
+DICOM series, a phantom with known disc levels, and a stub slice predictor that returns
+ground truth. Everything comes from the repository (datasets/samples/spider) or is drawn here.
 
 The stub stands in for the model: for each slice it is given, it finds the stored slice with
 the same content (after undoing any resampling) and returns the connected components of
@@ -13,27 +14,33 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import pytest
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from lumbar_d2.data.layouts import SPIDER_DISC_VALUE as SPIDER_DISC
 from lumbar_d2.inference.series import SlicePrediction
 
-SPIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider_t2space_sagittal_2d"
-SPIDER_DISC = 29
-PATIENT, FIRST_SLICE, N_SLICES = "22", 50, 13
+SAMPLES = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "spider"
+SAMPLE = "127_t2_SPACE_slice60.png"  # 640 x 512, eight discs (T10-T11 down to L5-S1)
+N_SLICES, SHIFT_PX = 13, 2
 # PIL: columns towards Posterior, rows towards Inferior, slices towards Left.
 PIL_DIRECTION = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
 def spider_patient() -> Tuple[np.ndarray, np.ndarray]:
-    """(images, labels): N_SLICES x 640 x 512 uint8 arrays of one SPIDER patient, ordered."""
-    if not SPIDER.is_dir():
-        pytest.skip(f"SPIDER sample not found at {SPIDER} (see its README in ../shared/data)")
-    names = [f"{PATIENT}_t2_SPACE_slice{FIRST_SLICE + k}.png" for k in range(N_SLICES)]
-    images = np.stack([cv2.imread(str(SPIDER / "images" / n), cv2.IMREAD_UNCHANGED)
-                       for n in names])
-    labels = np.stack([cv2.imread(str(SPIDER / "masks" / n), cv2.IMREAD_UNCHANGED)
-                       for n in names])
-    return images, labels
+    """(images, labels): N_SLICES x 640 x 512 uint8 arrays, a series made of one sample slice.
+
+    Slice ``k`` is the sample moved ``SHIFT_PX * k`` columns towards anterior, so every slice
+    differs (the stub predictor and the DICOM sort can tell them apart) and each disc overlaps
+    itself on the next slice (IoU about 0.9), as a real disc does on neighbouring cuts.
+    """
+    image = cv2.imread(str(SAMPLES / "images" / SAMPLE), cv2.IMREAD_UNCHANGED)
+    label = cv2.imread(str(SAMPLES / "masks" / SAMPLE), cv2.IMREAD_UNCHANGED)
+    shifts = [SHIFT_PX * k for k in range(N_SLICES)]
+    return (np.stack([np.roll(image, s, axis=1) for s in shifts]),
+            np.stack([np.roll(label, s, axis=1) for s in shifts]))
 
 
 def rotation_x(degrees: float) -> np.ndarray:
@@ -49,7 +56,6 @@ def sitk_volume(array: np.ndarray, spacing=(0.6, 0.6, 3.0), origin=(-20.0, 35.5,
     left-right axis (an oblique sagittal); ``storage`` re-stores it in another axis order,
     e.g. "RAS", without changing what it depicts.
     """
-    sitk = pytest.importorskip("SimpleITK")
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing(tuple(float(s) for s in spacing))
     img.SetOrigin(tuple(float(o) for o in origin))
@@ -60,10 +66,6 @@ def sitk_volume(array: np.ndarray, spacing=(0.6, 0.6, 3.0), origin=(-20.0, 35.5,
 def write_dicom_series(folder: Path, images: np.ndarray, spacing=(0.6, 0.6, 3.0),
                        uid: Optional[str] = None, origin=(-20.0, 35.5, 110.25)) -> str:
     """Sagittal MR DICOM series (one file per slice, shuffled names) in ``folder``; its UID."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
     uid = uid or generate_uid()
     study, frame = generate_uid(), generate_uid()
     folder.mkdir(parents=True, exist_ok=True)

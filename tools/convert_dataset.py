@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="classes to convert (default: disc for sudirman, all for masks)")
     p.add_argument("--patient-regex", default=r"^([^_]+)_",
                    help="masks: regex whose first group is the patient id")
+    p.add_argument("--slice-regex", default=None,
+                   help="masks: regex whose first group is the slice index in the patient's "
+                        "series, e.g. 'slice(\\d+)': records neighbours for 2.5D models")
     p.add_argument("--val", "--val-patients", type=float, default=0.15, dest="val",
                    help="validation patients: fraction (<1) or count (>=1); 0 = none")
     p.add_argument("--test", "--test-patients", type=float, default=0.15, dest="test",
@@ -72,7 +75,7 @@ def convert(a: argparse.Namespace) -> int:
         if not (a.images and a.masks and a.class_map):
             raise LumbarError("--format masks needs --images, --masks and --class-map")
         cocos = convert_masks(a.images, a.masks, out, parse_class_map(a.class_map),
-                              a.patient_regex, classes, **common)
+                              a.patient_regex, classes, slice_regex=a.slice_regex, **common)
     print(summary_table(cocos))
     print(f"wrote {out}/annotations/{{{','.join(cocos)}}}.json; registered as "
           f"{', '.join(f'lumbar_{a.name}_{s}' for s in cocos)}")

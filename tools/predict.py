@@ -72,6 +72,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "default)")
     p.add_argument("--no-dicom-seg", dest="dicom_seg", action="store_false",
                    help="do not write seg.dcm (DICOM SEG) for DICOM series")
+    p.add_argument("--slice-regex", default=None,
+                   help="2.5D models: regex whose first group is the slice index in a 2-D "
+                        "slice's name, e.g. 'slice(\\d+)'; slices k-1/k+1 of the same patient "
+                        "among the inputs become its neighbours")
+    p.add_argument("--patient-regex", default=r"^([^_]+)_",
+                   help="with --slice-regex: regex whose first group is the patient id")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
@@ -91,7 +97,8 @@ def predict(args: argparse.Namespace) -> dict:
                           orientation=args.orientation, tta=args.tta,
                           score_thresh=args.score_thresh, batch_size=args.batch_size,
                           report=args.report, spacing_from_dataset=args.spacing_from_dataset,
-                          dicom_seg=args.dicom_seg)
+                          dicom_seg=args.dicom_seg, slice_regex=args.slice_regex,
+                          patient_regex=args.patient_regex)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

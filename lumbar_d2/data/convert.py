@@ -85,7 +85,7 @@ def convert(samples: Sequence[layouts.Sample], problems: List[str], out_dir: Pat
     _check_options(opts)
     _check_replaceable(out_dir)
     checked, more = validate(samples, opts)
-    problems = problems + more
+    problems = problems + more + _duplicate_slices(checked)
     if not checked and not problems:
         problems.append(f"{opts.source or out_dir}: no image/label pairs found; check the "
                         "input paths")
@@ -99,6 +99,7 @@ def convert(samples: Sequence[layouts.Sample], problems: List[str], out_dir: Pat
     # this one lacks, temp files of a killed run) never mix with this one's.
     with atomic_folder(out_dir) as stage:
         cocos = _build_cocos(checked, assign, opts, image_root, stage if stacked else None)
+        _add_context(cocos)
         _write(stage, out_dir, cocos, opts, image_root)
     return cocos
 
@@ -198,6 +199,33 @@ def _build_cocos(checked: Sequence[_Checked], assign: Mapping[str, str], opts: C
     return {s: c for s, c in cocos.items() if c["images"]}
 
 
+def _duplicate_slices(checked: Sequence[_Checked]) -> List[str]:
+    """Two files claiming one (patient, slice index): the neighbours would be ambiguous."""
+    seen: Dict[Tuple[str, int], Path] = {}
+    problems = []
+    for c in checked:
+        if "slice_index" not in c.sample.extra:
+            continue
+        key = (c.sample.patient_id, c.sample.extra["slice_index"])
+        if key in seen:
+            problems.append(f"{c.sample.images[0]}: patient {key[0]!r} slice {key[1]} is also "
+                            f"{seen[key].name}; fix --slice-regex or remove one")
+        seen.setdefault(key, c.sample.images[0])
+    return problems
+
+
+def _add_context(cocos: Mapping[str, dict]) -> None:
+    """Give each image with a ``slice_index`` its neighbours' ``context_files`` [k-1, k+1]
+    (``None`` where the patient has no such slice), for 2.5D models. A patient's slices are
+    all in one split, so the neighbours are always in the same split."""
+    images = {im["file_name"]: im for coco in cocos.values() for im in coco["images"]
+              if "slice_index" in im}
+    pairs = layouts.slice_neighbours({f: (im["patient_id"], im["slice_index"])
+                                      for f, im in images.items()})
+    for f, im in images.items():
+        im["context_files"] = list(pairs[f])
+
+
 def _annotation(mask: np.ndarray, ann_id: int, image_id: int, cat_id: int) -> dict:
     rle = encode_rle(mask[:, :, None])[0]
     return {"id": ann_id, "image_id": image_id, "category_id": cat_id, "segmentation": rle,
@@ -266,10 +294,15 @@ def convert_sudirman(root: Path, out_dir: Path, sequences: Sequence[str] = ("T2"
 
 
 def convert_masks(images_dir: Path, masks_dir: Path, out_dir: Path, class_map: Dict[int, str],
-                  patient_regex: str, classes: Optional[Sequence[str]] = None, **kwargs
-                  ) -> Dict[str, dict]:
-    """Convert a folder of images plus a folder of same-named label masks."""
-    samples, problems = layouts.discover_masks(Path(images_dir), Path(masks_dir), patient_regex)
+                  patient_regex: str, classes: Optional[Sequence[str]] = None,
+                  slice_regex: Optional[str] = None, **kwargs) -> Dict[str, dict]:
+    """Convert a folder of images plus a folder of same-named label masks.
+
+    ``slice_regex`` (first group: the slice index) records each slice's position in its
+    patient's series and its neighbours' files (``slice_index``, ``context_files``).
+    """
+    samples, problems = layouts.discover_masks(Path(images_dir), Path(masks_dir), patient_regex,
+                                               slice_regex)
     names = list(dict.fromkeys(class_map.values()))
     opts = ConvertOptions(class_map=class_map, classes=list(classes or names),
                           source=str(images_dir), extra_info={"format": "masks"}, **kwargs)

@@ -10,6 +10,13 @@ MR intensities (no Hounsfield-like units) and make 8- and 16-bit files equivalen
 slice is then replicated to 3 channels, so ``INPUT.FORMAT: BGR`` and 3-value
 ``MODEL.PIXEL_MEAN/STD`` work and ImageNet-pretrained ``MODEL.WEIGHTS`` can be loaded.
 Multi-channel inputs (e.g. T1+T2 stacked by the converter) are normalised per channel.
+Non-finite values (NaN, inf, or float64 beyond float32's range) count as the darkest finite
+value, so a small NaN patch cannot blank the whole slice.
+
+Content check (:func:`signal_problem`): a slice whose normalised form is constant (all
+zero, blank, constant grey) or with more than :data:`NONFINITE_LIMIT` non-finite pixels has
+nothing to segment; the predictor returns no instances for it instead of running the model,
+which would otherwise invent a high-scoring "disc" on a featureless image.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from cv2.utils import logging as cv_logging
 from ..utils.errors import LumbarError
 
 PERCENTILES: Tuple[float, float] = (0.5, 99.5)
+NONFINITE_LIMIT = 0.01  # more non-finite pixels than this fraction: the slice is unusable
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _QUIET_LOCK = threading.Lock()
 _QUIET_USERS: List[Optional[int]] = []  # [saved log level, one None per decoding thread]
 
@@ -71,14 +80,48 @@ def read_label(path: Union[str, Path]) -> np.ndarray:
 def normalize_intensity(img: np.ndarray, percentiles: Tuple[float, float] = PERCENTILES
                         ) -> np.ndarray:
     """Map each channel's [p_lo, p_hi] percentile range linearly onto uint8 [0, 255]."""
-    img = np.asarray(img, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        img = np.asarray(img, dtype=np.float32)
     chans = img[:, :, None] if img.ndim == 2 else img
     out = np.empty(chans.shape, dtype=np.uint8)
     for c in range(chans.shape[2]):
-        lo, hi = np.percentile(chans[:, :, c], percentiles)
+        chan = _finite(chans[:, :, c])
+        lo, hi = np.percentile(chan, percentiles)
+        if float(hi) - float(lo) > _FLOAT32_MAX:  # the range overflows float32 arithmetic
+            chan, lo, hi = chan.astype(np.float64), np.float64(lo), np.float64(hi)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        out[:, :, c] = np.clip((chans[:, :, c] - lo) * scale, 0, 255).round().astype(np.uint8)
+        out[:, :, c] = np.clip((chan - lo) * scale, 0, 255).round().astype(np.uint8)
     return out[:, :, 0] if img.ndim == 2 else out
+
+
+def _finite(chan: np.ndarray) -> np.ndarray:
+    """``chan`` with non-finite values replaced by its smallest finite value (0 if none)."""
+    finite = np.isfinite(chan)
+    if finite.all():
+        return chan
+    fill = chan[finite].min() if finite.any() else 0.0
+    return np.where(finite, chan, fill)
+
+
+def signal_problem(img: np.ndarray) -> Optional[str]:
+    """Why a slice has nothing to segment (see the module docstring), or None if it has.
+
+    Args:
+        img: HxW or HxWxC slice as read (any dtype; values beyond float32 count as
+            non-finite, as the model input is float32).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.asarray(img, dtype=np.float32)
+    if arr.size == 0:
+        return "empty image (no pixels)"
+    bad = 1.0 - float(np.isfinite(arr).mean())
+    if bad > NONFINITE_LIMIT:
+        return (f"{bad:.1%} of the pixels are NaN or infinite (limit {NONFINITE_LIMIT:.0%}); "
+                "re-export the image")
+    normalised = normalize_intensity(arr)
+    if normalised.min() == normalised.max():
+        return "no signal (blank or constant image); nothing to segment"
+    return None
 
 
 def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
@@ -91,6 +134,26 @@ def to_model_input(img: np.ndarray, normalize: bool = True) -> np.ndarray:
     elif arr.shape[2] == 2:
         arr = np.concatenate([arr, arr.mean(axis=2, keepdims=True).astype(np.uint8)], axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
+
+
+def with_context(centre: np.ndarray, prev: Optional[np.ndarray], nxt: Optional[np.ndarray],
+                 normalize: bool = True) -> np.ndarray:
+    """2.5D model input: slices k-1, k, k+1 of one series as the 3 channels (B, G, R).
+
+    A grey slice fills only one channel of Detectron2's 3-channel stem; its neighbours show
+    whether a faint blob continues through the volume (a lateral disc) or not (noise), at no
+    extra cost. Each slice is normalised on its own, as a lone slice would be. A missing
+    neighbour (volume edge, a lone 2-D slice), or one of another size, is replaced by the
+    centre slice, so ``with_context(x, None, None)`` equals ``to_model_input(x)`` for a grey
+    slice.
+    """
+    grey = to_model_input(centre, normalize)[:, :, 1]
+
+    def channel(other: Optional[np.ndarray]) -> np.ndarray:
+        if other is None or other.shape[:2] != centre.shape[:2]:
+            return grey
+        return to_model_input(other, normalize)[:, :, 1]
+    return np.ascontiguousarray(np.stack([channel(prev), grey, channel(nxt)], axis=2))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,9 @@ Differences from Detectron2's ``DatasetMapper``:
   (``INPUT.AUG.BIAS_FIELD``) and Gaussian noise (``INPUT.AUG.NOISE``) mimic other scanners;
   ``INPUT.AUG.DARKEN_INSTANCES`` darkens some annotated instances, as degenerated discs lose
   their T2 signal (dark discs are the ones a model trained on bright ones misses).
+* ``INPUT.SLICE_CONTEXT`` (2.5D): the neighbouring slices k-1 / k+1 fill the first / last
+  channel (:func:`lumbar_d2.data.imageio.with_context`), a sample given as a lone slice with
+  probability ``INPUT.AUG.DROP_CONTEXT``.
 * ``INPUT.CROP`` crops *after* the resize: training on native-resolution crops keeps thin
   sagittal discs sharp at a fraction of the full-slice cost; testing uses the full slice.
 * boxes are recomputed from the transformed masks, since rotation loosens boxes.
@@ -27,7 +30,7 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
-from .imageio import read_array, to_model_input
+from .imageio import read_array, to_model_input, with_context
 from .instances import decode_segmentations
 
 
@@ -138,9 +141,11 @@ class LumbarDatasetMapper(DatasetMapper):
 
     @configurable
     def __init__(self, is_train: bool = True, *, normalize: bool = True,
-                 darken_prob: float = 0.0, darken_gain=(0.3, 0.8), **kwargs):
+                 darken_prob: float = 0.0, darken_gain=(0.3, 0.8), slice_context: bool = False,
+                 drop_context: float = 0.0, **kwargs):
         super().__init__(is_train, **kwargs)
         self.normalize = normalize
+        self.slice_context, self.drop_context = slice_context, drop_context
         self.darken_prob = darken_prob
         self.darken_gain = tuple(darken_gain)
 
@@ -150,12 +155,29 @@ class LumbarDatasetMapper(DatasetMapper):
         ret.update(augmentations=build_augmentations(cfg, is_train), normalize=cfg.INPUT.NORMALIZE,
                    recompute_boxes=cfg.MODEL.MASK_ON and is_train,
                    darken_prob=cfg.INPUT.AUG.DARKEN_INSTANCES if is_train else 0.0,
-                   darken_gain=cfg.INPUT.AUG.DARKEN_GAIN)
+                   darken_gain=cfg.INPUT.AUG.DARKEN_GAIN, slice_context=cfg.INPUT.SLICE_CONTEXT,
+                   drop_context=cfg.INPUT.AUG.DROP_CONTEXT if is_train else 0.0)
         return ret
+
+    def read_image(self, d: dict) -> np.ndarray:
+        """The model input of a dataset dict: the slice, with its neighbours when 2.5D.
+
+        Neighbours come from ``context_files`` (registered from the converter's
+        ``--slice-regex``); they go through the same augmentations as the slice, since all
+        three are channels of one image.
+        """
+        raw = read_array(d["file_name"])
+        if not self.slice_context:
+            return to_model_input(raw, normalize=self.normalize)
+        files = d.get("context_files") or [None, None]
+        if self.drop_context > 0 and np.random.random() < self.drop_context:
+            files = [None, None]
+        prev, nxt = (read_array(f) if f else None for f in files)
+        return with_context(raw, prev, nxt, normalize=self.normalize)
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
-        image = to_model_input(read_array(d["file_name"]), normalize=self.normalize)
+        image = self.read_image(d)
         if self.darken_prob > 0 and d.get("annotations"):
             rng = np.random.default_rng(int(np.random.randint(2**31)))
             image = darken_instances(image, d["annotations"], self.darken_prob,

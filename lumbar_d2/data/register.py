@@ -55,6 +55,19 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
+def load_lumbar_json(json_file: str, image_root: str, name: str) -> List[dict]:
+    """Detectron2's ``load_coco_json`` plus the image keys it drops that lumbar-d2 uses:
+    ``context_files`` (2.5D neighbours, joined to ``image_root`` like ``file_name``)."""
+    dicts = load_coco_json(json_file, image_root, name)
+    with open(json_file) as f:
+        context = {im["id"]: im.get("context_files") for im in json.load(f)["images"]}
+    for d in dicts:
+        files = context.get(d["image_id"])
+        if files:
+            d["context_files"] = [os.path.join(image_root, f) if f else None for f in files]
+    return dicts
+
+
 def register_dataset(name: str, folder: Path) -> List[str]:
     """Register the splits of one converted dataset folder; return the registered names.
 
@@ -77,7 +90,7 @@ def register_dataset(name: str, folder: Path) -> List[str]:
         _UNUSABLE.pop(ds_name, None)
         image_root = meta["image_root"]
         DatasetCatalog.register(ds_name, lambda j=str(json_file), r=image_root, n=ds_name:
-                                load_coco_json(j, r, n))
+                                load_lumbar_json(j, r, n))
         classes = meta["classes"]
         MetadataCatalog.get(ds_name).set(
             json_file=str(json_file), image_root=image_root, evaluator_type="lumbar",

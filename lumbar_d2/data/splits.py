@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..utils.errors import LumbarError
+from ..utils.io import csv_text
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -54,17 +55,13 @@ def _count(value: float, n: int, name: str) -> int:
     return k
 
 
+SPLIT_FIELDS = ["patient_id", "split"]
+
+
 def split_csv_text(assign: Mapping[str, str]) -> str:
     """``patient_id,split`` rows (sorted), the text of a split file."""
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\n")
-    # with a "\n" terminator, QUOTE_MINIMAL leaves a "\r" in an id unquoted: it would split
-    # the row when read back
-    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    w.writerow(["patient_id", "split"])
-    for row in sorted(assign.items()):
-        (quoted if "\r" in row[0] else w).writerow(row)
-    return buf.getvalue()
+    return csv_text(SPLIT_FIELDS, ({"patient_id": p, "split": s}
+                                   for p, s in sorted(assign.items())))
 
 
 def read_split_file(path: Path, patients: Sequence[str]) -> Dict[str, str]:
@@ -149,3 +146,47 @@ def image_level_split(keys: Sequence[str], val: float, test: float, seed: int,
     logger.warning("--split-by image puts slices of one patient in train and test: scores will "
                    "be optimistic (patient leakage); use it only to reproduce the paper")
     return split_patients(keys, val=val, test=test, seed=seed)
+
+
+def kfold_patients(patients: Iterable[str], k: int, seed: int = 0) -> List[List[str]]:
+    """Deal the patients into ``k`` folds of near-equal size, deterministically for a seed.
+
+    Cross-validation over patients is how a model choice is made on 29 patients without a
+    test set that informs the choice: every patient is scored once, by a model that never
+    saw it (nnU-Net's scheme). Each fold is sorted; sizes differ by at most one.
+    """
+    ids = sorted(set(patients))
+    if not 2 <= k <= len(ids):
+        raise LumbarError(f"--folds {k}: needs 2 <= k <= {len(ids)} patients")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [sorted(ids[i] for i in order[f::k]) for f in range(k)]
+
+
+def read_folds(path: Path) -> List[List[str]]:
+    """The ``folds`` of a committed folds JSON, checked: >= 2 non-empty, disjoint folds."""
+    import json
+
+    path = Path(path)
+    fix = "pass a folds JSON with a list 'folds' of patient-id lists"
+    try:
+        folds = json.loads(path.read_text())["folds"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LumbarError(f"{path}: cannot read folds ({type(e).__name__}); {fix}") from None
+    if (not isinstance(folds, list) or len(folds) < 2
+            or not all(isinstance(f, list) and f for f in folds)):
+        raise LumbarError(f"{path}: 'folds' must hold at least two non-empty lists; {fix}")
+    seen: Dict[str, int] = {}
+    for i, fold in enumerate(folds):
+        for pid in map(str, fold):
+            if pid in seen:
+                raise LumbarError(f"{path}: patient {pid!r} is in folds {seen[pid]} and {i}; "
+                                  "each patient belongs to one fold")
+            seen[pid] = i
+    return [[str(p) for p in f] for f in folds]
+
+
+def fold_assignment(folds: Sequence[Sequence[str]], fold: int) -> Dict[str, str]:
+    """patient -> "test" for the patients of ``fold``, "train" for all the others."""
+    if not 0 <= fold < len(folds):
+        raise LumbarError(f"--fold {fold}: choose 0..{len(folds) - 1}")
+    return {p: "test" if i == fold else "train" for i, f in enumerate(folds) for p in f}

@@ -17,9 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..inference.visualize import overlay_figure
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.data import DatasetCatalog
+
+from ..data.imageio import read_array, to_model_input
+from ..inference.predictor import LumbarPredictor
+from ..inference.visualize import draw_overlay
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, write_png
 from ..utils.record import write_result
 
 logger = logging.getLogger(__name__)
@@ -89,3 +95,26 @@ def _coco_from_events(events: List[dict]) -> Dict[str, float]:
     for e in events:
         coco.update({k: v for k, v in e.items() if k.startswith(("segm/", "bbox/"))})
     return coco
+
+
+def overlay_figure(cfg, path: Path, n: int = 4, weights: Optional[str] = None) -> None:
+    """Ground truth (left) | prediction (right) for the first n slices of DATASETS.TEST[0]."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights or str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
+    predictor = LumbarPredictor(cfg)
+    names = predictor.class_names
+    rows = []
+    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:n]:
+        raw = read_array(d["file_name"])
+        inst = predictor(raw)
+        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH]
+        image = to_model_input(raw)
+        gt = [mask_util.decode(a["segmentation"]) > 0 for a in d["annotations"]]
+        gt_cls = [a["category_id"] for a in d["annotations"]]
+        pred_cls = inst.pred_classes.tolist()
+        rows.append(np.hstack([
+            draw_overlay(image, gt, [""] * len(gt), class_ids=gt_cls),
+            draw_overlay(image, list(inst.pred_masks.numpy()), [names[c] for c in pred_cls],
+                         inst.scores.tolist(), class_ids=pred_cls)]))
+    write_png(path, np.vstack(rows))

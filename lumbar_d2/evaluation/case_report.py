@@ -10,7 +10,6 @@ still gives a page a browser opens quickly.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..data.instances import decode_segmentations
 from ..utils.errors import LumbarError
 from ..utils.html import ReportCase, write_report
 from .offline import load_ground_truth, load_predictions
+from .records import read_per_image_csv, row_float
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +33,8 @@ ROW_COLUMNS = ["category", "dice", "iou", "hd95", "n_gt", "n_pred", "tp", "fp", 
 GT_COLOUR, PRED_COLOUR = (60, 200, 60), (40, 40, 230)  # BGR
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _mean_dice(rows: List[Dict[str, str]]) -> float:
-    values = [_float(r.get("dice")) for r in rows]
+    values = [row_float(r, "dice") for r in rows]
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
@@ -51,7 +44,7 @@ def _slice_picture(image: dict, images_dir: Optional[Path], gt_masks: List[np.nd
     """The slice (or black) with ground-truth contours in green and predictions in red."""
     shape = (image["height"], image["width"])
     picture = np.zeros((*shape, 3), dtype=np.uint8)
-    path = images_dir / image["file_name"] if images_dir else None
+    path = image_path(images_dir, image["file_name"]) if images_dir else None
     if path is not None and path.is_file():
         try:
             grey = normalize_intensity(read_array(path))
@@ -66,6 +59,17 @@ def _slice_picture(image: dict, images_dir: Optional[Path], gt_masks: List[np.nd
                                            cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(picture, contours, -1, colour, 1)
     return picture
+
+
+def image_path(images_dir: Path, file_name: str) -> Path:
+    """``file_name`` resolved under ``images_dir``; one that escapes it (``../``, an absolute
+    path, a link out) is refused, so the report never embeds a file from elsewhere."""
+    root = images_dir.resolve()
+    path = (root / file_name).resolve()
+    if root not in path.parents:
+        raise LumbarError(f"ground-truth file_name {file_name!r} points outside the images "
+                          f"folder {images_dir}; file names must be relative paths inside it")
+    return path
 
 
 def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,
@@ -84,10 +88,9 @@ def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,
     results, _ = load_predictions(predictions, gt)
     source = images_dir or (gt.get("info") or {}).get("source")
     root = Path(source) if source and Path(source).is_dir() else None
-    with open(per_image, newline="") as f:
-        rows_of: Dict[str, List[Dict[str, str]]] = {}
-        for row in csv.DictReader(f):
-            rows_of.setdefault(row["file_name"], []).append(row)
+    rows_of: Dict[str, List[Dict[str, str]]] = {}
+    for row in read_per_image_csv(per_image):
+        rows_of.setdefault(row["file_name"], []).append(row)
     gt_by: Dict[int, list] = {}
     for ann in gt["annotations"]:
         if not ann.get("iscrowd", 0):
@@ -108,7 +111,7 @@ def write_evaluation_report(gt_json: str, predictions: str, output_dir: str,
             pictures = [("ground truth green, prediction red", _slice_picture(
                 im, root, decode_segmentations(gt_by.get(im["id"], []), h, w),
                 decode_segmentations(pred_by.get(im["id"], []), h, w)))]
-        missed, extra = (sum(int(np.nan_to_num(_float(r.get(k)))) for r in rows)
+        missed, extra = (sum(int(np.nan_to_num(row_float(r, k))) for r in rows)
                          for k in ("fn", "fp"))
         flags = ([f"{missed} missed"] if missed else []) + ([f"{extra} false"] if extra else [])
         cases.append(ReportCase(

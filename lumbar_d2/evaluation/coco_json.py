@@ -163,6 +163,16 @@ def _unique_ids(items: List[dict], path: Path, section: str) -> Dict[int, dict]:
     return by_id
 
 
+def _unique_file_names(images: List[dict], path: Path) -> None:
+    """Two images of one ``file_name`` would merge in ``per_image.csv`` and the report."""
+    seen: Dict[str, int] = {}
+    for i, im in enumerate(images):
+        first = seen.setdefault(im["file_name"], i)
+        if first != i:
+            raise LumbarError(f"{path}: images[{i}] repeats the file_name {_short(im['file_name'])}"
+                              f" of images[{first}]; give each image its own file; {GT_FIX}")
+
+
 def check_ground_truth(gt: Any, path: Path) -> dict:
     """``gt`` if it is a COCO ground truth the evaluation can use, else one LumbarError."""
     if not isinstance(gt, dict):
@@ -186,6 +196,7 @@ def check_ground_truth(gt: Any, path: Path) -> dict:
         for i, item in enumerate(gt[section]):
             _check_fields(item, checks, f"{path}: {section}[{i}]", GT_FIX)
     images = _unique_ids(gt["images"], path, "images")
+    _unique_file_names(gt["images"], path)
     categories = _unique_ids(gt["categories"], path, "categories")
     _unique_ids(gt["annotations"], path, "annotations")
     for i, ann in enumerate(gt["annotations"]):

@@ -222,6 +222,8 @@ def _masks_by_class(groups: Dict[Tuple[int, int], List[dict]], image_id: int,
 
 
 SWEEP_KEYS = ("dice_micro", "dice_macro", "inst_precision", "inst_recall", "inst_f1")
+# The studies' operating-point sweep (score >= 0.30, 0.35, ..., 0.95).
+STUDY_SWEEP = tuple(round(0.30 + 0.05 * i, 2) for i in range(14))
 
 
 def threshold_sweep(gt: dict, results: List[dict], thresholds: Sequence[float],
@@ -248,6 +250,22 @@ def best_threshold(rows: List[dict], key: str = "dice_micro") -> Optional[float]
     scored = [r for r in rows if r.get(key) is not None and np.isfinite(r[key])]
     return max(scored, key=lambda r: (r[key], r["score_threshold"]))["score_threshold"] \
         if scored else None
+
+
+def evaluate_at_best(gt_json: str, predictions: str, output_dir: str,
+                     thresholds: Sequence[float] = STUDY_SWEEP, n_boot: int = 0) -> dict:
+    """Sweep ``thresholds`` (``<out>/sweep``), then score at the best one (``<out>/best``).
+
+    How every study picks and reports an operating point: best pooled Dice, ties to the
+    higher threshold. Returns the result at the best threshold, with the sweep rows as
+    ``threshold_sweep`` and the threshold as ``best_threshold``.
+    """
+    swept = evaluate_files(gt_json, predictions, os.path.join(output_dir, "sweep"), n_boot=0,
+                           sweep=thresholds)
+    best = swept["best_threshold"]
+    result = evaluate_files(gt_json, predictions, os.path.join(output_dir, "best"),
+                            score_threshold=best, n_boot=n_boot)
+    return {**result, "threshold_sweep": swept["threshold_sweep"], "best_threshold": best}
 
 
 def format_sweep(rows: List[dict]) -> str:

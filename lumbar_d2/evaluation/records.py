@@ -58,15 +58,32 @@ def summarize_classes(records: List[dict], categories: Sequence[str], n_boot: in
     return per_class, overall
 
 
+def read_per_image_csv(path: Path) -> List[Dict[str, str]]:
+    """The rows of a written ``per_image.csv`` as text (the one reader of that file; the
+    writer is :func:`lumbar_d2.evaluation.report.write_per_image_csv`)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def row_float(row: Mapping[str, str], key: str) -> float:
+    """A number of a ``per_image.csv`` row; NaN when empty, ``nan`` or missing (e.g. the
+    Dice of a slice with neither ground truth nor prediction)."""
+    try:
+        return float(row.get(key))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def read_patient_dice(per_image_csv: Path) -> Dict[str, List[float]]:
     """Slice Dice values per patient from a written ``per_image.csv`` (rows without a Dice,
     slices with neither ground truth nor prediction, are left out), for study scripts."""
     out: Dict[str, List[float]] = {}
-    with open(per_image_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            if r["dice"] not in ("", "nan"):
-                out.setdefault(r["patient_id"], []).append(float(r["dice"]))
+    for row in read_per_image_csv(per_image_csv):
+        dice = row_float(row, "dice")
+        if not np.isnan(dice):
+            out.setdefault(row["patient_id"], []).append(dice)
     return out
 
 
-__all__ = ["BOOTSTRAP_SEED", "image_records", "read_patient_dice", "summarize_classes"]
+__all__ = ["BOOTSTRAP_SEED", "image_records", "read_patient_dice", "read_per_image_csv",
+           "row_float", "summarize_classes"]

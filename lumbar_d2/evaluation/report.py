@@ -5,13 +5,12 @@ No detectron2 import, so offline evaluation and notebooks can use it too.
 """
 from __future__ import annotations
 
-import csv
 import math
 from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from ..utils.io import PathLike, atomic_path
+from ..utils.io import PathLike, write_csv
 
 # Mask R-CNN on the Sudirman axial lumbar MRI data with a random *image* split (slices of one
 # patient can fall in train and test), as reported by the reference study. Fractions in [0, 1].
@@ -50,12 +49,8 @@ def write_per_image_csv(records: Iterable[dict], path: PathLike) -> None:
 
     Undefined values (e.g. Dice of an image with neither GT nor prediction) are ``nan``.
     """
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PER_IMAGE_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for r in records:
-                writer.writerow({k: _csv_value(r.get(k)) for k in PER_IMAGE_FIELDS})
+    write_csv(path, PER_IMAGE_FIELDS,
+              ({k: _csv_value(r.get(k)) for k in PER_IMAGE_FIELDS} for r in records))
 
 
 def format_number(value: Optional[float], fmt: str = "{:.3f}") -> str:

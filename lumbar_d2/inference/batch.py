@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -29,12 +29,14 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
 from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import write_csv, write_json, write_png
+from ..utils.io import (inside_output, locked_output, make_output_dir, write_csv, write_json,
+                        write_png)
 from .io import LoadedImage, list_inputs, load_image
+from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
@@ -176,6 +178,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
+                   slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
                    dicom_seg: bool = True) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
@@ -202,6 +205,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         spacing_from_dataset: slices without a spacing of their own use the pixel spacing
             of ``DATASETS.TEST[0]`` (only right for slices of that dataset); otherwise their
             measurements are in pixels.
+        slice_regex, patient_regex: with a 2.5D model (``INPUT.SLICE_CONTEXT``), 2-D slices
+            whose names give patient and slice index (first groups) get slices k-1 / k+1 of
+            the same patient among the inputs as neighbours; others are lone slices.
         dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
 
     Returns:
@@ -218,7 +224,17 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
-    root = make_output_dir(output_dir)
+    context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
+    with locked_output(make_output_dir(output_dir)) as root:
+        return _predict_all(predictor, volumes, files, root, override, default_spacing,
+                            orientation, batch_size, report, context, dicom_seg)
+
+
+def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
+                 root: Path, override: Optional[Spacing], default_spacing: Optional[Spacing],
+                 orientation: str, batch_size: int, report: bool,
+                 context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
+    """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     out = PredictionWriter(root, predictor.class_names, orientation)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
@@ -229,7 +245,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         with logging_redirect_tqdm():  # log lines above the per-slice bars
             series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
                                   out.failures, batch_size, dicom_seg) if len(volumes) else [])
-        _predict_slices(predictor, files, out, override, default_spacing, batch_size)
+        _predict_slices(predictor, files, out, override, default_spacing, batch_size,
+                        context or {})
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -249,15 +266,16 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
 
 def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
                     override: Optional[Spacing], default_spacing: Optional[Spacing],
-                    batch_size: int) -> None:
-    """Load, predict and write the 2-D slices in batches of ``batch_size``."""
+                    batch_size: int, context: Dict) -> None:
+    """Load, predict and write the 2-D slices in batches of ``batch_size``; ``context``:
+    path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
         for path, stem in zip(tqdm(files, desc="predict", unit="img",
                                                 disable=not files), output_stems(files)):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
-                pending.append((loaded, stem))
+                pending.append((loaded, stem, read_neighbours(context.get(path))))
             if len(pending) == batch_size:
                 _predict_pending(predictor, pending, out, override, default_spacing)
                 pending = []
@@ -293,10 +311,8 @@ def _split_inputs(inputs: str, root: Path, orientation: str
     volumes = find_volumes(inputs)
     if Path(inputs).is_file() and volumes.volume_files:
         check_volume_file(Path(inputs))  # a lone bad volume fails before any output
-    inside = root.resolve()
-    volumes.volume_files = [f for f in volumes.volume_files if inside not in f.resolve().parents]
-    volumes.series = [(uid, fs) for uid, fs in volumes.series
-                      if inside not in fs[0].resolve().parents]
+    volumes.volume_files = [f for f in volumes.volume_files if not _is_output(f, root)]
+    volumes.series = [(uid, fs) for uid, fs in volumes.series if not _is_output(fs[0], root)]
     if len(volumes) and orientation != "sagittal":
         raise LumbarError(f"{inputs}: volumes and DICOM series are sliced sagittally; drop "
                           f"--orientation {orientation} or pass 2-D slices only")
@@ -307,7 +323,25 @@ def _split_inputs(inputs: str, root: Path, orientation: str
         if not len(volumes):
             raise
         files = []
+    if Path(inputs).is_file() and files:
+        _check_lone_slice(files[0])
     return volumes, _inputs_outside(files, root) if files else []
+
+
+def _check_lone_slice(path: Path) -> None:
+    """A single slice with nothing to segment fails in one line before any output."""
+    try:
+        loaded = load_image(path)
+    except LumbarError:
+        return  # reported as the run's one failure, as for a folder
+    problem = signal_problem(loaded.array)
+    if problem:
+        raise LumbarError(f"{path}: {problem}")
+
+
+def _is_output(path: Path, root: Path) -> bool:
+    """True for a file inside ``root`` or inside any folder a lumbar-d2 run wrote."""
+    return root.resolve() in path.resolve().parents or inside_output(path.resolve())
 
 
 def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation: str,
@@ -321,28 +355,12 @@ def _prediction_config(cfg: CfgNode, score_thresh: Optional[float], orientation:
     return operating_point(cfg, score_thresh)
 
 
-def make_output_dir(output_dir: str) -> Path:
-    """Create the output folder up front, so an unwritable one fails before the model runs.
-
-    Raises:
-        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
-    """
-    root = Path(output_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
-                          "writable folder") from None
-    return root
-
-
 def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
     """Drop inputs inside the output folder (earlier masks/overlays are not slices)."""
-    root = root.resolve()
-    kept = [f for f in files if root not in f.resolve().parents]
+    kept = [f for f in files if not _is_output(f, root)]
     if len(kept) < len(files):
-        logger.info("skipping %d files inside the output folder %s", len(files) - len(kept),
-                    root)
+        logger.info("skipping %d files inside the output folder %s or an earlier run's",
+                    len(files) - len(kept), root)
     if not kept:
         raise LumbarError(f"{root}: every input is inside the output folder; choose an "
                           "output folder outside the inputs")
@@ -352,23 +370,28 @@ def _inputs_outside(files: List[Path], root: Path) -> List[Path]:
 def _load_or_record(path: Path, failures: List[Dict]) -> Optional[LoadedImage]:
     """The loaded slice, or None after logging and recording why it could not be read."""
     try:
-        return load_image(path)
+        loaded = load_image(path)
+        problem = signal_problem(loaded.array)
+        if problem:
+            raise LumbarError(f"{path}: {problem}")
+        return loaded
     except LumbarError as e:
         logger.warning("skipping %s", e)
         failures.append({"file": str(path), "error": str(e)})
         return None
 
 
-def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str]],
+def _predict_pending(predictor: LumbarPredictor, pending: List[Tuple[LoadedImage, str, Any]],
                      out: PredictionWriter, override: Optional[Spacing],
                      default_spacing: Optional[Spacing]) -> None:
     """Predict a batch of loaded slices and hand each result to ``out``."""
-    predictions = predictor.predict_batch([loaded.array for loaded, _ in pending])
-    for (loaded, stem), instances in zip(pending, predictions):
+    predictions = predictor.predict_batch([loaded.array for loaded, _, _ in pending],
+                                          [ctx for _, _, ctx in pending])
+    for (loaded, stem, _), instances in zip(pending, predictions):
         spacing = resolve_spacing(override, loaded.spacing, default_spacing)
         out.add(loaded, instances, stem, spacing)
 
 
 __all__ = ["FAILURE_COLUMNS", "MEASUREMENT_COLUMNS", "PredictionWriter", "SUMMARY_COLUMNS",
-           "instance_id_image", "make_output_dir", "output_stems", "resolve_spacing",
+           "instance_id_image", "output_stems", "resolve_spacing",
            "run_prediction"]

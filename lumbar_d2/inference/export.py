@@ -44,11 +44,10 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from ..compat import tracing_adapter_class
 from ..geometry import mask_iou
 from ..utils.errors import LumbarError
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, make_output_dir
 from ..utils.record import write_result
 from ..utils.timing import time_calls
 from .io import load_image
-from .batch import make_output_dir
 from .predictor import LumbarPredictor
 
 logger = logging.getLogger(__name__)

@@ -101,6 +101,12 @@ def _supported_files(path: Path) -> List[Path]:
     return [p for p in candidates if p.is_file() and _source_of(p) is not None]
 
 
+def is_dicom_file(path: Path) -> bool:
+    """True for an existing DICOM file (by extension, or the DICM magic of a suffix-less
+    file): the one DICOM sniffing rule of the 2-D and the series readers."""
+    return path.is_file() and _source_of(path) == "dicom"
+
+
 def _source_of(path: Path) -> Optional[str]:
     """The source kind of ``path`` from its extension (or DICM magic), None if unsupported."""
     suffix = path.suffix.lower()

@@ -22,7 +22,7 @@ The batch job over files and folders, and the files it writes, are in
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,15 +32,17 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input, with_context
 from ..data.mapper import build_augmentations
 from ..geometry import Spacing, parse_spacing
 from ..runtime import check_weights, refuse_shape_mismatch, use_cpu_without_cuda
 from ..utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
+# The neighbouring slices (k-1, k+1) of a slice for a 2.5D model; None: a lone slice.
+Context = Optional[Tuple[Optional[np.ndarray], Optional[np.ndarray]]]
 
 
 # --------------------------------------------------------------------------- predictor
@@ -66,10 +68,11 @@ class LumbarPredictor:
         use_channels_last(self.model, self.cfg)
         self.class_names = class_names(self.cfg)
         self.normalize = bool(self.cfg.INPUT.NORMALIZE)
+        self.slice_context = bool(self.cfg.INPUT.SLICE_CONTEXT)  # 2.5D: wants neighbours
         self.augmentations = T.AugmentationList(build_augmentations(self.cfg, is_train=False))
         self.tta = _build_tta(self.cfg, self.model) if tta else None
 
-    def prepare(self, image: np.ndarray, resize: bool = True) -> Dict:
+    def prepare(self, image: np.ndarray, resize: bool = True, context: Context = None) -> Dict:
         """Model input dict of one slice: normalised, resized CHW uint8 ``image`` + size.
 
         The image stays on the CPU: the model moves it to its device, and the TTA mapper
@@ -78,11 +81,17 @@ class LumbarPredictor:
         Args:
             image: HxW or HxWxC slice, any bit depth (uint8, uint16, float DICOM values).
             resize: apply the test resize (the TTA wrapper resizes by itself).
+            context: the neighbouring slices (k-1, k+1) of a 2.5D model
+                (``INPUT.SLICE_CONTEXT``), either may be None; ignored by a 2-D model.
         """
         arr = np.asarray(image)
         if arr.ndim not in (2, 3) or arr.size == 0:
             raise ValueError(f"expected an HxW or HxWxC slice, got shape {arr.shape}")
-        model_input = to_model_input(arr, normalize=self.normalize)
+        if self.slice_context and arr.ndim == 2:
+            prev, nxt = context or (None, None)
+            model_input = with_context(arr, prev, nxt, normalize=self.normalize)
+        else:
+            model_input = to_model_input(arr, normalize=self.normalize)
         if resize:
             aug_input = T.AugInput(model_input)
             self.augmentations(aug_input)
@@ -90,19 +99,38 @@ class LumbarPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
         return {"image": tensor, "height": arr.shape[0], "width": arr.shape[1]}
 
-    def __call__(self, image: np.ndarray) -> Instances:
+    def __call__(self, image: np.ndarray, context: Context = None) -> Instances:
         """Predict one slice; ``Instances`` on CPU at the slice's original size."""
-        return self.predict_batch([image])[0]
+        return self.predict_batch([image], [context])[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> List[Instances]:
-        """Predict several slices in one forward pass (one per slice with TTA)."""
-        if not images:
-            return []
-        inputs = [self.prepare(img, resize=self.tta is None) for img in images]
-        model = self.tta if self.tta is not None else self.model
-        with torch.inference_mode():
-            outputs = model(inputs)
-        return [out["instances"].to("cpu") for out in outputs]
+    def predict_batch(self, images: Sequence[np.ndarray],
+                      contexts: Optional[Sequence[Context]] = None) -> List[Instances]:
+        """Predict several slices in one forward pass (one per slice with TTA).
+
+        A slice with nothing to segment (:func:`~lumbar_d2.data.imageio.signal_problem`:
+        blank, constant, mostly NaN) gets no instances without running the model, which
+        would otherwise find a confident "disc" on a featureless image.
+        """
+        results: List[Optional[Instances]] = [
+            empty_instances(np.shape(img)[:2]) if signal_problem(img) else None for img in images]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            contexts = contexts or [None] * len(images)
+            inputs = [self.prepare(images[i], self.tta is None, contexts[i]) for i in todo]
+            model = self.tta if self.tta is not None else self.model
+            with torch.inference_mode():
+                outputs = model(inputs)
+            for i, out in zip(todo, outputs):
+                results[i] = out["instances"].to("cpu")
+        return results
+
+
+def empty_instances(size: Sequence[int]) -> Instances:
+    """``Instances`` with no detection (the fields a prediction has) at ``size`` (h, w)."""
+    h, w = int(size[0]), int(size[1])
+    return Instances((h, w), pred_boxes=Boxes(torch.zeros((0, 4))), scores=torch.zeros(0),
+                     pred_classes=torch.zeros(0, dtype=torch.int64),
+                     pred_masks=torch.zeros((0, h, w), dtype=torch.bool))
 
 
 def load_weights(model: torch.nn.Module, weights: str) -> None:
@@ -197,5 +225,5 @@ def operating_point(cfg: CfgNode, score_thresh: Optional[float] = None) -> CfgNo
     return cfg
 
 
-__all__ = ["LumbarPredictor", "class_names", "dataset_spacing", "load_weights",
-           "operating_point", "use_channels_last"]
+__all__ = ["LumbarPredictor", "class_names", "dataset_spacing", "empty_instances",
+           "load_weights", "operating_point", "use_channels_last"]

@@ -25,7 +25,14 @@ QC flags of a disc: ``low_score`` (mean score < 0.7), ``at_volume_edge`` (on the
 slice: the disc may extend outside the volume), ``slice_gap`` (missed on a slice inside its
 range). Flags of a series: those of :func:`lumbar_d2.measure.level_qc` (``level_gap``,
 ``level_count_low``), ``dropped_single_slice`` (slice-wise false positives were dropped),
-``no_discs`` and ``uneven_slices`` (a DICOM series with missing or unevenly spaced slices).
+``no_discs``, ``no_signal`` (every slice blank or constant: nothing was predicted) and
+``uneven_slices`` (a DICOM series with missing or unevenly spaced slices). Slices with
+nothing to segment (:func:`lumbar_d2.data.imageio.signal_problem`, e.g. zero padding) are
+not given to the slice predictor, whatever it is.
+
+Each series folder is written as a unit (staged, then renamed: an interrupted run leaves the
+previous folder or none, never half of one), under a unique sanitised name that is never
+``masks`` or ``overlays`` (the 2-D slices' folders).
 """
 from __future__ import annotations
 
@@ -39,7 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.imageio import to_model_input
+from ..data.imageio import signal_problem, to_model_input
+from ..geometry import Spacing
 from ..measure import (
     DISC_CLASS,
     FLAG_SEP,
@@ -50,15 +58,21 @@ from ..measure import (
 )
 from ..utils.errors import LumbarError
 from ..utils.image import fit_width
-from ..utils.io import write_csv, write_png
+from ..utils.io import atomic_folder, unique_name, write_csv, write_png
 from .dicom_seg import SEG_NAME, write_dicom_seg
 from .linking import LinkedDisc, SliceInstance, link_instances
 from .visualize import draw_overlay
-from .volume import Volume, VolumeInputs, read_dicom_series, read_volume, write_labels
+from .volume import (
+    LABEL_SUFFIX,
+    Volume,
+    VolumeInputs,
+    read_dicom_series,
+    read_volume,
+    write_labels,
+)
 
 logger = logging.getLogger(__name__)
 
-Spacing = Tuple[float, float]
 DISC_FIELDS = ["series", "level", "label_value", "volume_ml", "height_mm", "ap_diameter_mm",
                "n_slices", "first_slice", "last_slice", "mid_slice", "mean_score", "qc_flags"]
 SERIES_FIELDS = ["series", "input", "source", "n_slices", "size", "spacing_mm", "n_discs",
@@ -81,15 +95,20 @@ SlicePredictor = Callable[[Sequence[np.ndarray]], List[SlicePrediction]]
 
 
 def detectron2_slice_predictor(predictor: Any) -> SlicePredictor:
-    """Wrap a :class:`~.predictor.LumbarPredictor` (``predict_batch`` -> ``Instances``)."""
-    def predict(images: Sequence[np.ndarray]) -> List[SlicePrediction]:
+    """Wrap a :class:`~.predictor.LumbarPredictor` (``predict_batch`` -> ``Instances``).
+
+    A 2.5D predictor (``slice_context``) is marked ``wants_context``: :func:`predict_volume`
+    then passes each slice's neighbours as ``contexts``.
+    """
+    def predict(images: Sequence[np.ndarray], contexts=None) -> List[SlicePrediction]:
         out = []
-        for inst in predictor.predict_batch(list(images)):
+        for inst in predictor.predict_batch(list(images), contexts):
             out.append(SlicePrediction(inst.pred_masks.numpy().astype(bool),
                                        inst.scores.tolist(),
                                        [predictor.class_names[c]
                                         for c in inst.pred_classes.tolist()]))
         return out
+    predict.wants_context = bool(getattr(predictor, "slice_context", False))
     return predict
 
 
@@ -137,6 +156,19 @@ class VolumeResult:
 
 
 # ------------------------------------------------------------------------------ predicting
+def _predict(predict: SlicePredictor, images: List[np.ndarray], batch: Sequence[int],
+             slices: np.ndarray, spacing: Spacing) -> List[SlicePrediction]:
+    """Call ``predict``; a 2.5D one also gets each slice's neighbours k-1 / k+1 (None
+    beyond the volume's ends), resampled like the slice."""
+    if not getattr(predict, "wants_context", False):
+        return predict(images)
+
+    def neighbour(k: int) -> Optional[np.ndarray]:
+        return square_pixels(slices[k], spacing, cv2.INTER_LINEAR) if 0 <= k < len(slices) \
+            else None
+    return predict(images, [(neighbour(k - 1), neighbour(k + 1)) for k in batch])
+
+
 def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
                    desc: str = "") -> VolumeResult:
     """Predict every sagittal slice, link, name and measure the discs (see the module doc).
@@ -144,16 +176,17 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
     A progress bar (``desc``, e.g. "series 2/5 <name>") counts the slices.
     """
     slices, spacing, slice_mm = volume.sagittal()
-    per_slice: List[List[SliceInstance]] = []
-    bar = tqdm(total=len(slices), desc=desc or volume.name, unit="slice")
-    for start in range(0, len(slices), max(1, batch_size)):
-        batch = slices[start:start + batch_size]
-        images = [square_pixels(s, spacing, cv2.INTER_LINEAR) for s in batch]
-        for k, pred in enumerate(predict(images), start=start):
-            per_slice.append([
+    per_slice: List[List[SliceInstance]] = [[] for _ in range(len(slices))]
+    todo = [k for k, s in enumerate(slices) if signal_problem(s) is None]
+    bar = tqdm(total=len(todo), desc=desc or volume.name, unit="slice")
+    for start in range(0, len(todo), max(1, batch_size)):
+        batch = todo[start:start + batch_size]
+        images = [square_pixels(slices[k], spacing, cv2.INTER_LINEAR) for k in batch]
+        for k, pred in zip(batch, _predict(predict, images, batch, slices, spacing)):
+            per_slice[k] = [
                 SliceInstance.from_mask(k, _native_mask(mask, slices.shape[1:]), score)
                 for mask, score, cls in zip(pred.masks, pred.scores, pred.classes)
-                if cls == DISC_CLASS])
+                if cls == DISC_CLASS]
         bar.update(len(batch))
     bar.close()
     kept, dropped = link_instances(per_slice)
@@ -162,6 +195,8 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
         disc.row = _measure_disc(disc, volume.name, spacing, slice_mm, len(slices))
     positions = [_centre_row(d.linked) * spacing[0] for d in discs]
     flags = (level_qc(positions) if discs else ["no_discs"]) + volume.flags
+    if not todo:
+        flags.append("no_signal")
     if dropped:
         flags.append("dropped_single_slice")
     logger.info("%s: %d slices, %d discs (%s), %d single-slice detections dropped",
@@ -237,19 +272,19 @@ def write_series(result: VolumeResult, root: Path, dicom_seg: bool = True) -> Di
     """Write the label volume, ``discs.csv``, ``overlay.png``, ``montage.png`` and, for a
     DICOM series with discs when ``dicom_seg``, ``seg.dcm``."""
     folder = root / result.volume.name
-    labels = result.labels
-    paths = {"labels": write_labels(result.volume, labels, folder),
-             "discs": write_csv(folder / "discs.csv", DISC_FIELDS,
-                                [d.row for d in result.discs])}
     overlay, tiles = series_pictures(result)
-    paths.update(overlay=write_png(folder / "overlay.png", overlay),
-                 montage=write_png(folder / "montage.png", tiles))
-    if dicom_seg and result.volume.source == "dicom":
-        seg = write_dicom_seg(result.volume, labels, [d.level for d in result.discs],
-                              folder / SEG_NAME)
-        if seg:
-            paths["dicom_seg"] = seg
-    return {k: str(v) for k, v in paths.items()}
+    labels = result.labels
+    names = {"labels": f"labels{LABEL_SUFFIX[result.volume.source]}", "discs": "discs.csv",
+             "overlay": "overlay.png", "montage": "montage.png"}
+    with atomic_folder(folder) as stage:  # all the files, or the previous folder
+        write_labels(result.volume, labels, stage)
+        write_csv(stage / "discs.csv", DISC_FIELDS, [d.row for d in result.discs])
+        write_png(stage / "overlay.png", overlay)
+        write_png(stage / "montage.png", tiles)
+        if dicom_seg and result.volume.source == "dicom" and write_dicom_seg(
+                result.volume, labels, [d.level for d in result.discs], stage / SEG_NAME):
+            names["dicom_seg"] = SEG_NAME
+    return {k: str(folder / v) for k, v in names.items()}
 
 
 def mid_sagittal_index(result: VolumeResult) -> int:
@@ -313,6 +348,7 @@ def montage_tiles(image: np.ndarray, n: int) -> List[np.ndarray]:
 
 # ------------------------------------------------------------------------------ batch
 SERIES_CSV = "series.csv"
+RESERVED_NAMES = ("masks", "overlays")  # the 2-D slices' folders beside the series folders
 
 
 def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
@@ -328,7 +364,7 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
         the series rows written.
     """
     rows: List[Dict[str, Any]] = []
-    names: Dict[str, int] = {}
+    taken = set(RESERVED_NAMES)
     for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
         try:
             volume = reader()
@@ -336,9 +372,7 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
             logger.warning("skipping %s", e)
             failures.append({"file": source, "error": str(e)})
             continue
-        names[volume.name] = names.get(volume.name, 0) + 1
-        if names[volume.name] > 1:  # two inputs with one name: keep both folders apart
-            volume.name = f"{volume.name}_{names[volume.name]}"
+        volume.name = unique_name(volume.name, taken)  # two inputs, one name: kept apart
         result = predict_volume(volume, predict, batch_size,
                                 desc=f"series {k}/{len(found)} {volume.name}")
         write_series(result, root, dicom_seg)

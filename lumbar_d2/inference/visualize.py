@@ -1,17 +1,15 @@
-"""Overlays of instance masks on a slice: contours, instance ids and scores."""
+"""Overlays of instance masks on a slice: contours, instance ids and scores.
+
+Drawing only (numpy + OpenCV), no model: the volume path (:mod:`.series`) draws with it and
+must not import Detectron2. The ground truth | prediction figure of a trained model is
+:func:`lumbar_d2.engine.results.overlay_figure`.
+"""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
-from detectron2.data import DatasetCatalog
-
-from ..data.imageio import read_array, to_model_input
-from ..utils.io import write_png
-from .predictor import LumbarPredictor
 
 # A fixed RGB colour per class index, so overlays of a class look the same on every dataset
 # (reversed to BGR when drawn).
@@ -53,26 +51,3 @@ def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequenc
             cv2.putText(out, text, (int(xs.max()) + 2, int(ys.mean())), cv2.FONT_HERSHEY_SIMPLEX,
                         0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return out
-
-
-def overlay_figure(cfg, path: Path, n: int = 4, weights: Optional[str] = None) -> None:
-    """Ground truth (left) | prediction (right) for the first n slices of DATASETS.TEST[0]."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = weights or str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
-    predictor = LumbarPredictor(cfg)
-    names = predictor.class_names
-    rows = []
-    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:n]:
-        raw = read_array(d["file_name"])
-        inst = predictor(raw)
-        inst = inst[inst.scores >= cfg.LUMBAR.SCORE_THRESH]
-        image = to_model_input(raw)
-        gt = [mask_util.decode(a["segmentation"]) > 0 for a in d["annotations"]]
-        gt_cls = [a["category_id"] for a in d["annotations"]]
-        pred_cls = inst.pred_classes.tolist()
-        rows.append(np.hstack([
-            draw_overlay(image, gt, [""] * len(gt), class_ids=gt_cls),
-            draw_overlay(image, list(inst.pred_masks.numpy()), [names[c] for c in pred_cls],
-                         inst.scores.tolist(), class_ids=pred_cls)]))
-    write_png(path, np.vstack(rows))

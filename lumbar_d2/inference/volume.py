@@ -1,11 +1,19 @@
 """Reading MRI volumes (DICOM series, NIfTI, MetaImage), sagittal slicing, label write-back.
 
-* Reading is SimpleITK's: ``ReadImage`` for ``.nii``/``.nii.gz``/``.mha``/``.mhd`` and
-  ``ImageSeriesReader`` for a DICOM series. DICOM files of a folder are grouped by
+* One library reads and writes each format: nibabel for ``.nii``/``.nii.gz``
+  (:mod:`.nifti`: header, payload size, voxels, geometry and the labels written back),
+  SimpleITK for ``.mha``/``.mhd`` (``ReadImage``/``WriteImage``) and for a DICOM series
+  (``ImageSeriesReader``). DICOM files of a folder are grouped by
   ``SeriesInstanceUID`` (one result per series) and sorted along the slice normal; a file
   that cannot be parsed or decoded is reported and left out, and the rest of its series goes
   on. A series needs at least 2 files carrying ``ImagePositionPatient``; other DICOM files
-  stay single slices for the 2D path.
+  stay single slices for the 2D path. A series is refused in one line when its geometry
+  would be made up: no valid ``PixelSpacing``, slices of different orientations, or two
+  slices at one position (no slice spacing).
+* Content and shape are checked after reading (:func:`check_volume_content`): more than
+  :data:`~lumbar_d2.data.imageio.NONFINITE_LIMIT` non-finite voxels, or sagittal slices
+  whose shape no lumbar sagittal scan has (a header claiming axial for sagittal data gives
+  slices of 8x640 px), are refused.
 * Orientation comes from the header. :meth:`Volume.sagittal` reorients the volume with
   ``DICOMOrient`` to ``PIL`` (slice axis towards the patient's Left, rows towards
   Inferior, columns towards Posterior), so each slice is a sagittal image with the head up
@@ -14,20 +22,33 @@
   origin and direction onto the result exactly. :func:`write_labels` writes NIfTI inputs
   with nibabel and the input's own header (bit-identical qform/sform), MetaImage inputs as
   ``.mha`` and DICOM series as NIfTI (``.nii.gz``, whose header stores geometry as float32).
+* Names of output folders are sanitised (:func:`lumbar_d2.utils.io.safe_name`): a file named
+  ``...nii.gz`` or ``.nii.gz`` cannot name a folder outside the output, and file names that
+  are not UTF-8 are refused before SimpleITK (which aborts on them) sees them.
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.errors import LumbarError, one_line
-from .io import DICOM_SUFFIXES, _has_dicm_magic, _import_pydicom, monochrome1_not_inverted
+from ..data.imageio import NONFINITE_LIMIT
+from ..geometry import Spacing
+from ..utils.errors import LumbarError
+from ..utils.io import atomic_path, check_encodable, safe_name
+from .dicom_series import (
+    check_series_geometry,
+    dicom_header,
+    slice_position,
+    sorted_along_normal,
+    uneven_slices,
+)
+from .io import is_dicom_file, monochrome1_not_inverted
+from .nifti import check_nifti, read_nifti, write_nifti_labels
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +56,11 @@ SAGITTAL_ORIENTATION = "PIL"  # axis 0 -> Posterior, 1 -> Inferior, 2 -> Left (D
 VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".mha": "metaimage",
                    ".mhd": "metaimage"}
 LABEL_SUFFIX = {"nifti": ".nii.gz", "metaimage": ".mha", "dicom": ".nii.gz"}
-UNEVEN_TOLERANCE = 0.1  # slice steps differing by more than 10 % of the mean: uneven series
-Spacing = Tuple[float, float]
+# Sagittal slices the model was trained on (SPIDER, the phantom) are at least ~100 px and
+# ~60 mm on a side, with height/width between 0.5 and 2; far outside this, the header's
+# orientation or spacing is wrong, and slicing would feed the model strips of anatomy.
+MIN_SLICE_PX = 24
+MAX_SLICE_ASPECT = 6.0
 
 
 def _sitk() -> Any:
@@ -115,11 +139,6 @@ def volume_suffix(path: Path) -> Optional[str]:
     return None
 
 
-def is_dicom_file(path: Path) -> bool:
-    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES
-                               or (path.suffix == "" and _has_dicm_magic(path)))
-
-
 @dataclass
 class VolumeInputs:
     """What an input spec holds: volume files, DICOM series (uid, sorted files), and the
@@ -150,12 +169,12 @@ def find_volumes(spec: str) -> VolumeInputs:
     found = VolumeInputs(volume_files=[p for p in files if volume_suffix(p)])
     groups: Dict[str, List[Tuple[Path, Any]]] = {}
     for f in (p for p in files if is_dicom_file(p)):
-        header = _dicom_header(f)
+        header = dicom_header(f)
         if header is None:
             found.single_dicom.append(f)
             continue
         uid = str(header.get("SeriesInstanceUID", "") or "")
-        if uid and _position(header) is not None:
+        if uid and slice_position(header) is not None:
             groups.setdefault(uid, []).append((f, header))
         else:
             found.single_dicom.append(f)
@@ -163,75 +182,89 @@ def find_volumes(spec: str) -> VolumeInputs:
         if len(members) < 2:
             found.single_dicom.append(members[0][0])
         else:
-            found.series.append((uid, _sorted_along_normal(members)))
+            found.series.append((uid, sorted_along_normal(members)))
     return found
 
 
-def _dicom_header(path: Path) -> Optional[Any]:
-    """The header of a DICOM Part-10 file (no pixel data), None when pydicom cannot parse it."""
-    pydicom = _import_pydicom(path)
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # pydicom raises many types for corrupt files
-        return None
-
-
-def _position(header: Any) -> Optional[float]:
-    """ImagePositionPatient along the slice normal (row x column cosines); None if unusable."""
-    try:
-        iop = np.asarray([float(v) for v in header.ImageOrientationPatient])
-        ipp = np.asarray([float(v) for v in header.ImagePositionPatient])
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if iop.shape != (6,) or ipp.shape != (3,) or not np.isfinite([*iop, *ipp]).all():
-        return None
-    return float(np.dot(np.cross(iop[:3], iop[3:]), ipp))
-
-
-def _sorted_along_normal(members: List[Tuple[Path, Any]]) -> List[Path]:
-    """Files ordered by their :func:`_position` (then name)."""
-    return [f for f, _ in sorted(members, key=lambda m: (_position(m[1]), str(m[0])))]
-
-
-def _uneven_slices(files: Sequence[Path]) -> bool:
-    """True when the slice positions are not evenly spaced (a missing or extra slice): the
-    volume's geometry (one slice spacing) is then only approximate."""
-    positions = [_position(h) for h in map(_dicom_header, files)]
-    if len(positions) < 3 or None in positions:
-        return False
-    steps = np.diff(np.sort(positions))
-    return bool(steps.max() - steps.min() > UNEVEN_TOLERANCE * max(abs(steps.mean()), 1e-6))
+def check_volume_content(volume: Volume) -> None:
+    """Refuse a volume with too many non-finite voxels, or with sagittal slices that no
+    lumbar sagittal scan has (see :data:`MIN_SLICE_PX`, :data:`MAX_SLICE_ASPECT`)."""
+    slices, (row_mm, col_mm), _ = volume.sagittal()
+    bad = 1.0 - float(np.isfinite(slices).mean()) if slices.size else 1.0
+    if bad > NONFINITE_LIMIT:
+        raise LumbarError(f"{volume.path}: {bad:.1%} of the voxels are NaN or infinite (limit "
+                          f"{NONFINITE_LIMIT:.0%}); re-export the volume")
+    n, h, w = slices.shape
+    aspect = (h * row_mm) / (w * col_mm)
+    if min(h, w) < MIN_SLICE_PX or not 1 / MAX_SLICE_ASPECT <= aspect <= MAX_SLICE_ASPECT:
+        raise LumbarError(f"{volume.path}: its sagittal slices would be {n} x {h}x{w} px "
+                          f"({h * row_mm:.0f}x{w * col_mm:.0f} mm), unlike any lumbar "
+                          "sagittal scan; check the header's orientation and spacing")
 
 
 # ------------------------------------------------------------------------------ reading
 def read_volume(path: Path) -> Volume:
     """Read a NIfTI or MetaImage file (one-line LumbarError for anything unusable)."""
-    sitk = _sitk()
     suffix = volume_suffix(path)
     if suffix is None:
         raise LumbarError(f"{path}: not a volume file; use one of "
                           f"{', '.join(VOLUME_SUFFIXES)} or a DICOM series folder")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise LumbarError(f"{path}: cannot read volume ({_itk_message(e)}); check the file "
-                          "(a .mhd needs its .raw beside it)") from None
-    name = path.name[:-len(suffix)]
-    return Volume(_check_grey_3d(image, path), str(path), name, VOLUME_SUFFIXES[suffix])
+    check_encodable(path)
+    source = VOLUME_SUFFIXES[suffix]
+    if source == "nifti":
+        image = read_nifti(path)
+    else:
+        try:
+            image = _sitk().ReadImage(str(path))
+        except RuntimeError as e:
+            raise LumbarError(_unreadable(path, e)) from None
+    name = safe_name(path.name[:-len(suffix)], "volume")
+    volume = Volume(_check_grey_3d(image, path), str(path), name, source)
+    check_volume_content(volume)
+    return volume
 
 
 def check_volume_file(path: Path) -> None:
     """Refuse a volume file that cannot be predicted (unreadable, 4-D, RGB) from its header
     alone, so a single bad input fails before any output is written."""
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
+    check_encodable(path)
+    if VOLUME_SUFFIXES.get(volume_suffix(path) or "") == "nifti":
+        check_nifti(path)
+        return
+    reader = _sitk().ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise LumbarError(f"{path}: cannot read volume ({_itk_message(e)}); check the file "
-                          "(a .mhd needs its .raw beside it)") from None
+        raise LumbarError(_unreadable(path, e)) from None
     _check_grey_3d(reader, path)
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """The one-line message for a volume SimpleITK cannot read; a .mhd's data file named."""
+    message = _itk_message(error)
+    data_file = _mhd_data_file(path)
+    if data_file is not None and data_file.is_file():
+        return (f"{path}: cannot read its data file {data_file.name} ({message}); it is "
+                "probably shorter than the header's DimSize x ElementType: re-export it")
+    if data_file is not None:
+        return f"{path}: its data file {data_file} is missing; put it beside the .mhd"
+    return f"{path}: cannot read volume ({message}); check the file"
+
+
+def _mhd_data_file(path: Path) -> Optional[Path]:
+    """The ``ElementDataFile`` a MetaImage header names (None for other files or LOCAL)."""
+    if path.suffix.lower() != ".mhd":
+        return None
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile" and value.strip() not in ("", "LOCAL", "LIST"):
+            return path.parent / value.strip()
+    return None
 
 
 def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
@@ -243,6 +276,8 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
         LumbarError: fewer than 2 readable files remain.
     """
     files = list(files)
+    for f in files:
+        check_encodable(f)
     try:
         image = _read_series(files)
     except RuntimeError:
@@ -260,12 +295,16 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
     if monochrome1_not_inverted(files[0], _sitk().GetArrayViewFromImage(image)[0]):
         image = _inverted(image)  # MONOCHROME1 shown bright <-> dark, as on the 2-D path
     logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
-    name = f"{_safe(folder.name)}_{_safe(uid)[-12:]}"
-    flags = ["uneven_slices"] if _uneven_slices(files) else []
+    name = f"{safe_name(folder.name)}_{safe_name(uid)[-12:]}"
+    headers = [dicom_header(f) for f in files]
+    check_series_geometry(headers, folder, uid)
+    flags = ["uneven_slices"] if uneven_slices(headers) else []
     if flags:
         logger.warning("%s: DICOM series %s has unevenly spaced slices (missing or extra "
                        "slices); its geometry is approximate", folder, uid)
-    return Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
+    volume = Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
+    check_volume_content(volume)
+    return volume
 
 
 def _inverted(image: Any) -> Any:
@@ -319,55 +358,21 @@ def _itk_message(error: Exception) -> str:
     return useful[-1].replace("Description:", "").strip()
 
 
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "series"
-
-
 # ------------------------------------------------------------------------------ writing
 def write_labels(volume: Volume, labels: np.ndarray, folder: Path) -> Path:
     """Write the NxHxW :meth:`Volume.sagittal`-order labels in the input's geometry.
 
-    NIfTI inputs keep their own header (nibabel), MetaImage inputs become ``labels.mha``,
-    DICOM series ``labels.nii.gz`` (SimpleITK). The write is atomic.
+    NIfTI inputs keep their own header (nibabel, :mod:`.nifti`), MetaImage inputs become
+    ``labels.mha`` and DICOM series ``labels.nii.gz`` (SimpleITK). The write is atomic.
     """
     native = volume.to_native(labels.astype(np.uint8))
     path = folder / f"labels{LABEL_SUFFIX[volume.source]}"
     if volume.source == "nifti":
         data = _sitk().GetArrayFromImage(native).transpose(2, 1, 0)  # sitk (z,y,x) -> (x,y,z)
-        _write_nifti_like(Path(volume.path), data, path)
-    else:
-        _atomic_named(path, lambda tmp: _sitk().WriteImage(native, str(tmp), True))
+        return write_nifti_labels(Path(volume.path), data, path)
+    with atomic_path(path) as tmp:
+        _sitk().WriteImage(native, str(tmp), True)
     return path
-
-
-def _write_nifti_like(reference: Path, data: np.ndarray, path: Path) -> None:
-    """Save ``data`` (x, y, z) as NIfTI with the reference file's header and affine."""
-    try:
-        import nibabel as nib
-    except ImportError:
-        raise LumbarError("writing NIfTI labels needs nibabel; run `pip install nibabel` "
-                          "(or reinstall lumbar_d2)") from None
-    ref = nib.load(str(reference))
-    header = ref.header.copy()
-    header.set_data_dtype(np.uint8)
-    out = nib.Nifti1Image(np.ascontiguousarray(data), ref.affine, header)
-    out.header.set_slope_inter(1.0, 0.0)
-    out.header["descrip"] = b"lumbar-d2 disc labels"
-    _atomic_named(path, lambda tmp: nib.save(out, str(tmp)))
-
-
-def _atomic_named(path: Path, write) -> None:
-    """Run ``write(tmp)`` on a temp file with ``path``'s own name (writers pick the format by
-    extension), then move it over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".labels.") as tmp_dir:
-            tmp = Path(tmp_dir) / path.name
-            write(tmp)
-            os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        raise LumbarError(f"cannot write {path}: {one_line(e, with_type=True)}; choose a "
-                          "writable output folder") from None
 
 
 __all__ = ["Volume", "VolumeInputs", "find_volumes", "read_volume", "read_dicom_series",

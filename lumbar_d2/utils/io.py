@@ -8,9 +8,10 @@ default), as a plain ``open`` would give, not ``mkstemp``'s private 0600.
 from __future__ import annotations
 
 import contextlib
-import errno
-import glob
 import csv
+import errno
+import fcntl
+import glob
 import io
 import json
 import os
@@ -25,6 +26,51 @@ import numpy as np
 from .errors import LumbarError
 
 PathLike = Union[str, "os.PathLike[str]"]
+TEMP_NAME_CHARS = 64  # of the target's name kept in a temp name: 255-byte names still fit
+FORMAT_SUFFIXES = (".nii.gz",)  # double suffixes that writers pick the format by
+OUTPUT_LOCK = ".lumbar-d2.lock"  # marks (and locks) a folder that a lumbar-d2 run writes
+
+
+def format_suffix(path: PathLike) -> str:
+    """The suffix that names ``path``'s format: ``.nii.gz`` for ``x.nii.gz``, else the last."""
+    name = Path(path).name.lower()
+    return next((s for s in FORMAT_SUFFIXES if name.endswith(s)), Path(path).suffix)
+
+
+def check_encodable(path: PathLike) -> None:
+    """Refuse a path that is not valid UTF-8 before native code sees it.
+
+    Python keeps undecodable bytes of a file name as lone surrogates; SimpleITK aborts and
+    OpenCV crashes on them instead of raising, so they must be caught here.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise LumbarError(f"{shown}: file name is not valid UTF-8; rename it") from None
+
+
+def safe_name(text: str, fallback: str = "series") -> str:
+    """A folder name made of ``text``: letters, digits, ``-_.`` only, never ``.``/``..``/
+    hidden, never longer than 120 characters, ``fallback`` when nothing is left."""
+    name = "".join(c if (c.isalnum() and c.isascii()) or c in "-_." else "_" for c in text)
+    name = name.lstrip(".")[:120]
+    return name or fallback
+
+
+def unique_name(name: str, taken: set) -> str:
+    """``name``, or ``name_2``, ``name_3``... whichever is not in ``taken`` (compared without
+    case, as on macOS/Windows file systems); the result is added to ``taken``."""
+    candidate, k = name, 1
+    while candidate.lower() in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_CHARS]}."
 
 
 @contextlib.contextmanager
@@ -35,9 +81,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path: final destination. Its parent folder is created if missing.
     """
     path = Path(path)
+    check_encodable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + format_suffix(path),
                                    dir=path.parent)
     except OSError as e:
         raise LumbarError(f"cannot write {path}: {e.strerror}; choose a writable output folder")
@@ -47,6 +94,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from others
         yield tmp_path
         os.replace(tmp_path, path)
+    except RuntimeError as e:  # SimpleITK's writers raise RuntimeError
+        raise LumbarError(f"cannot write {path}: {' '.join(str(e).split())[-200:]}; choose a "
+                          "writable output folder") from None
     except OSError as e:
         raise LumbarError(f"cannot write {path}: {e.strerror}; free disk space or choose "
                           "another output folder") from e
@@ -64,7 +114,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     Staging folders of killed runs (their process is gone) are deleted first.
     """
     path = Path(path)
-    prefix = f".{path.name}.{os.getpid()}."
+    check_encodable(path)
+    prefix = f"{_temp_prefix(path)}{os.getpid()}."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(path)
@@ -95,8 +146,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
 
 def _remove_stale_stages(path: Path) -> None:
     """Delete ``.<name>.<pid>.*.tmp|.old`` folders beside ``path`` whose process has ended."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.*"):
-        pid = stale.name[len(path.name) + 2:].split(".")[0]
+    prefix = _temp_prefix(path)
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.*"):
+        pid = stale.name[len(prefix):].split(".")[0]
         if stale.suffix in (".tmp", ".old") and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -148,13 +200,28 @@ def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     return write_text(path, json_text(obj, indent))
 
 
+def csv_text(fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """The one CSV format of lumbar-d2: header ``fields``, ``\\n`` line ends, keys of a row
+    that are not in ``fields`` ignored.
+
+    With a ``\\n`` terminator the csv module would leave a lone ``\\r`` in a value unquoted,
+    and the row would split when read back: such a row is written fully quoted.
+    """
+    buf = io.StringIO(newline="")
+    plain = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n",
+                           extrasaction="ignore")
+    quoted = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n",
+                            extrasaction="ignore", quoting=csv.QUOTE_ALL)
+    plain.writeheader()
+    for row in rows:
+        carriage = any("\r" in str(row.get(k, "")) for k in fields)
+        (quoted if carriage else plain).writerow(row)
+    return buf.getvalue()
+
+
 def write_csv(path: PathLike, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write dict ``rows`` as CSV with header ``fields`` (``\\n`` line ends) atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buf.getvalue())
+    """Write dict ``rows`` atomically as :func:`csv_text`."""
+    return write_text(path, csv_text(fields, rows))
 
 
 def write_png(path: PathLike, image: np.ndarray) -> Path:
@@ -167,3 +234,52 @@ def write_png(path: PathLike, image: np.ndarray) -> Path:
         if not cv2.imwrite(str(tmp), image):
             raise LumbarError(f"cannot write {path}: PNG encoder failed; check the output folder")
     return Path(path)
+
+
+def make_output_dir(output_dir: PathLike) -> Path:
+    """Create the output folder up front, so an unwritable one fails before the model runs.
+
+    Raises:
+        LumbarError: the folder cannot be created (e.g. a parent is a regular file).
+    """
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
+                          "writable folder") from None
+    return root
+
+
+
+
+@contextlib.contextmanager
+def locked_output(root: PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``root`` (created) for the block.
+
+    Two runs writing one folder at once would mix their tables and masks; the second one is
+    refused in one line instead. The lock file :data:`OUTPUT_LOCK` stays behind (empty): it
+    also marks the folder as lumbar-d2 output, which later runs never read as input.
+    """
+    root = Path(root)
+    check_encodable(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / OUTPUT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise LumbarError(f"cannot create output folder {root}: {e.strerror}; choose a "
+                          "writable folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LumbarError(f"{root}: another lumbar-d2 run is writing into this folder; "
+                              "wait for it to finish or choose another output folder") from None
+        yield root
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def inside_output(path: PathLike) -> bool:
+    """True when ``path`` lies in a folder that a lumbar-d2 run wrote (:func:`locked_output`)."""
+    return any((folder / OUTPUT_LOCK).is_file() for folder in Path(path).absolute().parents)

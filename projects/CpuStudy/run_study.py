@@ -11,25 +11,30 @@ and is timed on val slices at 1 and 2 torch threads.
     python projects/CpuStudy/run_study.py --budget-min 5 --only r18_fpn128 r18_fpn64
 
 Finished variants are skipped on a rerun (delete ``output/cpu_study/<name>`` to redo one).
-Writes ``<output>/study.{json,md}``.
+Writes ``<output>/study.{json,md}`` (with the result record). Everything runs in this process
+through the library (``lumbar_d2.engine.study``, ``lumbar_d2.evaluation.offline``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # lumbar_d2 from this checkout
+import lumbar_d2  # noqa: F401  (compat patches before detectron2)
+import torch
+from lumbar_d2.engine.study import train_config
+from lumbar_d2.evaluation.offline import evaluate_at_best
+from lumbar_d2.evaluation.records import read_patient_dice
+from lumbar_d2.utils.io import write_text
+from lumbar_d2.utils.record import record_markdown, result_record, write_result
+from lumbar_d2.utils.timing import time_calls
 
-from lumbar_d2.evaluation.records import read_patient_dice  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = "configs/scratch_mask_rcnn_R_50_FPN128_gn_disc_spider_lite.yaml"
 R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
@@ -75,7 +80,6 @@ VARIANTS: Dict[str, tuple] = {
     "r18_fpn64_nonorm": ("R18-FPN64, no percentile intensity normalisation (PNG as stored)",
                          R18 + FPN64 + ["INPUT.NORMALIZE", "False"]),
 }
-THRESHOLDS = [round(0.05 * i, 2) for i in range(6, 20)]
 logger = logging.getLogger("cpu_study")
 
 
@@ -88,12 +92,6 @@ def study_overrides(budget_min: float, out_dir: Path) -> List[str]:
             "LUMBAR.BOOTSTRAP", "0", "OUTPUT_DIR", str(out_dir)]
 
 
-def run(cmd: List[str], log: Path, threads: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(log, "w") as f:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-
-
 def train_stats(out_dir: Path) -> dict:
     rows = [json.loads(line) for line in open(out_dir / "metrics.json") if line.strip()]
     iters = max(r.get("iteration", 0) for r in rows) + 1
@@ -101,93 +99,75 @@ def train_stats(out_dir: Path) -> dict:
     return {"iterations": iters, "s_per_iter": statistics.median(times) if times else None}
 
 
-def val_scores(out_dir: Path, python: str) -> dict:
+def val_scores(out_dir: Path) -> dict:
     """Val Dice / P / R at the val-best threshold, and the worst val patient's Dice."""
     results = out_dir / "inference" / "lumbar_spider_val" / "coco_instances_results.json"
     gt = ROOT / "datasets" / "spider" / "annotations" / "val.json"
-    ev = out_dir / "val_eval"
-    base = [python, "tools/evaluate.py", "--gt", str(gt), "--predictions", str(results),
-            "--bootstrap", "0"]
-    run(base + ["--output", str(ev / "sweep"), "--sweep", *map(str, THRESHOLDS)],
-        out_dir / "sweep.log", 2)
-    swept = json.load(open(ev / "sweep" / "metrics.json"))
-    t = swept["best_threshold"]  # the evaluator's rule: best val Dice, ties to the higher one
-    best = next(r for r in swept["threshold_sweep"] if r["score_threshold"] == t)
-    run(base + ["--output", str(ev / "best"), "--score-threshold", str(t)],
-        out_dir / "best.log", 2)
-    per_patient = read_patient_dice(ev / "best" / "per_image.csv")
+    res = evaluate_at_best(str(gt), str(results), str(out_dir / "val_eval"))
+    best = res["overall"]
+    per_patient = read_patient_dice(out_dir / "val_eval" / "best" / "per_image.csv")
     patient_dice = {p: statistics.fmean(v) for p, v in per_patient.items()}
     worst = min(patient_dice, key=patient_dice.get)
-    return {"threshold": t, "dice": best["dice_micro"], "P": best["inst_precision"],
-            "R": best["inst_recall"], "worst_patient": worst,
+    return {"threshold": res["best_threshold"], "dice": best["dice_micro"],
+            "P": best["inst_precision"], "R": best["inst_recall"], "worst_patient": worst,
             "worst_patient_dice": patient_dice[worst], "patient_dice": patient_dice}
 
 
-def latency(config: str, weights: str, opts: List[str], threads: int, n: int) -> dict:
-    """Median seconds per val slice (after 2 warm-up slices), params and fp16 size."""
-    import torch
-    torch.set_num_threads(threads)
-    import lumbar_d2  # noqa: F401
+def latency(weights: Path, opts: List[str], threads: int, n: int = 10) -> dict:
+    """Median seconds per val slice at ``threads`` torch threads (2 untimed warm-up slices),
+    parameters and fp16 size."""
     from detectron2.data import DatasetCatalog
     from lumbar_d2.data.imageio import read_array
     from lumbar_d2.inference.predictor import LumbarPredictor
     from lumbar_d2.runtime import load_config, prepare_config
-    cfg = load_config(config, list(opts) + ["MODEL.WEIGHTS", weights])
-    prepare_config(cfg)
+
+    torch.set_num_threads(threads)
+    cfg = load_config(str(ROOT / BASE), list(opts) + ["MODEL.WEIGHTS", str(weights)])
+    prepare_config(cfg, training=False)
     pred = LumbarPredictor(cfg)
-    files = [d["file_name"] for d in DatasetCatalog.get("lumbar_spider_val")][::7][: n + 2]
-    times = []
-    for i, f in enumerate(files):
-        img = read_array(f)
-        t0 = time.perf_counter()
-        pred(img)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    files = [d["file_name"] for d in DatasetCatalog.get("lumbar_spider_val")][::7][:n + 2]
+    slices = [read_array(f) for f in files]
+    for s in slices[:2]:
+        pred(s)
+    times = [time_calls(lambda s=s: pred(s), 1)[0] for s in slices[2:]]
     params = sum(p.numel() for p in pred.model.parameters())
     return {"threads": threads, "s_per_slice": statistics.median(times), "n": len(times),
             "params_M": params / 1e6, "fp16_MB": params * 2 / 1e6}
 
 
-def run_variant(name: str, budget: float, work: Path, python: str, threads: int = 2,
+def run_variant(name: str, budget: float, work: Path, threads: int = 2,
                 latency_threads: tuple = (1, 2)) -> dict:
     what, opts = VARIANTS[name]
     out = work / name
     done = out / "done.json"
     if done.is_file():
         return json.load(open(done))
-    out.mkdir(parents=True, exist_ok=True)
-    all_opts = opts + study_overrides(budget, out)
     logger.info("%s: training %.1f min", name, budget)
+    torch.set_num_threads(threads)
     t0 = time.time()
-    run([python, "tools/train_net.py", "--config-file", BASE, *all_opts], out / "train.log",
-        threads)
+    train_config(str(ROOT / BASE), opts + study_overrides(budget, out), source=name)
     row = {"variant": name, "what": what, "overrides": opts, "budget_min": budget,
-           "train_threads": threads,
-           "train_wall_s": round(time.time() - t0, 1), **train_stats(out),
-           **val_scores(out, python)}
-    row.update(measure_latency(out, opts, python, latency_threads))
-    done.write_text(json.dumps(row, indent=1))
+           "train_threads": threads, "train_wall_s": round(time.time() - t0, 1),
+           **train_stats(out), **val_scores(out)}
+    row.update(measure_latency(out, opts, latency_threads))
+    write_text(done, json.dumps(row, indent=1))
     logger.info("%s: %s", name, {k: row[k] for k in ("iterations", "dice", "R", "P")})
     return row
 
 
-def measure_latency(out: Path, opts: List[str], python: str, thread_counts) -> dict:
-    """Latency of ``out/model_final.pth`` at each thread count, each in a fresh process."""
+def measure_latency(out: Path, opts: List[str], thread_counts) -> dict:
+    """Latency of ``out/model_final.pth`` at each thread count."""
     row: dict = {}
     for threads in thread_counts:
-        cmd = [python, __file__, "latency", "--threads", str(threads), "--weights",
-               str(out / "model_final.pth"), "--", *opts]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
-                             env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-        lat = json.loads(res.stdout.strip().splitlines()[-1])
+        lat = latency(out / "model_final.pth", opts, threads)
         row[f"latency_{threads}t_s"] = lat["s_per_slice"]
         row.update(params_M=lat["params_M"], fp16_MB=lat["fp16_MB"])
     return row
 
 
 def write_table(rows: List[dict], out: Path, command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    record = result_record()
+    write_result(out / "study.json", {"command": command, "rows": rows}, record=record)
     head = ("| variant | what | s/iter | iterations | val thr | val Dice | val P | val R | "
             "worst val patient Dice | s/slice 1t | s/slice 2t | params (M) | fp16 MB |")
     lines = [f"Command: `{command}`", "", head, "|" + "---|" * 13]
@@ -199,8 +179,8 @@ def write_table(rows: List[dict], out: Path, command: str) -> None:
             f"{_fmt(r.get('latency_1t_s'))} | {_fmt(r.get('latency_2t_s'))} | "
             f"{r['params_M']:.1f} | "
             f"{r['fp16_MB']:.0f} |")
-    lines += ["", *patient_table(rows)]
-    (out / "study.md").write_text("\n".join(lines) + "\n")
+    lines += ["", *patient_table(rows), "", "## Record", "", record_markdown(record)]
+    write_text(out / "study.md", "\n".join(lines) + "\n")
 
 
 def patient_table(rows: List[dict]) -> List[str]:
@@ -222,16 +202,6 @@ def _fmt(value: Optional[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "latency":
-        p = argparse.ArgumentParser()
-        p.add_argument("--threads", type=int, required=True)
-        p.add_argument("--weights", required=True)
-        p.add_argument("--config", default=BASE)
-        p.add_argument("--n", type=int, default=10)
-        p.add_argument("opts", nargs="*")
-        a = p.parse_args(argv[1:])
-        print(json.dumps(latency(a.config, a.weights, a.opts, a.threads, a.n)))
-        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-min", type=float, default=5.0)
     p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
@@ -249,11 +219,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if a.remeasure:
             done = ROOT / a.work / name / "done.json"
             row = json.load(open(done))
-            row.update(measure_latency(done.parent, VARIANTS[name][1], sys.executable,
-                                       a.latency_threads))
-            done.write_text(json.dumps(row, indent=1))
+            row.update(measure_latency(done.parent, VARIANTS[name][1], a.latency_threads))
+            write_text(done, json.dumps(row, indent=1))
         else:
-            row = run_variant(name, a.budget_min, ROOT / a.work, sys.executable, a.threads,
+            row = run_variant(name, a.budget_min, ROOT / a.work, a.threads,
                               tuple(a.latency_threads))
         rows.append(row)
         write_table(rows, ROOT / a.output, "python projects/CpuStudy/run_study.py " +

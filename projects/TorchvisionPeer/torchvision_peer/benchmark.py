@@ -71,7 +71,7 @@ from detectron2.data import DatasetCatalog
 
 from lumbar_d2.data.imageio import read_array
 from lumbar_d2.evaluation import report
-from lumbar_d2.inference.batch import make_output_dir
+from lumbar_d2.utils.io import make_output_dir
 from lumbar_d2.inference.predictor import LumbarPredictor, operating_point
 from lumbar_d2.runtime import load_config, prepare_config
 from lumbar_d2.utils.errors import LumbarError

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from lumbar_d2.evaluation import report
-from lumbar_d2.inference.batch import make_output_dir
+from lumbar_d2.utils.io import make_output_dir
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.record import write_result
 

@@ -1,0 +1,72 @@
+"""Train one variant on one fold and predict the fold's unseen patients (in-process)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List
+
+from lumbar_d2.engine.study import evaluate_weights, train_config
+from lumbar_d2.runtime import load_config, prepare_config
+
+from .folds import REPO, fold_name
+
+# name -> config (projects/CrossValidation/protocol.md); every variant is one config file.
+VARIANTS: Dict[str, str] = {
+    "2d": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_2d.yaml",
+    "25d": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d.yaml",
+}
+logger = logging.getLogger(__name__)
+
+
+def run_dir(output: Path, variant: str, fold: int) -> Path:
+    return Path(output) / variant / f"fold{fold}"
+
+
+def fold_opts(fold: int, out_dir: Path, extra: List[str] = ()) -> List[str]:
+    """Datasets of the fold, no validation split, the run's output folder."""
+    name = fold_name(fold)
+    return ["DATASETS.TRAIN", f"('lumbar_{name}_train',)",
+            "DATASETS.TEST", f"('lumbar_{name}_test',)", "LUMBAR.VAL_DATASET", "",
+            "OUTPUT_DIR", str(out_dir), *extra]
+
+
+def train_fold(variant: str, fold: int, output: Path, extra: List[str] = ()) -> Path:
+    """Train ``variant`` on the other folds' patients; the trainer's final evaluation writes
+    the fold's test predictions (``inference/<test>/coco_instances_results.json``).
+    A finished run (``model_final.pth``) is skipped; a killed one resumes."""
+    out = run_dir(output, variant, fold)
+    train_config(str(REPO / VARIANTS[variant]), fold_opts(fold, out, extra), VARIANTS[variant])
+    return out
+
+
+def predict_lone(variant: str, fold: int, output: Path) -> Path:
+    """Score a 2.5D run's test patients with every slice given alone (no neighbours)."""
+    out = run_dir(output, variant, fold)
+    lone = out / "lone"
+    cfg = load_config(str(REPO / VARIANTS[variant]),
+                      fold_opts(fold, out, ["INPUT.SLICE_CONTEXT", "False",
+                                            "MODEL.WEIGHTS", str(out / "model_final.pth")]))
+    prepare_config(cfg, source=VARIANTS[variant], training=False)
+    cfg.freeze()
+    evaluate_weights(cfg, lone / cfg.DATASETS.TEST[0])
+    return lone
+
+
+
+SHIPPED_CONFIG = "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
+
+
+def predict_shipped_old_test(output: Path) -> Path:
+    """The shipped model's predictions for its 6 held-out patients (``spider_oldtest``)."""
+    from lumbar_d2.model_zoo import use_shipped_weights
+
+    out = Path(output) / "shipped_oldtest"
+    test = "lumbar_spider_oldtest_test"
+    cfg = load_config(str(REPO / SHIPPED_CONFIG),
+                      ["DATASETS.TRAIN", "()", "DATASETS.TEST", f"('{test}',)",
+                       "LUMBAR.VAL_DATASET", "", "OUTPUT_DIR", str(out)])
+    use_shipped_weights(cfg)
+    prepare_config(cfg, source=SHIPPED_CONFIG, training=False)
+    cfg.freeze()
+    evaluate_weights(cfg, out / test)
+    return out / test / "coco_instances_results.json"

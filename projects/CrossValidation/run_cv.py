@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Patient cross-validation of a lumbar-d2 recipe (projects/CrossValidation/protocol.md).
+
+    python projects/CrossValidation/run_cv.py train --variant 2d            # all folds
+    python projects/CrossValidation/run_cv.py train --variant 25d --fold 0 --lone
+    python projects/CrossValidation/run_cv.py report --variants 2d 25d
+    python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
+
+``train`` converts each fold (once), trains the variant on the other folds' patients and
+predicts the fold's patients; a finished fold is skipped, a killed one resumes.
+``report`` pools the out-of-fold predictions of all patients and writes the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lumbar_d2  # noqa: F401  (compat patches before detectron2)
+from cross_validation.folds import FOLDS_FILE, convert_fold
+from cross_validation.train import VARIANTS, predict_lone, train_fold
+from detectron2.utils.logger import setup_logger
+from lumbar_d2.data.splits import read_folds
+from lumbar_d2.utils.cli import run_tool
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a variant on folds and predict their patients")
+    t.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    t.add_argument("--fold", type=int, nargs="*", default=None, help="default: every fold")
+    t.add_argument("--lone", action="store_true",
+                   help="also predict each test slice without its neighbours (2.5D variants)")
+    t.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
+    t.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    r = sub.add_parser("report", help="pool out-of-fold predictions into tables")
+    r.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
+    r.add_argument("--output", default="output/cv")
+    r.add_argument("--results", default="results/spider_cv", help="committable tables")
+    f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
+    f.add_argument("--output", default="output/cv")
+    f.add_argument("--results", default="results/spider_cv")
+    return p.parse_args(argv)
+
+
+def train(a: argparse.Namespace) -> int:
+    folds = a.fold if a.fold is not None else range(len(read_folds(FOLDS_FILE)))
+    for k in folds:
+        convert_fold(k)
+        train_fold(a.variant, k, Path(a.output), a.opts)
+        if a.lone:
+            predict_lone(a.variant, k, Path(a.output))
+    return 0
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    for name in ("cross_validation", "lumbar_d2", "detectron2"):
+        setup_logger(name=name)
+    if a.command == "train":
+        return run_tool(lambda: train(a), verbose=True)
+    if a.command == "reference":
+        return run_tool(lambda: reference(a), verbose=True)
+    from cross_validation.report import write_report
+    return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results)),
+                    verbose=True)
+
+
+def reference(a: argparse.Namespace) -> int:
+    from cross_validation.folds import convert_old_test
+    from cross_validation.report import score_reference
+    from cross_validation.train import predict_shipped_old_test
+
+    convert_old_test()
+    score_reference(predict_shipped_old_test(Path(a.output)), Path(a.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The one CSV writer (utils.io.csv_text) and the one per_image.csv reader."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from lumbar_d2.data.splits import split_csv_text
+from lumbar_d2.evaluation.records import read_per_image_csv, row_float
+from lumbar_d2.evaluation.report import PER_IMAGE_FIELDS, write_per_image_csv
+from lumbar_d2.utils.io import csv_text
+
+
+def test_csv_text_line_ends_extra_keys_and_carriage_returns() -> None:
+    text = csv_text(["a", "b"], [{"a": 1, "b": "x", "ignored": 9}, {"a": "p\r1", "b": ""}])
+    assert text == 'a,b\n1,x\n"p\r1",""\n'  # a lone \r would split the row unquoted
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [["a", "b"], ["1", "x"],
+                                                               ["p\r1", ""]]
+
+
+def test_every_csv_file_has_one_format(tmp_path: Path) -> None:
+    """per_image.csv (once \\r\\n) and the split file come from the same writer."""
+    write_per_image_csv([{"image_id": 3, "file_name": "a.png", "patient_id": "p1",
+                          "dice": float("nan"), "iou": 0.25, "extra": "not a field"}],
+                        tmp_path / "per_image.csv")
+    raw = (tmp_path / "per_image.csv").read_bytes()
+    assert b"\r" not in raw and raw.count(b"\n") == 2
+    assert raw.splitlines()[0].decode() == ",".join(PER_IMAGE_FIELDS)
+    rows = read_per_image_csv(tmp_path / "per_image.csv")
+    assert rows[0]["file_name"] == "a.png" and row_float(rows[0], "iou") == 0.25
+    assert math.isnan(row_float(rows[0], "dice")) and math.isnan(row_float(rows[0], "nope"))
+    assert split_csv_text({"p2": "val", "p1": "train"}) == "patient_id,split\np1,train\np2,val\n"

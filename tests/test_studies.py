@@ -1,0 +1,92 @@
+"""projects/CrossValidation and projects/SliceLeakage: the pieces that turn predictions into
+the published tables (paired differences, decision rule, leak split), on hand-made numbers."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+from conftest import REPO
+
+for project in ("CrossValidation", "SliceLeakage"):
+    sys.path.insert(0, str(REPO / "projects" / project))
+from cross_validation import report  # noqa: E402
+from slice_leakage import design, summary  # noqa: E402
+
+
+def test_paired_difference_point_estimate_and_ci():
+    # patient sums: tp_px, fp_px, fn_px, tp, fp, fn
+    a = {"1": [80, 20, 20, 8, 2, 2], "2": [90, 10, 10, 9, 1, 1]}
+    b = {"1": [90, 10, 10, 9, 1, 1], "2": [90, 10, 10, 9, 1, 1]}
+    d = report.paired_difference(a, b, n_boot=200)
+    dice_a = 2 * 170 / (2 * 170 + 30 + 30)
+    assert math.isclose(d["dice_micro"]["difference"], 0.9 - dice_a)
+    assert math.isclose(d["inst_recall"]["difference"], 18 / 20 - 17 / 20)
+    lo, hi = d["dice_micro"]["ci95"]
+    assert 0 <= lo <= d["dice_micro"]["difference"] <= hi <= 0.1 + 1e-12
+
+
+def _mode(dice, small_recall):
+    return {"at_best": {"overall": {"dice_micro": dice},
+                        "recall_by_size": [{"size": "< 400 px", "recall": small_recall}]}}
+
+
+@pytest.mark.parametrize("d2, d25, r2, r25, lone, adopted", [
+    (0.900, 0.905, 0.5, 0.5, 0.895, "25d"),   # +0.005 Dice, lone within 0.01
+    (0.900, 0.904, 0.5, 0.5, 0.899, "2d"),    # +0.004 only, small recall not +0.03
+    (0.900, 0.899, 0.5, 0.53, 0.895, "25d"),  # within 0.002 and small recall +0.03
+    (0.900, 0.910, 0.5, 0.5, 0.889, "2d"),    # lone mode regresses by more than 0.01
+])
+def test_decision_rule_of_the_protocol(d2, d25, r2, r25, lone, adopted):
+    got = report.decide(_mode(d2, r2), _mode(d25, r25), _mode(lone, 0.0))
+    assert got["adopted"] == adopted
+
+
+def test_patient_dice_pools_each_patients_pixels():
+    records = [{"patient_id": "1", "tp_px": 8, "fp_px": 2, "fn_px": 0},
+               {"patient_id": "1", "tp_px": 2, "fp_px": 0, "fn_px": 8},
+               {"patient_id": "2", "tp_px": 0, "fp_px": 0, "fn_px": 5}]
+    assert report.patient_dice(records) == {"1": pytest.approx(20 / 30), "2": 0.0}
+
+
+def test_mean_ci_is_a_t_interval():
+    got = summary.mean_ci([0.01, 0.03, 0.02])
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert got["mean"] == pytest.approx(0.02)
+    assert got["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+
+
+def test_per_patient_sums_roles_over_pairs():
+    pairs = [{"val": {"patient_px": {"1": [9, 1, 0]}}, "test": {"patient_px": {"2": [5, 5, 0]}}},
+             {"val": {"patient_px": {"1": [1, 0, 1], "2": [8, 0, 2]}},
+              "test": {"patient_px": {"1": [6, 2, 2]}}}]
+    rows = {r["patient_id"]: r for r in summary.per_patient(pairs)}
+    assert rows["1"]["dice_seen"] == pytest.approx(2 * 10 / (20 + 1 + 1))
+    assert rows["1"]["dice_unseen"] == pytest.approx(12 / 16)
+    assert rows["2"]["difference"] == pytest.approx(16 / 18 - 10 / 15)
+
+
+def test_leak_dataset_holds_out_seen_slices_and_keeps_unseen(tmp_path, monkeypatch):
+    fold = tmp_path / "f0"
+    (fold / "annotations").mkdir(parents=True)
+    train = {"info": {}, "categories": [], "images": [{"id": i, "patient_id": str(i % 3)}
+                                                       for i in range(10)],
+             "annotations": [{"id": 100 + i, "image_id": i} for i in range(10)]}
+    test = {"info": {}, "categories": [], "images": [{"id": 50, "patient_id": "9"}],
+            "annotations": []}
+    (fold / "annotations" / "train.json").write_text(json.dumps(train))
+    (fold / "annotations" / "test.json").write_text(json.dumps(test))
+    (fold / "meta.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    name = design.leak_dataset(fold, seed=3, root=str(tmp_path / "root"))
+    out = tmp_path / "root" / name
+    parts = {s: json.loads((out / "annotations" / f"{s}.json").read_text())
+             for s in ("train", "val", "test")}
+    ids = {s: {im["id"] for im in p["images"]} for s, p in parts.items()}
+    assert len(ids["val"]) == 2 and len(ids["train"]) == 8 and not ids["val"] & ids["train"]
+    assert ids["test"] == {50}
+    assert {a["image_id"] for a in parts["val"]["annotations"]} == ids["val"]
+    assert json.loads((out / "meta.json").read_text())["splits"] == ["train", "val", "test"]
+    again = design.leak_dataset(fold, seed=4, root=str(tmp_path / "root"))
+    other = json.loads((tmp_path / "root" / again / "annotations" / "val.json").read_text())
+    assert {im["id"] for im in other["images"]} != ids["val"]
