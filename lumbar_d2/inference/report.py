@@ -43,6 +43,8 @@ QC_HELP: Dict[str, str] = {
     "dropped_single_slice": "detections seen on one slice only were dropped as slice-wise "
                             "false positives.",
     "no_discs": "no disc was found.",
+    "no_signal": "no slice has anything to segment (constant, empty or non-finite pixels): "
+                 "check the export.",
     "uneven_slices": "the DICOM series has missing or unevenly spaced slices: its geometry "
                      "and the disc volumes are approximate.",
     "at_volume_edge": "the disc touches the first or last slice: it may extend outside the "
