@@ -281,3 +281,15 @@ def test_list_models_and_cli_model_choice(run_tool, capsys, load_tool):
     code, err = run_tool("predict", ["-i", "x.png"], capsys)
     assert code == 2 and "-o/--output" in err
 
+
+
+def test_get_returns_the_shipped_model_with_its_weights_loaded():
+    from lumbar_d2.model_zoo import DEFAULT_MODEL, get, get_config, shipped_weights
+
+    model = get(DEFAULT_MODEL, device="cpu")
+    shipped = torch.load(shipped_weights(get_config(DEFAULT_MODEL)), map_location="cpu",
+                         weights_only=False)["model"]
+    state = model.state_dict()
+    key = next(k for k in shipped if k.endswith("conv1.weight"))
+    assert not model.training and state[key].dtype == torch.float32
+    assert torch.equal(state[key], shipped[key].float())  # fp16 file loaded into fp32 model
