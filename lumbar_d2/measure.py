@@ -42,6 +42,8 @@ ORIENTATIONS = ("sagittal", "axial")
 # A sagittal lumbar slice shows L1-S1 (5 discs) and often some thoracic discs; an axial slice
 # cuts one disc.
 EXPECTED_DISCS: Dict[str, Tuple[int, int]] = {"sagittal": (5, 11), "axial": (1, 1)}
+# "low_score": below this fraction of the way from the operating point to 1
+LOW_SCORE_FRACTION = 0.5
 _LEVEL_RE = re.compile(r"(?:^|[_-])D(\d)(?=$|[_.-])", re.IGNORECASE)
 # Sagittal disc levels, named from the caudal end (see :func:`sagittal_level_names`). The label
 # value of a level follows SPINEPS: 100 + the number of the vertebra above the disc, counting
@@ -63,6 +65,8 @@ MEASUREMENT_FIELDS = ["file_name", "instance_id", "class", "score", "level", "or
                       "centroid_x", "centroid_y", "centroid_x_mm", "centroid_y_mm", "qc_flags"]
 _GEOMETRY_FIELDS = ["width_mm", "height_mm", "angle_deg", "centroid_x", "centroid_y",
                     "centroid_x_mm", "centroid_y_mm"]
+# measurements.csv: the fields + the length unit that measure_prediction adds ("mm" or "px")
+MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
 SUMMARY_FIELDS = ["file_name", "n_instances", "n_discs", "mean_disc_area_mm2",
                   "canal_area_mm2", "qc_flags"]
 FLAG_SEP = ";"  # joins an image's QC flags in the CSV ``qc_flags`` column
@@ -147,17 +151,18 @@ def measure_image(masks: Sequence[np.ndarray], classes: Sequence[str], scores: S
 
 def measure_prediction(masks: Sequence[np.ndarray], classes: Sequence[str],
                        scores: Sequence[float], spacing: Optional[Spacing],
-                       orientation: str = "sagittal", file_name: str = ""
-                       ) -> Tuple[List[Dict], Dict]:
+                       orientation: str = "sagittal", file_name: str = "",
+                       operating_point: float = 0.0) -> Tuple[List[Dict], Dict]:
     """Measurement rows (with the image's QC flags and ``unit``) and the summary of one image.
 
     Args:
         masks, classes, scores, orientation, file_name: as for :func:`measure_image`.
+        operating_point: the score the detections were kept at (:func:`qc_flags`).
         spacing: (row_mm, col_mm), or None when unknown: lengths are then in pixels and
             ``unit`` is "px" in every row and in the summary.
     """
     rows = measure_image(masks, classes, scores, spacing or (1.0, 1.0), orientation, file_name)
-    flags = qc_flags(rows, masks, orientation=orientation)
+    flags = qc_flags(rows, masks, orientation=orientation, operating_point=operating_point)
     unit = "mm" if spacing else "px"
     for row in rows:
         row.update(qc_flags=FLAG_SEP.join(flags), unit=unit)
@@ -227,8 +232,18 @@ def image_summary(rows: Sequence[Dict], flags: Sequence[str] = (),
             "qc_flags": FLAG_SEP.join(flags)}
 
 
+def low_score_threshold(operating_point: float) -> float:
+    """The ``low_score`` QC threshold for detections kept at ``operating_point``.
+
+    Only detections scoring at least the operating point reach QC, so a fixed threshold
+    below it could never fire (0.7 under the shipped 0.93): a detection is "low" when it
+    lies in the lower half of the kept range, e.g. < 0.965 at 0.93 and < 0.75 at 0.5.
+    """
+    return operating_point + LOW_SCORE_FRACTION * (1.0 - operating_point)
+
+
 def qc_flags(rows: Sequence[Dict], masks: Sequence[np.ndarray],
-             expected_discs: Optional[Tuple[int, int]] = None, min_score: float = 0.7,
+             expected_discs: Optional[Tuple[int, int]] = None, operating_point: float = 0.0,
              area_z: float = 3.0, overlap_iou: float = 0.1, orientation: str = "sagittal"
              ) -> List[str]:
     """Sorted QC flags of one image; an empty list means nothing looked wrong.
@@ -238,7 +253,8 @@ def qc_flags(rows: Sequence[Dict], masks: Sequence[np.ndarray],
         masks: the instance masks.
         expected_discs: inclusive (lo, hi) disc count; default from :data:`EXPECTED_DISCS`
             for ``orientation`` (sagittal (5, 11), axial (1, 1)).
-        min_score: "low_score" when any instance scores below it.
+        operating_point: the score detections were kept at; "low_score" when any instance
+            scores below :func:`low_score_threshold` of it.
         area_z: "area_outlier" when a disc's robust z-score (median/MAD) exceeds it, or its
             area is under 25 % of the median disc area.
         overlap_iou: "overlap" when any two instances have a mask IoU above it.
@@ -252,7 +268,8 @@ def qc_flags(rows: Sequence[Dict], masks: Sequence[np.ndarray],
               "disc_count_high": len(disc_areas) > hi,
               "area_outlier": _has_area_outlier(disc_areas, area_z),
               "overlap": _has_overlap(masks, overlap_iou),
-              "low_score": any(r["score"] < min_score for r in rows)}
+              "low_score": any(r["score"] < low_score_threshold(operating_point)
+                               for r in rows)}
     if orientation == "sagittal":
         positions = [r["centroid_y_mm"] for r in rows if r["class"] == DISC_CLASS]
         checks["level_gap"] = "level_gap" in level_qc(positions)

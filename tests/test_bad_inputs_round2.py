@@ -137,7 +137,7 @@ BAD: Dict[str, tuple] = {
         ws.out / "datasets", name="../../x"), "--name '../../x'"),
     "name_is_user_folder": ("convert_dataset", _convert_after(_user_folder), "datasets/bad"),
     "pixel_spacing_nan": ("convert_dataset", _convert_after(
-        _unchanged, "--pixel-spacing", "-1", "nan"), "--pixel-spacing -1.0 nan"),
+        _unchanged, "--pixel-spacing", "-1", "nan"), ("--pixel-spacing", "-1.0, nan")),
     "val_nan": ("convert_dataset", _convert_after(_unchanged, "--val", "nan"), "--val nan"),
     "test_inf": ("convert_dataset", _convert_after(_unchanged, "--test", "inf"), "--test inf"),
     "count_not_whole": ("convert_dataset", _convert_after(_unchanged, "--val", "1.5"),

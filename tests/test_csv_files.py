@@ -6,6 +6,8 @@ import io
 import math
 from pathlib import Path
 
+import pytest
+
 from lumbar_d2.data.splits import split_csv_text
 from lumbar_d2.evaluation.records import read_per_image_csv, row_float
 from lumbar_d2.evaluation.report import PER_IMAGE_FIELDS, write_per_image_csv
@@ -31,3 +33,16 @@ def test_every_csv_file_has_one_format(tmp_path: Path) -> None:
     assert rows[0]["file_name"] == "a.png" and row_float(rows[0], "iou") == 0.25
     assert math.isnan(row_float(rows[0], "dice")) and math.isnan(row_float(rows[0], "nope"))
     assert split_csv_text({"p2": "val", "p1": "train"}) == "patient_id,split\np1,train\np2,val\n"
+
+
+def test_report_columns_come_from_the_field_lists() -> None:
+    """The report shows the written tables' own columns: a stale name fails at import."""
+    from lumbar_d2.inference.report import DISC_COLUMNS, SLICE_COLUMNS, _shown
+    from lumbar_d2.inference.series import DISC_FIELDS
+    from lumbar_d2.measure import MEASUREMENT_COLUMNS
+
+    assert DISC_COLUMNS == [f for f in DISC_FIELDS if f in DISC_COLUMNS]
+    assert "volume_ml" in DISC_COLUMNS and "series" not in DISC_COLUMNS
+    assert SLICE_COLUMNS[-1] == MEASUREMENT_COLUMNS[-1] == "unit"
+    with pytest.raises(ValueError, match="height_px"):
+        _shown(DISC_FIELDS, ["height_px"])

@@ -10,6 +10,7 @@ from lumbar_d2.measure import (
     MEASUREMENT_FIELDS,
     image_summary,
     level_qc,
+    low_score_threshold,
     measure_image,
     measure_instance,
     parse_level,
@@ -210,15 +211,21 @@ def test_overlap_flag():
     assert _flags(touching, expected_discs=(5, 6), overlap_iou=0.2) == []
 
 
-def test_low_score_flag():
+def test_low_score_flag_follows_the_operating_point():
+    """Detections kept at 0.4: low below 0.4 + (1 - 0.4) / 2 = 0.7. At the shipped 0.93 the
+    threshold is 0.965, so the flag can fire on what the model keeps."""
     masks = _stack(6)
-    assert _flags(masks, scores=[0.9] * 5 + [0.5]) == ["low_score"]
-    assert _flags(masks, scores=[0.9] * 5 + [0.7]) == []
+    assert _flags(masks, scores=[0.9] * 5 + [0.5], operating_point=0.4) == ["low_score"]
+    assert _flags(masks, scores=[0.9] * 5 + [0.7], operating_point=0.4) == []
+    assert low_score_threshold(0.93) == pytest.approx(0.965)
+    assert _flags(masks, scores=[0.99] * 5 + [0.95], operating_point=0.93) == ["low_score"]
+    assert _flags(masks, scores=[0.99] * 5 + [0.97], operating_point=0.93) == []
 
 
 def test_flags_are_sorted():
     masks = _stack(2) + [_rect(y=12, x=90)]
-    assert _flags(masks, scores=[0.9, 0.9, 0.1]) == ["disc_count_low", "low_score", "overlap"]
+    assert _flags(masks, scores=[0.9, 0.9, 0.1], operating_point=0.4) == [
+        "disc_count_low", "low_score", "overlap"]
 
 
 def test_qc_requires_aligned_rows_and_masks():

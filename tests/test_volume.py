@@ -171,6 +171,16 @@ def test_phantom_levels_named_from_the_caudal_end(tmp_path):
     assert result.discs[0].row["height_mm"] == pytest.approx(17, abs=1.5)
 
 
+def test_low_score_follows_the_operating_point(tmp_path):
+    """The stub scores 0.9: not low for detections kept at 0.5 (threshold 0.75), low for
+    detections kept at 0.85 (threshold 0.925)."""
+    volume, images, labels = _phantom_volume(tmp_path)
+    for kept_at, flagged in ((0.5, False), (0.85, True)):
+        result = predict_volume(volume, GroundTruthPredictor(images, labels),
+                                operating_point=kept_at)
+        assert [("low_score" in d.row["qc_flags"]) for d in result.discs] == [flagged] * 6
+
+
 def test_phantom_missing_disc_flags_level_gap(tmp_path):
     volume, images, labels = _phantom_volume(tmp_path, centres_y=(40, 75, 110, 180, 215))
     result = predict_volume(volume, GroundTruthPredictor(images, labels))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+from ..geometry import parse_spacing
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_folder, json_text, write_png
 from . import layouts, splits
@@ -109,11 +109,9 @@ def _check_options(opts: ConvertOptions) -> None:
     if unknown:
         raise LumbarError(f"--classes {unknown} not in the class map {opts.class_map}; pick from "
                           f"{sorted(set(opts.class_map.values()))}")
-    spacing = opts.pixel_spacing
-    if spacing is not None and not (len(spacing) == 2 and all(
-            isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing)):
-        raise LumbarError(f"--pixel-spacing {' '.join(map(str, spacing))}: give two positive "
-                          "numbers ROW COL in mm per pixel, or leave it out for pixel units")
+    if opts.pixel_spacing is not None:
+        parse_spacing(opts.pixel_spacing, "--pixel-spacing", "give two positive numbers ROW COL "
+                      "in mm per pixel, or leave it out for pixel units")
     if opts.seed < 0:
         raise LumbarError(f"--seed {opts.seed}: must be >= 0")
 

@@ -31,10 +31,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing, parse_spacing
-from ..measure import MEASUREMENT_FIELDS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
+from ..measure import MEASUREMENT_COLUMNS, ORIENTATIONS, SUMMARY_FIELDS, measure_prediction
 from ..utils.errors import LumbarError
-from ..utils.io import (inside_output, locked_output, make_output_dir, write_csv, write_json,
-                        write_png)
+from ..utils.io import (inside_output, locked_output, make_output_dir, output_stems, write_csv,
+                        write_json, write_png)
 from .io import LoadedImage, list_inputs, load_image
 from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
@@ -45,7 +45,6 @@ from .volume import VolumeInputs, check_volume_file, find_volumes
 
 logger = logging.getLogger(__name__)
 
-MEASUREMENT_COLUMNS = MEASUREMENT_FIELDS + ["unit"]
 SUMMARY_COLUMNS = SUMMARY_FIELDS + ["height", "width", "unit", "spacing_row_mm",
                                     "spacing_col_mm", "spacing_source"]
 FAILURE_COLUMNS = ["file", "error"]
@@ -83,6 +82,7 @@ class PredictionWriter:
     root: Path
     class_names: List[str]
     orientation: str
+    operating_point: float = 0.0  # the score detections are kept at (QC low_score)
     results: List[Dict] = field(default_factory=list)
     images: List[Dict] = field(default_factory=list)
     rows: List[Dict] = field(default_factory=list)
@@ -107,7 +107,7 @@ class PredictionWriter:
                    for res in instances_to_coco_json(instances, image_id)]
         value, source = spacing
         rows, summary = measure_prediction(list(masks), names, scores, value,
-                                           self.orientation, loaded.path)
+                                           self.orientation, loaded.path, self.operating_point)
         summary.update(height=height, width=width, spacing_source=source,
                        spacing_row_mm=value[0] if value else "",
                        spacing_col_mm=value[1] if value else "")
@@ -140,36 +140,6 @@ class PredictionWriter:
                  "failures": write_csv(self.root / "failures.csv", FAILURE_COLUMNS,
                                        self.failures)}
         return {k: str(v) for k, v in paths.items()}
-
-
-def output_stems(files: Sequence[Path]) -> List[str]:
-    """PNG stem per input: the file stem, or a path-derived name where stems collide.
-
-    ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
-    common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
-    """
-    stems = [f.stem for f in files]
-    clashing = {s for s in stems if stems.count(s) > 1}
-    if not clashing:
-        return stems
-    common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
-    out = []
-    for f, stem in zip(files, stems):
-        if stem not in clashing:
-            out.append(stem)
-            continue
-        rel = f.resolve().relative_to(common)
-        out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
-    return out
-
-
-def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
-    common: Tuple[str, ...] = ()
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common += (level[0],)
-    return common
 
 
 # --------------------------------------------------------------------------- batch job
@@ -235,7 +205,8 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
                  orientation: str, batch_size: int, report: bool,
                  context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
-    out = PredictionWriter(root, predictor.class_names, orientation)
+    kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
+    out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
     if len(volumes) and override:
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
@@ -244,7 +215,8 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     try:
         with logging_redirect_tqdm():  # log lines above the per-slice bars
             series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                                  out.failures, batch_size, dicom_seg) if len(volumes) else [])
+                                  out.failures, batch_size, kept_at, dicom_seg)
+                      if len(volumes) else [])
         _predict_slices(predictor, files, out, override, default_spacing, batch_size,
                         context or {})
         interrupted = False

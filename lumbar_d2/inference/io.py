@@ -19,6 +19,7 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from ..data.imageio import read_array
+from ..geometry import check_spacing
 from ..utils.errors import LumbarError
 
 logger = logging.getLogger(__name__)
@@ -223,14 +224,11 @@ def _pixel_spacing(ds: Any, path: Path) -> Optional[Tuple[float, float]]:
     """PixelSpacing as (row_mm, col_mm); None (with a warning) if missing or not positive."""
     raw = ds.get("PixelSpacing")
     try:
-        row_mm, col_mm = (float(v) for v in raw)
-    except (TypeError, ValueError):
-        logger.warning("%s: no usable PixelSpacing; measurements will be in pixels", path)
+        return check_spacing(() if raw is None else raw)
+    except ValueError:
+        logger.warning("%s: no usable PixelSpacing (%s); measurements will be in pixels", path,
+                       raw)
         return None
-    if not (np.isfinite([row_mm, col_mm]).all() and row_mm > 0 and col_mm > 0):
-        logger.warning("%s: invalid PixelSpacing %s; measurements will be in pixels", path, raw)
-        return None
-    return row_mm, col_mm
 
 
 def _first_float(value: Any, default: Optional[float]) -> Optional[float]:

@@ -21,16 +21,26 @@ import cv2
 import numpy as np
 
 from ..measure import (EXPECTED_DISCS, FLAG_SEP, LEVEL_GAP_FACTOR, LEVEL_VALUES,
-                       MIN_AREA_FRACTION, MIN_LUMBAR_DISCS)
+                       LOW_SCORE_FRACTION, MEASUREMENT_COLUMNS, MIN_AREA_FRACTION,
+                       MIN_LUMBAR_DISCS)
 from ..utils.html import ReportCase, flag_count, write_report
-from .series import LOW_SCORE, SERIES_CSV, middle_slice, montage_tiles
+from .series import DISC_FIELDS, SERIES_CSV, middle_slice, montage_tiles
 from .visualize import index_color
 
+
+def _shown(fields: List[str], hidden: List[str]) -> List[str]:
+    """The columns of a written table that the report shows, in the file's order."""
+    unknown = set(hidden) - set(fields)
+    if unknown:  # a renamed field: fail at import, not with an empty column
+        raise ValueError(f"not columns of the table: {sorted(unknown)}")
+    return [f for f in fields if f not in hidden]
+
+
 REPORT_NAME = "report.html"
-DISC_COLUMNS = ["level", "label_value", "volume_ml", "height_mm", "ap_diameter_mm",
-                "n_slices", "mean_score", "qc_flags"]
-SLICE_COLUMNS = ["instance_id", "class", "level", "score", "area_mm2", "width_mm",
-                 "height_mm", "unit"]
+DISC_COLUMNS = _shown(DISC_FIELDS, ["series", "first_slice", "last_slice", "mid_slice"])
+SLICE_COLUMNS = _shown(MEASUREMENT_COLUMNS, [
+    "file_name", "order", "area_px", "angle_deg", "centroid_x", "centroid_y", "centroid_x_mm",
+    "centroid_y_mm", "qc_flags"])
 _COUNTS = ", ".join(f"{o} {lo}-{hi}" for o, (lo, hi) in EXPECTED_DISCS.items())
 QC_HELP: Dict[str, str] = {
     "level_gap": f"a gap between neighbouring discs is over {LEVEL_GAP_FACTOR} x their median "
@@ -50,7 +60,8 @@ QC_HELP: Dict[str, str] = {
     "at_volume_edge": "the disc touches the first or last slice: it may extend outside the "
                       "volume, so its volume is a lower bound.",
     "slice_gap": "the disc was missed on a slice inside its range: its volume is too low.",
-    "low_score": f"model confidence below {LOW_SCORE}: check the outline.",
+    "low_score": f"model score below {LOW_SCORE_FRACTION:.0%} of the way from the operating "
+                 "point to 1: check the outline.",
     "disc_count_low": f"fewer discs than expected on one slice ({_COUNTS}).",
     "disc_count_high": f"more discs than expected on one slice ({_COUNTS}).",
     "area_outlier": "a disc's area is far from the others' (robust z-score, or under "

@@ -21,14 +21,15 @@ volume acquired axially and resliced sagittally) are resampled to square pixels 
 spacing before the model sees them, and the masks are resampled back (area-weighted, kept
 where >= 0.5), so the model always sees anatomy in its true proportions.
 
-QC flags of a disc: ``low_score`` (mean score < 0.7), ``at_volume_edge`` (on the first or last
-slice: the disc may extend outside the volume), ``slice_gap`` (missed on a slice inside its
-range). Flags of a series: those of :func:`lumbar_d2.measure.level_qc` (``level_gap``,
-``level_count_low``), ``dropped_single_slice`` (slice-wise false positives were dropped),
-``no_discs``, ``no_signal`` (every slice blank or constant: nothing was predicted) and
-``uneven_slices`` (a DICOM series with missing or unevenly spaced slices). Slices with
-nothing to segment (:func:`lumbar_d2.data.imageio.signal_problem`, e.g. zero padding) are
-not given to the slice predictor, whatever it is.
+QC flags of a disc: ``low_score`` (mean score below
+:func:`lumbar_d2.measure.low_score_threshold` of the operating point), ``at_volume_edge`` (on
+the first or last slice: the disc may extend outside the volume), ``slice_gap`` (missed on a
+slice inside its range). Flags of a series: those of :func:`lumbar_d2.measure.level_qc`
+(``level_gap``, ``level_count_low``), ``dropped_single_slice`` (slice-wise false positives
+were dropped), ``no_discs``, ``no_signal`` (every slice blank or constant: nothing was
+predicted) and ``uneven_slices`` (a DICOM series with missing or unevenly spaced slices).
+Slices with nothing to segment (:func:`lumbar_d2.data.imageio.signal_problem`, e.g. zero
+padding) are not given to the slice predictor, whatever it is.
 
 Each series folder is written as a unit (staged, then renamed: an interrupted run leaves the
 previous folder or none, never half of one), under a unique sanitised name that is never
@@ -53,11 +54,12 @@ from ..measure import (
     FLAG_SEP,
     LEVEL_VALUES,
     level_qc,
+    low_score_threshold,
     measure_instance,
     sagittal_level_names,
 )
 from ..utils.errors import LumbarError
-from ..utils.image import fit_width
+from ..utils.image import fit_width, resized, scaled
 from ..utils.io import atomic_folder, unique_name, write_csv, write_png
 from .dicom_seg import SEG_NAME, write_dicom_seg
 from .linking import LinkedDisc, SliceInstance, link_instances
@@ -78,7 +80,6 @@ DISC_FIELDS = ["series", "level", "label_value", "volume_ml", "height_mm", "ap_d
 SERIES_FIELDS = ["series", "input", "source", "n_slices", "size", "spacing_mm", "n_discs",
                  "n_dropped", "levels", "qc_flags"]
 SQUARE_TOLERANCE = 0.05
-LOW_SCORE = 0.7
 MONTAGE_TILE = 256  # px width of one slice in the montage (and the report's scrubber)
 
 
@@ -170,10 +171,11 @@ def _predict(predict: SlicePredictor, images: List[np.ndarray], batch: Sequence[
 
 
 def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
-                   desc: str = "") -> VolumeResult:
+                   operating_point: float = 0.0, desc: str = "") -> VolumeResult:
     """Predict every sagittal slice, link, name and measure the discs (see the module doc).
 
-    A progress bar (``desc``, e.g. "series 2/5 <name>") counts the slices.
+    ``operating_point`` is the score ``predict`` keeps detections at (QC ``low_score``). A
+    progress bar (``desc``, e.g. "series 2/5 <name>") counts the slices.
     """
     slices, spacing, slice_mm = volume.sagittal()
     per_slice: List[List[SliceInstance]] = [[] for _ in range(len(slices))]
@@ -192,7 +194,8 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
     kept, dropped = link_instances(per_slice)
     discs = _named(kept, spacing)
     for disc in discs:
-        disc.row = _measure_disc(disc, volume.name, spacing, slice_mm, len(slices))
+        disc.row = _measure_disc(disc, volume.name, spacing, slice_mm, len(slices),
+                                 low_score_threshold(operating_point))
     positions = [_centre_row(d.linked) * spacing[0] for d in discs]
     flags = (level_qc(positions) if discs else ["no_discs"]) + volume.flags
     if not todo:
@@ -211,19 +214,14 @@ def square_pixels(image: np.ndarray, spacing: Spacing, interpolation: int) -> np
     if abs(row_mm / col_mm - 1.0) <= SQUARE_TOLERANCE:
         return image
     fine = min(row_mm, col_mm)
-    size = (max(1, round(image.shape[1] * col_mm / fine)),
-            max(1, round(image.shape[0] * row_mm / fine)))
-    return cv2.resize(image, size, interpolation=interpolation)
+    return scaled(image, row_mm / fine, col_mm / fine, interpolation)
 
 
 def _native_mask(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape == tuple(shape):
         return mask
-    resized = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]),
-                         interpolation=cv2.INTER_AREA if mask.shape[0] > shape[0]
-                         else cv2.INTER_LINEAR)
-    return resized >= 0.5
+    return resized(mask.astype(np.float32), *shape) >= 0.5
 
 
 def _centre_row(disc: LinkedDisc) -> float:
@@ -239,7 +237,7 @@ def _named(kept: List[LinkedDisc], spacing: Spacing) -> List[Disc]:
 
 
 def _measure_disc(disc: Disc, series: str, spacing: Spacing, slice_mm: float,
-                  n_slices: int) -> Dict[str, Any]:
+                  n_slices: int, low_score: float) -> Dict[str, Any]:
     """The :data:`DISC_FIELDS` row: volume, mid-sagittal height and AP diameter, QC."""
     linked = disc.linked
     weights = np.array([m.area for m in linked.members], dtype=np.float64)
@@ -247,7 +245,7 @@ def _measure_disc(disc: Disc, series: str, spacing: Spacing, slice_mm: float,
     mid = min(linked.members, key=lambda m: (abs(m.slice_index - centre), -m.area))
     size = measure_instance(mid.crop, spacing)
     flags = []
-    if linked.mean_score < LOW_SCORE:
+    if linked.mean_score < low_score:
         flags.append("low_score")
     if linked.slices[0] == 0 or linked.slices[-1] == n_slices - 1:
         flags.append("at_volume_edge")
@@ -353,7 +351,7 @@ RESERVED_NAMES = ("masks", "overlays")  # the 2-D slices' folders beside the ser
 
 def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
                 failures: List[Dict[str, str]], batch_size: int = 1,
-                dicom_seg: bool = True) -> List[Dict[str, Any]]:
+                operating_point: float = 0.0, dicom_seg: bool = True) -> List[Dict[str, Any]]:
     """Predict every volume file and DICOM series of ``found`` into ``root/<name>/``.
 
     A volume that cannot be read is recorded in ``failures`` (``file``, ``error``) and the
@@ -373,7 +371,7 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
             failures.append({"file": source, "error": str(e)})
             continue
         volume.name = unique_name(volume.name, taken)  # two inputs, one name: kept apart
-        result = predict_volume(volume, predict, batch_size,
+        result = predict_volume(volume, predict, batch_size, operating_point,
                                 desc=f"series {k}/{len(found)} {volume.name}")
         write_series(result, root, dicom_seg)
         rows.append(result.summary())

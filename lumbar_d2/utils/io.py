@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -251,8 +251,6 @@ def make_output_dir(output_dir: PathLike) -> Path:
     return root
 
 
-
-
 @contextlib.contextmanager
 def locked_output(root: PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on the output folder ``root`` (created) for the block.
@@ -283,3 +281,33 @@ def locked_output(root: PathLike) -> Iterator[Path]:
 def inside_output(path: PathLike) -> bool:
     """True when ``path`` lies in a folder that a lumbar-d2 run wrote (:func:`locked_output`)."""
     return any((folder / OUTPUT_LOCK).is_file() for folder in Path(path).absolute().parents)
+
+
+def output_stems(files: Sequence[Path]) -> List[str]:
+    """PNG stem per input: the file stem, or a path-derived name where stems collide.
+
+    ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
+    common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
+    """
+    stems = [f.stem for f in files]
+    clashing = {s for s in stems if stems.count(s) > 1}
+    if not clashing:
+        return stems
+    common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
+    out = []
+    for f, stem in zip(files, stems):
+        if stem not in clashing:
+            out.append(stem)
+            continue
+        rel = f.resolve().relative_to(common)
+        out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
+    return out
+
+
+def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:
+    common: Tuple[str, ...] = ()
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common += (level[0],)
+    return common

@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -18,19 +17,13 @@ from lumbar_d2.data.mapper import build_augmentations
 from lumbar_d2.data.phantom import write_sudirman_phantom
 from lumbar_d2.data.register import register_dataset, unregister
 from lumbar_d2.inference.predictor import LumbarPredictor
+from lumbar_d2.utils.image import fit_short_side
 from lumbar_d2.utils.timing import Stopwatch
 
 from .harness import BenchmarkOptions, build_ours, ours_losses, use_schedule
 from .measure import predict_timed, train_timed
 
 logger = logging.getLogger(__name__)
-
-
-def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` scaled so its short side is ``size`` px (aspect ratio kept)."""
-    scale = size / min(image.shape[:2])
-    wh = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, wh, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 def latency_vs_size(predictor: LumbarPredictor, image: np.ndarray, sizes: Sequence[int],
@@ -43,7 +36,7 @@ def latency_vs_size(predictor: LumbarPredictor, image: np.ndarray, sizes: Sequen
     rows, saved = [], predictor.augmentations
     try:
         for size in tqdm(sizes, desc="latency vs size", unit="size"):
-            resized = resize_short_side(image, size)
+            resized = fit_short_side(image, size)
             cfg = predictor.cfg.clone()
             cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = size, max(resized.shape[:2])
             predictor.augmentations = T.AugmentationList(build_augmentations(cfg, False))
