@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -15,7 +16,6 @@ from lumbar_d2.inference.io import load_image, monochrome1_not_inverted
 from lumbar_d2.inference.series import run_volumes
 from lumbar_d2.inference.volume import find_volumes, read_dicom_series
 
-hd = pytest.importorskip("highdicom")  # a required dependency: installed with lumbar_d2
 CENTRES = (40, 75, 110, 145, 180, 215)  # phantom disc rows, head to feet
 LEVELS = ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"]  # caudal (row 215) first
 

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import highdicom as hd
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import REPO
 from volume_helpers import sitk_volume, write_dicom_series
 
@@ -94,7 +96,6 @@ def _volume_slices() -> np.ndarray:
 
 
 def test_predicts_a_nifti_into_labels_discs_and_report(installed):
-    sitk = pytest.importorskip("SimpleITK")
     _, _, _, run_dir = installed
     sitk.WriteImage(sitk_volume(_volume_slices(), spacing=(0.7, 0.7, 3.0)),
                     str(run_dir / "scan.nii.gz"))
@@ -111,7 +112,6 @@ def test_predicts_a_nifti_into_labels_discs_and_report(installed):
 
 
 def test_predicts_a_dicom_series_into_a_dicom_seg(installed):
-    hd = pytest.importorskip("highdicom")
     _, _, _, run_dir = installed
     uid = write_dicom_series(run_dir / "dicom" / "mr", _volume_slices().astype(np.uint16),
                              spacing=(0.7, 0.7, 3.0))
