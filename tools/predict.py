@@ -19,8 +19,13 @@ Usage:
         [--tta] [--score-thresh 0.5] [MODEL.WEIGHTS output/spider_disc/model_final.pth]
 
 Without --config-file the model comes from the package's model zoo (--model, default
-lumbar_d2.model_zoo.DEFAULT_MODEL). Without MODEL.WEIGHTS, a config that ships a trained model
-(LUMBAR.SHIPPED_WEIGHTS, see MODEL_ZOO.md) uses it after checking its sha256.
+lumbar_d2.model_zoo.DEFAULT_MODEL). Without MODEL.WEIGHTS, a config that ships a trained
+model (LUMBAR.SHIPPED_WEIGHTS, see MODEL_ZOO.md) uses it after checking its sha256.
+
+Large inputs in shards (contiguous blocks of the inputs; README "Scaling out"):
+    python tools/predict.py ... --shard 0/4     # on each machine / array task, I = 0..3
+    python tools/predict.py --output out/ --merge [--report]
+    torchrun --nproc_per_node 2 tools/predict.py ...   # one shard per rank, rank 0 merges
 """
 import argparse
 import logging
@@ -29,7 +34,11 @@ from typing import List, Optional
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.data import register_all_lumbar
+from detectron2.utils import comm
+from lumbar_d2.engine.launch import env_rendezvous, init_from_env
 from lumbar_d2.inference.batch import run_prediction
+from lumbar_d2.inference.sharded import merge_shards, run_shard
+from lumbar_d2.inference.shards import Shard, parse_shard
 from lumbar_d2.measure import ORIENTATIONS
 from lumbar_d2.model_zoo import DEFAULT_MODEL, get_config_file, list_models, use_shipped_weights
 from lumbar_d2.runtime import load_config
@@ -78,27 +87,50 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "among the inputs become its neighbours")
     p.add_argument("--patient-regex", default=r"^([^_]+)_",
                    help="with --slice-regex: regex whose first group is the patient id")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only shard I of N (a contiguous block of the inputs) into "
+                        "OUTPUT/shards/I-of-N; a finished shard is skipped when rerun")
+    p.add_argument("--merge", nargs="?", const=0, type=int, metavar="N",
+                   help="merge the finished shards in --output into its final tables "
+                        "(refused while a shard is unfinished); N if several shard counts")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
     args = p.parse_args(argv)
-    if not args.list_models and not (args.input and args.output):
-        p.error("the following arguments are required: -i/--input, -o/--output")
+    if not args.list_models and not (args.output and (args.input or args.merge is not None)):
+        p.error("the following arguments are required: -i/--input, -o/--output "
+                "(--output alone with --merge)")
     return args
 
 
 def predict(args: argparse.Namespace) -> dict:
-    """Config -> datasets (for class names / spacing) -> run (device and weights checked)."""
+    """Config -> datasets (for class names / spacing) -> run (device and weights checked).
+
+    With ``--shard``, or as one rank of a torchrun / srun job, only that shard is predicted;
+    the job's rank 0 then merges once every rank is through.
+    """
+    if args.merge is not None:
+        return merge_shards(args.output, args.merge or None, args.report)
     config_file = args.config_file or str(get_config_file(args.model or DEFAULT_MODEL))
     cfg = load_config(config_file, args.opts)
     use_shipped_weights(cfg)  # no MODEL.WEIGHTS given: the config's shipped model, verified
     register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
-    return run_prediction(cfg, args.input, args.output, pixel_spacing=args.pixel_spacing,
-                          orientation=args.orientation, tta=args.tta,
-                          score_thresh=args.score_thresh, batch_size=args.batch_size,
-                          report=args.report, spacing_from_dataset=args.spacing_from_dataset,
-                          dicom_seg=args.dicom_seg, slice_regex=args.slice_regex,
-                          patient_regex=args.patient_regex)
+    kwargs = dict(pixel_spacing=args.pixel_spacing, orientation=args.orientation,
+                  tta=args.tta, score_thresh=args.score_thresh, batch_size=args.batch_size,
+                  spacing_from_dataset=args.spacing_from_dataset,
+                  slice_regex=args.slice_regex, patient_regex=args.patient_regex,
+                  dicom_seg=args.dicom_seg)
+    rv = None if args.shard else env_rendezvous()
+    if rv is None and not args.shard:
+        return run_prediction(cfg, args.input, args.output, report=args.report, **kwargs)
+    shard = parse_shard(args.shard) if args.shard else Shard(rv.rank, rv.world_size)
+    if rv is not None:
+        init_from_env(rv)
+    result = run_shard(cfg, args.input, args.output, shard, **kwargs)
+    if rv is None:
+        return result
+    comm.synchronize()  # every rank's shard is done (or its process failed the job)
+    return merge_shards(args.output, shard.count, args.report) if rv.rank == 0 else result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -118,7 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     n_ok, n_failed = result["n_ok"], result["n_failed"]
     n_series = result.get("n_series", 0)
-    print(f"predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
+    verb = "already done: " if result.get("skipped") else ""
+    print(f"{verb}predicted {n_ok} of {n_ok + n_failed} inputs ({n_series} series) -> "
           f"{result['output_dir']}")
     if result.get("n_slices"):
         print(f"{result['n_slices']} slices in {result['seconds']:.1f} s: "
@@ -131,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: interrupted after {n_ok} inputs; the tables in {result['output_dir']} "
               "cover those, rerun to predict all", file=sys.stderr)
         return 130
-    if n_ok == 0:
+    if n_ok == 0 and (n_failed or "skipped" not in result):  # an empty shard is no error
         print(f"error: no input could be read; see {result['failures']}", file=sys.stderr)
         return 2
     return 0

@@ -40,6 +40,7 @@ from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
+from .shards import Shard, shard_folder, take_shard
 from .visualize import draw_overlay
 from .volume import VolumeInputs, check_volume_file, find_volumes
 
@@ -149,7 +150,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
                    slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
-                   dicom_seg: bool = True) -> Dict:
+                   shard: Optional[Shard] = None, dicom_seg: bool = True) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -178,6 +179,9 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         slice_regex, patient_regex: with a 2.5D model (``INPUT.SLICE_CONTEXT``), 2-D slices
             whose names give patient and slice index (first groups) get slices k-1 / k+1 of
             the same patient among the inputs as neighbours; others are lone slices.
+        shard: predict only this shard's block of the inputs, into its own folder
+            ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; names and
+            slice neighbours are those of the whole job).
         dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
 
     Returns:
@@ -195,15 +199,21 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
     context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
-    with locked_output(make_output_dir(output_dir)) as root:
-        return _predict_all(predictor, volumes, files, root, override, default_spacing,
-                            orientation, batch_size, report, context, dicom_seg)
+    stems, job = output_stems(files), {}
+    if shard is not None:
+        volumes, files, stems, job = take_shard(volumes, files, stems, shard)
+    folder = shard_folder(output_dir, shard) if shard is not None else output_dir
+    with locked_output(make_output_dir(folder)) as root:
+        return {**_predict_all(predictor, volumes, files, stems, root, override,
+                               default_spacing, orientation, batch_size, report, context,
+                               dicom_seg),
+                **job}
 
 
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
-                 root: Path, override: Optional[Spacing], default_spacing: Optional[Spacing],
-                 orientation: str, batch_size: int, report: bool,
-                 context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
+                 stems: List[str], root: Path, override: Optional[Spacing],
+                 default_spacing: Optional[Spacing], orientation: str, batch_size: int,
+                 report: bool, context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
     out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
@@ -217,8 +227,8 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
             series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
                                   out.failures, batch_size, kept_at, dicom_seg)
                       if len(volumes) else [])
-        _predict_slices(predictor, files, out, override, default_spacing, batch_size,
-                        context or {})
+        _predict_slices(predictor, files, stems, out, override, default_spacing,
+                        batch_size, context or {})
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -236,15 +246,15 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     return result
 
 
-def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
-                    override: Optional[Spacing], default_spacing: Optional[Spacing],
-                    batch_size: int, context: Dict) -> None:
+def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[str],
+                    out: PredictionWriter, override: Optional[Spacing],
+                    default_spacing: Optional[Spacing], batch_size: int, context: Dict) -> None:
     """Load, predict and write the 2-D slices in batches of ``batch_size``; ``context``:
     path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
-        for path, stem in zip(tqdm(files, desc="predict", unit="img",
-                                                disable=not files), output_stems(files)):
+        for path, stem in zip(tqdm(files, desc="predict", unit="img", disable=not files),
+                              stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
                 pending.append((loaded, stem, read_neighbours(context.get(path))))
