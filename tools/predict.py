@@ -42,6 +42,7 @@ from lumbar_d2.inference.shards import Shard, parse_shard
 from lumbar_d2.measure import ORIENTATIONS
 from lumbar_d2.model_zoo import DEFAULT_MODEL, get_config_file, list_models, use_shipped_weights
 from lumbar_d2.runtime import load_config
+from lumbar_d2.utils.cli import sigterm_as_interrupt
 from lumbar_d2.utils.errors import LumbarError
 
 
@@ -141,7 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = predict(args)
+        with sigterm_as_interrupt():  # kill / a scheduler's stop: the Ctrl-C path
+            result = predict(args)
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,12 +84,25 @@ def list_inputs(spec: str) -> List[Path]:
         if _source_of(path) is None:
             raise _unsupported(path)
         return [path]
-    matches = [path] if path.is_dir() else [Path(p) for p in glob.glob(spec, recursive=True)]
+    matches = [path] if path.is_dir() else _glob(spec)
     files = sorted({f for m in matches for f in _supported_files(m)})
     if not files:
         raise LumbarError(f"{spec}: no input images found ({SUPPORTED} or DICOM); check the "
                           "path or pattern")
     return files
+
+
+def _glob(spec: str) -> List[Path]:
+    """Paths matching a glob; ``**`` does not follow links to folders.
+
+    ``glob.glob(recursive=True)`` follows them, so two links to a parent folder made it walk
+    an exponential tree (a hang); pathlib's ``**`` lists each folder once.
+    """
+    if "**" not in spec:
+        return [Path(p) for p in glob.glob(spec)]
+    head, rest = spec.split("**", 1)
+    heads = glob.glob(head) if glob.has_magic(head) else [head or "."]
+    return [p for h in heads if Path(h).is_dir() for p in Path(h).glob("**" + rest)]
 
 
 def _unsupported(path: Path) -> LumbarError:
