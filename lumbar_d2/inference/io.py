@@ -204,6 +204,26 @@ def _display_values(ds: Any, pixels: np.ndarray) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def monochrome1_not_inverted(path: Path, decoded: np.ndarray) -> bool:
+    """True when ``path`` is MONOCHROME1 (0 = white) and ``decoded``, its pixels as another
+    reader returned them, still has the stored polarity, so it must be inverted to look as
+    the 2-D path shows it. GDCM (SimpleITK) inverts on read in the versions tested; this
+    check keeps the volume path right where a reader does not."""
+    pydicom = _import_pydicom(path)
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(str(path))
+            if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
+                return False
+            stored = ds.pixel_array.astype(np.float64)
+        except Exception:  # undecodable here: trust the other reader
+            return False
+    decoded = np.asarray(decoded, dtype=np.float64)
+    if decoded.shape != stored.shape or stored.std() == 0 or decoded.std() == 0:
+        return False
+    return bool(np.corrcoef(decoded.ravel(), stored.ravel())[0, 1] > 0)
+
+
 def _window(ds: Any) -> Optional[Tuple[float, float]]:
     """(low, high) = centre -/+ width/2 of the first window, None if absent or invalid."""
     center = _first_float(ds.get("WindowCenter"), None)

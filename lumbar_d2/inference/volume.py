@@ -47,7 +47,7 @@ from .dicom_series import (
     sorted_along_normal,
     uneven_slices,
 )
-from .io import is_dicom_file
+from .io import is_dicom_file, monochrome1_not_inverted
 from .metaimage import check_metaimage
 from .nifti import check_nifti, read_nifti, write_nifti_labels
 
@@ -276,6 +276,8 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
                               f"({_itk_message(e)}); re-export it") from None
     folder = Path(os.path.commonpath([str(f.parent) for f in files]))
     image = _check_grey_3d(image, folder)
+    if monochrome1_not_inverted(files[0], _sitk().GetArrayViewFromImage(image)[0]):
+        image = _inverted(image)  # MONOCHROME1 shown bright <-> dark, as on the 2-D path
     logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
     name = f"{safe_name(folder.name)}_{safe_name(uid)[-12:]}"
     headers = [dicom_header(f) for f in files]
@@ -287,6 +289,14 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
     volume = Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
     check_volume_content(volume)
     return volume
+
+
+def _inverted(image: Any) -> Any:
+    """``min + max - image`` (float32), same geometry: dark <-> bright within its range."""
+    sitk = _sitk()
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    return sitk.Cast(image, sitk.sitkFloat32) * -1.0 + (stats.GetMinimum() + stats.GetMaximum())
 
 
 def _read_series(files: Sequence[Path]) -> Any:
