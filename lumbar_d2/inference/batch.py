@@ -17,6 +17,7 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -149,7 +150,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
                    slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
-                   shard: Optional[Shard] = None) -> Dict:
+                   shard: Optional[Shard] = None, dicom_seg: bool = True) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -181,9 +182,11 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         shard: predict only this shard's block of the inputs, into its own folder
             ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; names and
             slice neighbours are those of the whole job).
+        dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
+        ``n_slices`` (2-D slices and slices of volumes predicted) and ``seconds`` they took,
         ``interrupted`` (Ctrl-C: the tables cover the inputs done before it) and the path
         of each written table (and of ``report``).
 
@@ -202,14 +205,15 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     folder = shard_folder(output_dir, shard) if shard is not None else output_dir
     with locked_output(make_output_dir(folder)) as root:
         return {**_predict_all(predictor, volumes, files, stems, root, override,
-                               default_spacing, orientation, batch_size, report, context),
+                               default_spacing, orientation, batch_size, report, context,
+                               dicom_seg),
                 **job}
 
 
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
                  stems: List[str], root: Path, override: Optional[Spacing],
                  default_spacing: Optional[Spacing], orientation: str, batch_size: int,
-                 report: bool, context: Optional[Dict] = None) -> Dict:
+                 report: bool, context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
     out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
@@ -217,9 +221,12 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
     series: List = []
+    start = time.perf_counter()
     try:
-        series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                              out.failures, batch_size, kept_at) if len(volumes) else [])
+        with logging_redirect_tqdm():  # log lines above the per-slice bars
+            series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
+                                  out.failures, batch_size, kept_at, dicom_seg)
+                      if len(volumes) else [])
         _predict_slices(predictor, files, stems, out, override, default_spacing,
                         batch_size, context or {})
         interrupted = False
@@ -229,7 +236,9 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     _warn_pixel_units(out.summaries)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root),
-              "interrupted": interrupted, **out.write_tables()}
+              "interrupted": interrupted, **out.write_tables(),
+              "n_slices": len(out.images) + sum(int(r["n_slices"]) for r in series),
+              "seconds": time.perf_counter() - start}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
@@ -244,7 +253,8 @@ def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[s
     path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
-        for path, stem in zip(tqdm(files, desc="predict", unit="img"), stems):
+        for path, stem in zip(tqdm(files, desc="predict", unit="img", disable=not files),
+                              stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
                 pending.append((loaded, stem, read_neighbours(context.get(path))))
