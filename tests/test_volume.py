@@ -380,7 +380,8 @@ def _edit_dicom_series(folder: Path, edit) -> str:
 @pytest.mark.parametrize("case,message", [
     ("no_pixel_spacing", "without a valid PixelSpacing"),
     ("one_position", "slices at the same position"),
-    ("one_odd_orientation", "mixes slice orientations")])
+    ("one_odd_orientation", "mixes slice orientations"),
+    ("one_odd_pixel_spacing", "mixes pixel spacings")])
 def test_dicom_series_with_made_up_geometry_is_refused(tmp_path, case, message):
     def edit(k, ds):
         if case == "no_pixel_spacing":
@@ -388,6 +389,8 @@ def test_dicom_series_with_made_up_geometry_is_refused(tmp_path, case, message):
         elif case == "one_position":
             ds.ImagePositionPatient = [-20.0, 35.5, 110.25]
             ds.SliceThickness = 4.0
+        elif k == 3 and case == "one_odd_pixel_spacing":
+            ds.PixelSpacing = [0.5, 0.5]
         elif k == 3:
             ds.ImageOrientationPatient = [0, 0.9, 0.1, 0, 0.1, -0.9]
     uid = _edit_dicom_series(tmp_path / "dicom", edit)
