@@ -32,15 +32,15 @@ from .engine.results import overlay_figure
 from .evaluation.metrics import image_metrics, summarize
 from .inference.predictor import LumbarPredictor, operating_point
 from .inference.visualize import draw_overlay
-from .model_zoo import REPO_ROOT, use_shipped_weights
+from .model_zoo import DEFAULT_MODEL, REPO_ROOT, get_config_file, use_shipped_weights
 from .runtime import load_config, prepare_config
 from .utils.errors import LumbarError
 from .utils.image import fit_width
 from .utils.io import write_png
 from .utils.record import write_result
 
-CONFIG = REPO_ROOT / "configs" / "cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml"
-SHIPPED_CONFIG = REPO_ROOT / "configs" / "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
+CONFIG = get_config_file("cpu_mask_rcnn_R_50_FPN_gn_disc_phantom.yaml")
+SHIPPED_CONFIG = get_config_file(DEFAULT_MODEL)
 SAMPLES = REPO_ROOT / "datasets" / "samples" / "spider"
 logger = logging.getLogger("lumbar_d2.demo")
 

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import yaml
@@ -37,6 +37,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     add_lumbar_config(cfg)
     if not Path(config_file).is_file():
         raise LumbarError(f"{config_file}: config file not found; see configs/")
+    check_base_chain(config_file)
     try:
         cfg.merge_from_file(config_file)
     except yaml.YAMLError as e:
@@ -45,6 +46,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
         raise LumbarError(f"{config_file}: not valid YAML{line} "
                           f"({getattr(e, 'problem', None) or one_line(e)}); fix the syntax "
                           "(indentation, colons, brackets)") from None
+    except RecursionError:  # a loop check_base_chain could not follow (e.g. via ~)
+        raise LumbarError(f"{config_file}: its _BASE_ chain loops; make each _BASE_ name a "
+                          "more general config") from None
     except (AttributeError, TypeError, OSError) as e:  # a list or scalar file, a bad _BASE_
         raise LumbarError(f"{config_file}: not a config ({type(e).__name__}: {one_line(e)}); "
                           "it must be a YAML mapping of KEY: value, like configs/*.yaml") from None
@@ -57,6 +61,28 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
         raise LumbarError(f"command-line override: {one_line(e)}; use KEY VALUE pairs of "
                           "existing keys")
     return cfg
+
+
+def check_base_chain(config_file: str) -> None:
+    """Refuse a ``_BASE_`` chain that loops (a file that is its own base, or A -> B -> A):
+    fvcore follows it until Python's recursion limit, a 3,000-line traceback."""
+    chain: List[Path] = []
+    path = Path(config_file).resolve()
+    while path.is_file():
+        if path in chain:
+            names = " -> ".join(p.name for p in chain + [path])
+            raise LumbarError(f"{config_file}: its _BASE_ chain loops ({names}); make each "
+                              "_BASE_ name a more general config")
+        chain.append(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return  # merge_from_file reports it
+        base = data.get("_BASE_") if isinstance(data, dict) else None
+        if not isinstance(base, str) or "://" in base:
+            return
+        base = os.path.expanduser(base)
+        path = Path(base).resolve() if os.path.isabs(base) else (path.parent / base).resolve()
 
 
 def prepare_config(cfg: CfgNode, source: str = "config", training: bool = True) -> CfgNode:
@@ -105,7 +131,18 @@ def apply_epochs(cfg: CfgNode, n_images: int) -> None:
 
 
 def use_cpu_without_cuda(cfg: CfgNode) -> None:
-    """Fall back to CPU when the config asks for CUDA that this machine does not have."""
+    """Fall back to CPU when the config asks for CUDA that this machine does not have.
+
+    Raises:
+        LumbarError: MODEL.DEVICE is not a CPU or CUDA device (e.g. ``tpu``).
+    """
+    try:
+        kind = torch.device(cfg.MODEL.DEVICE).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise LumbarError(f"MODEL.DEVICE {cfg.MODEL.DEVICE!r}: not a device lumbar-d2 runs on; "
+                          "use cpu, cuda or cuda:N")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA not available: running on CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
@@ -127,7 +164,8 @@ def checkpoint_problem(path: os.PathLike) -> Optional[str]:
 
 
 def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = False,
-                          flag: Optional[str] = None) -> DetectionCheckpointer:
+                          flag: Optional[str] = None, min_matched: float = 0.0
+                          ) -> DetectionCheckpointer:
     """Make ``checkpointer`` fail, instead of skipping, on parameters whose shape differs.
 
     Detectron2 loads what fits and logs "Skip loading parameter ... incompatible shapes" for
@@ -135,6 +173,11 @@ def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = Fal
     architecture trains (or predicts with) a partly random model without a word. Fine-tuning
     pretrained weights with a new head (another class count) is the legitimate case:
     ``allow`` (the tool's ``flag``, named in the error) accepts it, with Detectron2's log.
+
+    ``min_matched``: for a checkpoint that must hold the whole model (prediction,
+    evaluation, export), the fraction of the model's parameters it must fill; a checkpoint
+    of another model, whose keys match nothing or half, would otherwise run a random or
+    half-random model with exit 0.
     """
     load, log = checkpointer.load, checkpointer._log_incompatible_keys
     source = {"path": "the checkpoint"}
@@ -147,6 +190,15 @@ def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = Fal
 
     def check(incompatible) -> None:
         shapes = incompatible.incorrect_shapes
+        n_model = len(checkpointer.model.state_dict())
+        missing = len(incompatible.missing_keys) + len(shapes)
+        matched = 1.0 - missing / max(n_model, 1)
+        if matched < min_matched and not allow:
+            example = (list(incompatible.missing_keys) or [k for k, *_ in shapes])[0]
+            raise LumbarError(
+                f"{source['path']}: fills only {matched:.0%} of this model's {n_model} "
+                f"parameters (e.g. {example} is not in it), so the rest would be random; "
+                f"{fix}")
         if shapes and not allow:
             key, in_file, in_model = shapes[0]
             raise LumbarError(
@@ -186,5 +238,6 @@ def check_output_dir(output_dir: str) -> None:
                           "choose another OUTPUT_DIR")
 
 
-__all__ = ["apply_epochs", "check_output_dir", "check_weights", "checkpoint_problem",
-           "load_config", "prepare_config", "refuse_shape_mismatch", "use_cpu_without_cuda"]
+__all__ = ["apply_epochs", "check_base_chain", "check_output_dir", "check_weights",
+           "checkpoint_problem", "load_config", "prepare_config", "refuse_shape_mismatch",
+           "use_cpu_without_cuda"]

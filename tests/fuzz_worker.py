@@ -14,6 +14,7 @@ import tempfile
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -84,6 +85,51 @@ def check_pair(image: bytes, label: bytes, suffixes: Tuple[str, str]) -> Outcome
     return _guarded(run)
 
 
+def read_volume_files(files: Dict[str, bytes], name: str) -> Outcome:
+    """The volume reader (header check, then read and sagittal view) on a volume file."""
+    from lumbar_d2.inference.volume import check_volume_file, read_volume
+    from lumbar_d2.utils.errors import LumbarError
+
+    def run(tmp: Path) -> Dict[str, Any]:
+        for file_name, data in files.items():
+            (tmp / file_name).write_bytes(data)
+        try:
+            check_volume_file(tmp / name)
+            checked = "ok"
+        except LumbarError as e:
+            checked = str(e)  # a folder run reads without the check: read anyway
+        return {"check": checked, **_sagittal_summary(read_volume(tmp / name))}
+    return _guarded(run)
+
+
+def read_dicom_files(files: Dict[str, bytes]) -> Outcome:
+    """Series finding and the series reader on a folder of DICOM files."""
+    from lumbar_d2.inference.volume import find_volumes, read_dicom_series
+
+    def run(tmp: Path) -> Dict[str, Any]:
+        for file_name, data in files.items():
+            (tmp / file_name).write_bytes(data)
+        found = find_volumes(str(tmp))
+        out: Dict[str, Any] = {"n_series": len(found.series), "single": len(found.single_dicom)}
+        for uid, series_files in found.series:
+            failures: list = []
+            out.update(_sagittal_summary(read_dicom_series(uid, series_files, failures)))
+            out["failures"] = len(failures)
+        return out
+    return _guarded(run)
+
+
+def _sagittal_summary(volume: Any) -> Dict[str, Any]:
+    """Shape and spacing of what the model would see; made-up geometry fails here."""
+    import numpy as np
+
+    slices, spacing, slice_mm = volume.sagittal()
+    values = [*spacing, slice_mm]
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise AssertionError(f"read a volume with spacing {values}")
+    return {"shape": list(slices.shape), "spacing": values}
+
+
 def raise_one(problem: str) -> None:
     from lumbar_d2.utils.errors import LumbarError
 
@@ -93,6 +139,7 @@ def raise_one(problem: str) -> None:
 def _import_parsers() -> None:
     import lumbar_d2.data.convert  # noqa: F401
     import lumbar_d2.evaluation.offline  # noqa: F401
+    import lumbar_d2.inference.volume  # noqa: F401
 
 
 def _one_thread() -> None:
@@ -118,6 +165,9 @@ class Worker:
         except FutureTimeout:
             self.close(kill=True)
             return "hang", f"no answer within {self.timeout} s"
+        except BrokenProcessPool:  # native code aborted or crashed the process
+            self.close(kill=True)
+            return "crash", "the worker process died (abort or segmentation fault)"
 
     def close(self, kill: bool = False) -> None:
         if self.pool is None:

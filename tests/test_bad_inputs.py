@@ -98,6 +98,28 @@ def _wrong_key_yaml(ws: Workspace) -> Path:
     return path
 
 
+def _looping_yaml(ws: Workspace, n_files: int) -> Path:
+    """A config that is its own _BASE_ (1 file), or a.yaml -> b.yaml -> a.yaml (2 files)."""
+    names = ["a.yaml", "b.yaml"][:n_files]
+    for name, base in zip(names, names[1:] + names[:1]):
+        (ws.tmp / name).write_text(f'_BASE_: "{base}"\nSOLVER:\n  MAX_ITER: 3\n')
+    return ws.tmp / names[0]
+
+
+def _foreign_weights(ws: Workspace, fraction: float) -> Path:
+    """A checkpoint holding ``fraction`` of the tiny model's parameters, plus foreign keys."""
+    import torch
+    from detectron2.modeling import build_model
+    from inference_helpers import tiny_cfg
+
+    state = build_model(tiny_cfg()).state_dict()
+    kept = dict(list(state.items())[:int(len(state) * fraction)])
+    path = ws.tmp / "weights" / f"foreign_{fraction}.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({"model": {**kept, "other_net.conv.weight": torch.zeros(3)}}, path)
+    return path
+
+
 def _perfect_predictions(ws: Workspace, gt: Path) -> Path:
     anns = json.loads(gt.read_text())["annotations"]
     path = ws.tmp / "predictions.json"
@@ -194,6 +216,18 @@ BAD: Dict[str, tuple] = {
         "MODEL.WEIGHTS", _random_weights(ws)), ("MODEL.WEIGHTS", "model_final.pth")),
     "train_output_under_file": ("train_net", lambda ws: ws.train("OUTPUT_DIR", BLOCKED(ws)),
                                 ("OUTPUT_DIR", "blocker")),
+    "train_base_is_itself": ("train_net", lambda ws: ws.train(config=_looping_yaml(ws, 1)),
+                             ("a.yaml", "_BASE_ chain loops")),
+    "train_base_two_file_loop": ("train_net", lambda ws: ws.train(
+        config=_looping_yaml(ws, 2)), ("a.yaml -> b.yaml -> a.yaml",)),
+    "predict_device_tpu": ("predict", lambda ws: ws.predict("MODEL.DEVICE", "tpu"),
+                           "MODEL.DEVICE 'tpu'"),
+    "predict_weights_url_unreachable": ("predict", lambda ws: ws.predict(
+        "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pth"), ("MODEL.WEIGHTS", "127.0.0.1")),
+    "predict_weights_of_another_model": ("predict", lambda ws: ws.predict(
+        "MODEL.WEIGHTS", _foreign_weights(ws, 0.0)), ("foreign_0.0.pth", "fills only 0%")),
+    "predict_weights_half_the_model": ("predict", lambda ws: ws.predict(
+        "MODEL.WEIGHTS", _foreign_weights(ws, 0.5)), ("foreign_0.5.pth", "fills only 5")),
     "predict_weights_truncated": ("predict", lambda ws: ws.predict(
         "MODEL.WEIGHTS", _random_weights(ws)), ("MODEL.WEIGHTS", "model_final.pth")),
     "predict_input_missing": ("predict", lambda ws: ws.predict(inputs=ws.tmp / "no_slices"),

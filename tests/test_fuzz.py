@@ -11,12 +11,18 @@ image examples run in a separate process (:mod:`fuzz_worker`) that is killed on 
 
 ``FUZZ_EXAMPLES`` scales the number of examples (default 1 = the CI budget, well under a
 minute); every test adds its count of examples and outcomes to ``FUZZ_STATS``, printed at
-the end of the module (``pytest -s``), so a report can say how many inputs ran.
+the end of the module (``pytest -s``), so a report can say how many inputs ran, and written
+with the run's record to ``$FUZZ_RESULT`` when that is set (a longer campaign).
+
+Volume readers (issue #29): NIfTI, MetaImage and DICOM series, damaged in header fields
+(spacing, orientation, sizes, types), payload (truncated, extended, garbled) and voxels
+(NaN/inf); a read volume must have a real spacing and the right sagittal shape.
 """
 from __future__ import annotations
 
 import collections
 import copy
+import gzip
 import csv
 import io
 import os
@@ -46,7 +52,16 @@ def worker() -> Iterator[fuzz_worker.Worker]:
     w = fuzz_worker.Worker(TIMEOUT_S)
     yield w
     w.close()
-    print("\nfuzz examples:", {k: dict(v) for k, v in FUZZ_STATS.items()})
+    stats = {k: dict(v) for k, v in FUZZ_STATS.items()}
+    print("\nfuzz examples:", stats)
+    if os.environ.get("FUZZ_RESULT"):  # a campaign: its counts as a result file
+        from lumbar_d2.utils.record import write_result
+
+        write_result(os.environ["FUZZ_RESULT"], {
+            "scale": SCALE, "outcomes": stats,
+            "examples": {k: sum(v.values()) for k, v in stats.items()},
+            "contract": "each example: a result, or one LumbarError line naming the file; "
+                        "never another exception, a crash or a hang"})
 
 
 def _assert_contract(test: str, outcome: Tuple[str, Any], *names: str) -> str:
@@ -288,3 +303,200 @@ def test_fuzzed_image_label_pair(worker, pair) -> None:
     outcome = worker(fuzz_worker.check_pair, image, label, (image_suffix, label_suffix))
     if _assert_contract("image/label pair", outcome, "p1_s1") == "ok":
         assert len(outcome[1]["shape"]) == 2
+
+
+# ----------------------------------------------------------------------- volumes
+# One small sagittal volume (8 slices of 64 x 48 px, 0.8 x 0.8 x 3 mm) as NIfTI, MetaImage
+# and a DICOM series, damaged in its header fields (spacing, orientation, sizes, types),
+# its payload (truncated, extended, garbled) or its voxels (NaN/inf). Each example must
+# read as a volume with a real spacing, or fail with one LumbarError line naming the file.
+SPECIAL_FLOATS = st.one_of(
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, -1.0, 1e-30,
+                     1e30, 3.0, -0.8, 0.8]),
+    st.floats(allow_nan=True, allow_infinity=True, width=32))
+SAGITTAL_RAS = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def _volume_array(draw, dtype) -> np.ndarray:
+    """(x=48 columns, y=64 rows, z=8 slices) voxels with a bright block, maybe non-finite."""
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    data = rng.integers(0, 100, (48, 64, 8)).astype(dtype)
+    data[10:30, 20:40, 2:6] = 200
+    if np.dtype(dtype).kind == "f" and draw(st.booleans()):
+        n = draw(st.integers(1, data.size))
+        data.reshape(-1)[rng.choice(data.size, n, replace=False)] = draw(
+            st.sampled_from([np.nan, np.inf, -np.inf, 1e38]))
+    return data
+
+
+def _damage_bytes(draw, data: bytes, start: int = 0) -> bytes:
+    """The bytes as they are, cut, extended or with a few garbled bytes after ``start``."""
+    op = draw(st.sampled_from(["none", "none", "cut", "append", "garble"]))
+    if op == "cut":
+        return data[:draw(st.integers(0, len(data)))]
+    if op == "append":
+        return data + draw(st.binary(min_size=1, max_size=64))
+    if op == "garble" and len(data) > start:
+        at = draw(st.integers(start, len(data) - 1))
+        return data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at + 1:]
+    return data
+
+
+NIFTI_INT_FIELDS = {"qform_code": st.integers(-2, 6), "sform_code": st.integers(-2, 6),
+                    "datatype": st.sampled_from([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                 768, 1024, 2304, 99]),
+                    "bitpix": st.sampled_from([0, 1, 8, 16, 32, 64, 7])}
+NIFTI_FLOAT_FIELDS = ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "scl_slope",
+                      "scl_inter", "vox_offset"]
+NIFTI_ARRAY_FIELDS = {"pixdim": range(8), "srow_x": range(4), "srow_y": range(4),
+                      "srow_z": range(4), "dim": range(8)}
+
+
+@st.composite
+def nifti_files(draw) -> Tuple[Dict[str, bytes], str]:
+    import nibabel as nib
+
+    data = _volume_array(draw, draw(st.sampled_from([np.uint8, np.int16, np.float32])))
+    affine = np.eye(4)
+    affine[:3, :3] = SAGITTAL_RAS * np.array([0.8, 0.8, 3.0])
+    header = nib.Nifti1Image(data, affine).header
+    header.set_qform(affine, 1)
+    header.set_sform(affine, 2)
+    header.set_data_offset(352)
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["int", "float", "array"]))
+        if kind == "int":
+            field = draw(st.sampled_from(sorted(NIFTI_INT_FIELDS)))
+            header[field] = draw(NIFTI_INT_FIELDS[field])
+        elif kind == "float":
+            header[draw(st.sampled_from(NIFTI_FLOAT_FIELDS))] = draw(SPECIAL_FLOATS)
+        else:
+            field = draw(st.sampled_from(sorted(NIFTI_ARRAY_FIELDS)))
+            i = draw(st.sampled_from(NIFTI_ARRAY_FIELDS[field]))
+            header[field][i] = (draw(st.integers(-2, 32767)) if field == "dim"
+                                else draw(SPECIAL_FLOATS))
+    raw = header.binaryblock + b"\0" * 4 + data.tobytes(order="F")
+    raw = _damage_bytes(draw, raw)
+    gz = draw(st.booleans())
+    name = "case.nii.gz" if gz else "case.nii"
+    return {name: gzip.compress(raw, compresslevel=1) if gz else raw}, name
+
+
+MHA_VALUES = st.one_of(st.sampled_from(["nan", "inf", "0", "-1", "1e30", "", "abc", "1 2",
+                                        "0 0 0", "48 64 100000", "0.8 0.8 nan", "MET_DOUBLE",
+                                        "MET_FLOAT", "4", "2", "True", "LOCAL", "missing.raw",
+                                        "0 0 1 1 0 0 0 1 0"]),
+                       st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                               max_size=12))
+
+
+@st.composite
+def metaimage_files(draw) -> Tuple[Dict[str, bytes], str]:
+    data = _volume_array(draw, draw(st.sampled_from([np.uint8, np.int16, np.float32])))
+    element = {np.dtype(np.uint8): "MET_UCHAR", np.dtype(np.int16): "MET_SHORT",
+               np.dtype(np.float32): "MET_FLOAT"}[data.dtype]
+    lps = np.diag([-1.0, -1.0, 1.0]) @ SAGITTAL_RAS
+    lines = ["ObjectType = Image", "NDims = 3", "BinaryData = True",
+             "BinaryDataByteOrderMSB = False", "CompressedData = False",
+             "TransformMatrix = " + " ".join(f"{v:g}" for v in lps.T.flatten()),
+             "Offset = 20 -35 110", "ElementSpacing = 0.8 0.8 3", "DimSize = 48 64 8",
+             f"ElementType = {element}"]
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(lines) - 1))
+        if draw(st.booleans()):
+            lines[i] = lines[i].split("=")[0] + "= " + draw(MHA_VALUES)
+        else:
+            del lines[i]
+    detached = draw(st.booleans())
+    text = "\n".join(lines + [f"ElementDataFile = {'case.raw' if detached else 'LOCAL'}"])
+    payload = _damage_bytes(draw, data.tobytes(order="F"))
+    if detached:
+        return {"case.mhd": (text + "\n").encode(), "case.raw": payload}, "case.mhd"
+    return {"case.mha": (text + "\n").encode() + payload}, "case.mha"
+
+
+def _check_volume(worker, test: str, files: Dict[str, bytes], name: str) -> None:
+    outcome = worker(fuzz_worker.read_volume_files, files, name)
+    if _assert_contract(test, outcome, name) == "ok":
+        assert outcome[1]["shape"][1:] == [64, 48], outcome  # never another geometry
+
+
+@_examples(100)
+@given(case=nifti_files())
+def test_fuzzed_nifti(worker, case) -> None:
+    _check_volume(worker, "nifti volume", *case)
+
+
+@_examples(60)
+@given(case=metaimage_files())
+def test_fuzzed_metaimage(worker, case) -> None:
+    _check_volume(worker, "metaimage volume", *case)
+
+
+# ------------------------------------------------------------------- DICOM series
+DS_FIELDS = {"PixelSpacing": 2, "ImageOrientationPatient": 6, "ImagePositionPatient": 3,
+             "SliceThickness": 1, "RescaleSlope": 1, "RescaleIntercept": 1}
+US_FIELDS = ["Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
+             "SamplesPerPixel"]
+DS_TEXT = st.one_of(st.sampled_from(["nan", "inf", "-inf", "0", "-1", "1e400", "", "abc",
+                                     "0.8", "3", "1\\0\\0\\0\\0\\0", "0\\0\\0\\0\\0\\0"]),
+                    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20))
+_MARK = "1.234567890123"
+
+
+@pytest.fixture(scope="module")
+def dicom_series(tmp_path_factory) -> List[bytes]:
+    """The valid series: 8 sagittal slices of 64 x 48 px (one file each)."""
+    from volume_helpers import write_dicom_series
+
+    folder = tmp_path_factory.mktemp("series")
+    images = np.random.default_rng(0).integers(0, 100, (8, 64, 48)).astype(np.uint16)
+    images[2:6, 20:40, 10:30] = 200
+    write_dicom_series(folder, images, spacing=(0.8, 0.8, 3.0))
+    return [f.read_bytes() for f in sorted(folder.glob("*.dcm"))]
+
+
+def _mutated_dicom(data: bytes, draw) -> bytes:
+    """One file with a header field or its pixel data damaged."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    op = draw(st.sampled_from(["ds", "ds", "us", "drop", "uid", "pixels", "bytes"]))
+    replace = None
+    if op == "ds":
+        field = draw(st.sampled_from(sorted(DS_FIELDS)))
+        setattr(ds, field, [_MARK] * DS_FIELDS[field])  # a marker replaced in the bytes
+        marker = "\\".join([_MARK] * DS_FIELDS[field])
+        marker += " " * (len(marker) % 2)
+        text = draw(DS_TEXT).encode("latin-1")[:len(marker)]
+        replace = marker.encode(), text + b" " * (len(marker) - len(text))
+    elif op == "us":
+        setattr(ds, draw(st.sampled_from(US_FIELDS)), draw(st.integers(0, 65535)))
+    elif op == "drop":
+        field = draw(st.sampled_from(sorted(DS_FIELDS) + US_FIELDS + ["PixelData"]))
+        if field in ds:
+            delattr(ds, field)
+    elif op == "uid":
+        ds.SeriesInstanceUID = draw(st.sampled_from(["1.2.3", "", "1.2.3.4.5.6.7.8.9"]))
+    elif op == "pixels":
+        ds.PixelData = ds.PixelData[:draw(st.integers(0, len(ds.PixelData)))]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    out = buf.getvalue()
+    if replace is not None:
+        out = out.replace(*replace)
+    return _damage_bytes(draw, out, start=132) if op == "bytes" else out
+
+
+@_examples(100)
+@given(data=st.data())
+def test_fuzzed_dicom_series(worker, dicom_series, data) -> None:
+    files = list(dicom_series)
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        k = data.draw(st.integers(0, len(files) - 1), label="file")
+        files[k] = _mutated_dicom(files[k], data.draw)
+    named = {f"im{k:02d}.dcm": f for k, f in enumerate(files)}
+    outcome = worker(fuzz_worker.read_dicom_files, named)
+    if _assert_contract("dicom series", outcome, "DICOM series", ".dcm") == "ok" \
+            and "shape" in outcome[1]:
+        assert outcome[1]["shape"][1:] == [64, 48], outcome

@@ -170,3 +170,17 @@ def test_folder_with_one_corrupt_file(tmp_path):
     with pytest.raises(LumbarError, match="broken.png"):
         load_image(tmp_path / "broken.png")
     assert [int(load_image(p).array[0, 0]) for p in good] == [7, 9]
+
+
+def test_recursive_glob_does_not_follow_link_loops(tmp_path):
+    """Two links to a parent folder made ``glob(recursive=True)`` walk forever."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    for name in ("up1", "up2"):
+        (root / "sub" / name).symlink_to(root)
+    (root / "self").symlink_to(root)
+    cv2.imwrite(str(root / "a.png"), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(root / "sub" / "b.png"), np.zeros((4, 4), np.uint8))
+    expected = [root / "a.png", root / "sub" / "b.png"]
+    assert list_inputs(str(root / "**" / "*.png")) == expected
+    assert list_inputs(str(tmp_path / "i*" / "**" / "*.png")) == expected

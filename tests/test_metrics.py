@@ -313,3 +313,20 @@ def test_metrics_and_geometry_import_only_numpy_scipy_and_stdlib(module):
               for a in n.names}
     assert roots <= {"__future__", "logging", "typing", "numpy", "scipy"}, roots
     assert relative <= {"geometry", "utils.errors"}, relative
+
+
+def test_image_metrics_without_surface_distances_keeps_every_count():
+    """surface=False (threshold sweeps) skips HD95/ASSD only: the counts are unchanged."""
+    import math
+
+    from lumbar_d2.evaluation.metrics import image_metrics
+
+    gt = np.zeros((20, 20), bool)
+    gt[2:8, 2:8] = True
+    pred = np.zeros((20, 20), bool)
+    pred[3:8, 2:9] = True
+    full = image_metrics([pred], [gt])
+    fast = image_metrics([pred], [gt], surface=False)
+    assert math.isnan(fast["hd95"]) and math.isnan(fast["assd"]) and full["hd95"] > 0
+    same = ("tp_px", "fp_px", "fn_px", "dice", "tp", "fp", "fn", "matched_dice")
+    assert {k: fast[k] for k in same} == {k: full[k] for k in same}

@@ -250,3 +250,46 @@ def test_ship_model_without_a_sha_line_writes_no_weights(tmp_path, run_tool, cap
     code, _ = run_tool("ship_model", ["--config-file", str(config), "--checkpoint", str(ckpt)],
                        capsys)
     assert code == 0 and hashlib.sha256(out.read_bytes()).hexdigest() in config.read_text()
+
+
+def test_zoo_names_resolve_to_shipped_configs_whose_base_chain_loads():
+    from lumbar_d2.model_zoo import DEFAULT_MODEL, MODELS, get_config, get_config_file
+
+    path = get_config_file(DEFAULT_MODEL)
+    assert path == REPO / "configs" / MODELS[DEFAULT_MODEL].config  # one copy, the checkout's
+    assert get_config_file(MODELS[DEFAULT_MODEL].config) == path  # Detectron2-style path
+    assert get_config_file("quick_schedules/mask_rcnn_R_50_FPN_instant_test.yaml").is_file()
+    cfg = get_config(DEFAULT_MODEL)  # _BASE_ chain resolved, weights verified
+    assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.WEIGHTS.endswith(".pth")
+    with pytest.raises(LumbarError) as e:
+        get_config_file("no-such-model")
+    assert "\n" not in str(e.value) and "--list-models" in str(e.value)
+
+
+def test_list_models_and_cli_model_choice(run_tool, capsys, load_tool):
+    from lumbar_d2.model_zoo import DEFAULT_MODEL, MODELS
+
+    code = load_tool("predict").main(["--list-models"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == len(MODELS)
+    assert any(line.startswith(DEFAULT_MODEL) and line.endswith("[default]") for line in lines)
+    code, err = run_tool("predict", ["-i", "x.png", "-o", "out", "--model", "nope"], capsys)
+    assert code == 2 and err.startswith("error: nope: no such model") and err.count("\n") == 1
+    code, err = run_tool("predict", ["--model", DEFAULT_MODEL, "--config-file", "a.yaml",
+                                     "-i", "x.png", "-o", "out"], capsys)
+    assert code == 2 and "not allowed with" in err  # argparse: one or the other
+    code, err = run_tool("predict", ["-i", "x.png"], capsys)
+    assert code == 2 and "-o/--output" in err
+
+
+
+def test_get_returns_the_shipped_model_with_its_weights_loaded():
+    from lumbar_d2.model_zoo import DEFAULT_MODEL, get, get_config, shipped_weights
+
+    model = get(DEFAULT_MODEL, device="cpu")
+    shipped = torch.load(shipped_weights(get_config(DEFAULT_MODEL)), map_location="cpu",
+                         weights_only=False)["model"]
+    state = model.state_dict()
+    key = next(k for k in shipped if k.endswith("conv1.weight"))
+    assert not model.training and state[key].dtype == torch.float32
+    assert torch.equal(state[key], shipped[key].float())  # fp16 file loaded into fp32 model

@@ -370,3 +370,53 @@ def test_two_runs_into_one_folder_are_refused(tmp_path: Path, input_dir: Path) -
         with pytest.raises(LumbarError, match="another lumbar-d2 run is writing"):
             run_prediction(tiny_cfg(), str(input_dir), str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUT_LOCK]
+
+
+def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path, weights: str, input_dir: Path,
+                                       monkeypatch, capsys) -> None:
+    """SIGTERM ended Python at once: labels and masks without tables."""
+    import os
+    import signal
+
+    from lumbar_d2.inference import batch
+
+    real, calls = batch.write_png, []
+
+    def terminate_on_third(path, image):
+        calls.append(path)
+        real(path, image)
+        if len(calls) == 3:  # the second image's mask is written, its overlay is not
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(batch, "write_png", terminate_on_third)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
+                                      str(input_dir), "--output", str(out),
+                                      *tiny_opts(weights)])
+    assert code == 130 and "interrupted after 1 inputs" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
+    assert len(_csv(out / "summary.csv")) == 1
+    assert [p.name for p in (out / "masks").iterdir()] == [f"{STEMS[0]}.png"]
+
+
+def test_non_utf8_slice_name_with_report(tmp_path: Path, weights: str,
+                                         slices: List[np.ndarray]) -> None:
+    """cv2.imwrite crashed (rc 139) on the overlay of such a name, leaving partial PNGs."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ok, png = cv2.imencode(".png", slices[0])
+    (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(png.tobytes())
+    result = run_prediction(tiny_cfg(weights), str(folder), str(tmp_path / "out"), report=True)
+    assert result["n_ok"] == 1 and Path(result["report"]).is_file()
+    assert [p.name for p in (tmp_path / "out" / "overlays").iterdir()] == ["caf\ufffd.png"]
+    assert "caf\\udce9.png" in Path(result["summary"]).read_text()  # the name, readable
+
+
+def test_output_stems_of_undecodable_names_stay_unique() -> None:
+    import os
+
+    files = [Path(os.fsdecode(b"x\xe9.png")), Path(os.fsdecode(b"x\xe8.png"))]
+    assert output_stems(files) == ["x\ufffd", "x\ufffd_2"]

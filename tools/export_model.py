@@ -18,6 +18,7 @@ from typing import List, Optional
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
 from lumbar_d2.data import register_all_lumbar
 from lumbar_d2.inference.export import FORMATS, export_model
+from lumbar_d2.model_zoo import use_shipped_weights
 from lumbar_d2.runtime import load_config
 from lumbar_d2.utils.cli import add_tail, run_tool, tool_parser
 
@@ -58,6 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         cfg = load_config(args.config_file, args.opts)
+        use_shipped_weights(cfg)  # the zoo config exports its shipped model, not a random one
         register_all_lumbar(cfg.LUMBAR.DATASETS_ROOT or None)
         print(format_report(export_model(cfg, args.output, args.sample_image, args.format,
                                          n_runs=args.runs)))

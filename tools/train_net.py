@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, build_trainer
 from lumbar_d2.engine.launch import launch, worker_error
 from lumbar_d2.engine.trainer import ALLOW_SHAPE_MISMATCH
-from lumbar_d2.inference.predictor import use_channels_last
+from lumbar_d2.inference.predictor import MIN_MATCHED, use_channels_last
 from lumbar_d2.model_zoo import use_shipped_weights
 from lumbar_d2.runtime import load_config, prepare_config, refuse_shape_mismatch
 from lumbar_d2.utils import LumbarError
@@ -53,8 +53,8 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        refuse_shape_mismatch(checkpointer, args.allow_shape_mismatch, ALLOW_SHAPE_MISMATCH
-                              ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        refuse_shape_mismatch(checkpointer, args.allow_shape_mismatch, ALLOW_SHAPE_MISMATCH,
+                              MIN_MATCHED).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         use_channels_last(model, cfg)  # as tools/predict.py runs it
         res = Trainer.test(cfg, model)
         if cfg.TEST.EXPECTED_RESULTS:

@@ -175,7 +175,7 @@ def _union(masks: Sequence[np.ndarray], shape: Optional[Tuple[int, int]]) -> np.
 
 def image_metrics(pred_masks: List[np.ndarray], gt_masks: List[np.ndarray],
                   spacing: Sequence[float] = (1.0, 1.0), iou_threshold: float = 0.5,
-                  shape: Optional[Tuple[int, int]] = None) -> dict:
+                  shape: Optional[Tuple[int, int]] = None, surface: bool = True) -> dict:
     """All metrics of one image and one class; a small record that :func:`summarize` pools.
 
     Args:
@@ -184,6 +184,8 @@ def image_metrics(pred_masks: List[np.ndarray], gt_masks: List[np.ndarray],
         spacing: (row_mm, col_mm) for HD95/ASSD.
         iou_threshold: mask IoU needed for an instance match.
         shape: (height, width); required when both lists are empty.
+        surface: compute HD95/ASSD (the costly part); False leaves them NaN, for threshold
+            sweeps and studies that pool only counts.
 
     Returns:
         dict with pixel counts ``tp_px, fp_px, fn_px, tn_px``, ``dice, iou, precision_px,
@@ -195,7 +197,8 @@ def image_metrics(pred_masks: List[np.ndarray], gt_masks: List[np.ndarray],
         shape = np.shape(pred_masks[0] if len(pred_masks) else gt_masks[0])
     pred_u, gt_u = _union(pred_masks, shape), _union(gt_masks, shape)
     c = binary_counts(pred_u, gt_u)
-    hd95, assd = surface_distance_metrics(pred_u, gt_u, spacing)
+    hd95, assd = (surface_distance_metrics(pred_u, gt_u, spacing) if surface
+                  else (float("nan"), float("nan")))
     matches = match_instances(pred_masks, gt_masks, iou_threshold)
     # Dice of a pair follows from its IoU: D = 2J / (1 + J).
     matched_dice = [2 * j / (1 + j) for _, _, j in matches]

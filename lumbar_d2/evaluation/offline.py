@@ -196,7 +196,8 @@ def _group(items) -> Dict[Tuple[int, int], List[dict]]:
 
 
 def per_image_records(gt: dict, results: List[dict], score_threshold: float,
-                      iou_threshold: float, spacing: Tuple[float, float]) -> List[dict]:
+                      iou_threshold: float, spacing: Tuple[float, float],
+                      surface: bool = True) -> List[dict]:
     """One :func:`records.image_records` record per (GT image, category).
 
     Crowd GT regions (``iscrowd`` 1) are left out: they are not instances to find.
@@ -210,7 +211,7 @@ def per_image_records(gt: dict, results: List[dict], score_threshold: float,
         pred, truth = (_masks_by_class(by, im["id"], gt["categories"], shape)
                        for by in (pred_by, gt_by))
         out += image_records(im["id"], im["file_name"], im.get("patient_id"), categories,
-                             pred, truth, shape, spacing, iou_threshold)
+                             pred, truth, shape, spacing, iou_threshold, surface)
     return out
 
 
@@ -235,8 +236,8 @@ def threshold_sweep(gt: dict, results: List[dict], thresholds: Sequence[float],
     """
     rows = []
     for t in sorted(thresholds):
-        summary = metrics.summarize(per_image_records(gt, results, t, iou_threshold, spacing),
-                                    n_boot=0)
+        records = per_image_records(gt, results, t, iou_threshold, spacing, surface=False)
+        summary = metrics.summarize(records, n_boot=0)
         rows.append({"score_threshold": t, **{k: summary.get(k) for k in SWEEP_KEYS},
                      "n_predictions": sum(r["score"] >= t for r in results)})
     return rows

@@ -26,7 +26,7 @@ Masks = Sequence[np.ndarray]
 def image_records(image_id: int, file_name: str, patient_id: Optional[str],
                   categories: Sequence[str], pred: Mapping[int, Masks], gt: Mapping[int, Masks],
                   shape: Tuple[int, int], spacing: Sequence[float],
-                  iou_threshold: float) -> List[dict]:
+                  iou_threshold: float, surface: bool = True) -> List[dict]:
     """One record per class of one image.
 
     Args:
@@ -37,12 +37,14 @@ def image_records(image_id: int, file_name: str, patient_id: Optional[str],
         shape: (height, width) of the image.
         spacing: (row, col) pixel spacing for HD95/ASSD.
         iou_threshold: mask IoU of an instance match.
+        surface: compute HD95/ASSD (see :func:`metrics.image_metrics`).
     """
     pid = "" if patient_id is None else str(patient_id)
     records = []
     for c, name in enumerate(categories):
         rec = metrics.image_metrics(list(pred.get(c, [])), list(gt.get(c, [])), spacing,
-                                    iou_threshold, shape=shape)
+                                    iou_threshold, shape=shape,
+                                    surface=surface)
         rec.update(image_id=image_id, file_name=file_name, patient_id=pid, category=name)
         records.append(rec)
     return records

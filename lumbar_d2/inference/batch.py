@@ -17,6 +17,7 @@ Output files (``<out>/``):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -39,6 +40,7 @@ from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
 from .series import detectron2_slice_predictor, run_volumes
+from .shards import Shard, shard_folder, take_shard
 from .visualize import draw_overlay
 from .volume import VolumeInputs, check_volume_file, find_volumes
 
@@ -147,8 +149,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    orientation: str = "sagittal", tta: bool = False,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
-                   slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_"
-                   ) -> Dict:
+                   slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
+                   shard: Optional[Shard] = None, dicom_seg: bool = True) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -177,9 +179,14 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
         slice_regex, patient_regex: with a 2.5D model (``INPUT.SLICE_CONTEXT``), 2-D slices
             whose names give patient and slice index (first groups) get slices k-1 / k+1 of
             the same patient among the inputs as neighbours; others are lone slices.
+        shard: predict only this shard's block of the inputs, into its own folder
+            ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; names and
+            slice neighbours are those of the whole job).
+        dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
+        ``n_slices`` (2-D slices and slices of volumes predicted) and ``seconds`` they took,
         ``interrupted`` (Ctrl-C: the tables cover the inputs done before it) and the path
         of each written table (and of ``report``).
 
@@ -192,15 +199,21 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
     predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
     context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
-    with locked_output(make_output_dir(output_dir)) as root:
-        return _predict_all(predictor, volumes, files, root, override, default_spacing,
-                            orientation, batch_size, report, context)
+    stems, job = output_stems(files), {}
+    if shard is not None:
+        volumes, files, stems, job = take_shard(volumes, files, stems, shard)
+    folder = shard_folder(output_dir, shard) if shard is not None else output_dir
+    with locked_output(make_output_dir(folder)) as root:
+        return {**_predict_all(predictor, volumes, files, stems, root, override,
+                               default_spacing, orientation, batch_size, report, context,
+                               dicom_seg),
+                **job}
 
 
 def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[Path],
-                 root: Path, override: Optional[Spacing], default_spacing: Optional[Spacing],
-                 orientation: str, batch_size: int, report: bool,
-                 context: Optional[Dict] = None) -> Dict:
+                 stems: List[str], root: Path, override: Optional[Spacing],
+                 default_spacing: Optional[Spacing], orientation: str, batch_size: int,
+                 report: bool, context: Optional[Dict] = None, dicom_seg: bool = True) -> Dict:
     """The body of :func:`run_prediction` once inputs, model and output folder are ready."""
     kept_at = predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # set by operating_point()
     out = PredictionWriter(root, predictor.class_names, orientation, kept_at)
@@ -208,11 +221,14 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
         logger.warning("--pixel-spacing applies to 2-D slices; volumes and DICOM series use "
                        "the spacing of their header")
     series: List = []
+    start = time.perf_counter()
     try:
-        series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                              out.failures, batch_size, kept_at) if len(volumes) else [])
-        _predict_slices(predictor, files, out, override, default_spacing, batch_size,
-                        context or {})
+        with logging_redirect_tqdm():  # log lines above the per-slice bars
+            series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
+                                  out.failures, batch_size, kept_at, dicom_seg)
+                      if len(volumes) else [])
+        _predict_slices(predictor, files, stems, out, override, default_spacing,
+                        batch_size, context or {})
         interrupted = False
     except KeyboardInterrupt:  # Ctrl-C: tables for what was done, no file without a row
         out.discard_unfinished()
@@ -220,7 +236,9 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     _warn_pixel_units(out.summaries)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root),
-              "interrupted": interrupted, **out.write_tables()}
+              "interrupted": interrupted, **out.write_tables(),
+              "n_slices": len(out.images) + sum(int(r["n_slices"]) for r in series),
+              "seconds": time.perf_counter() - start}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("predicted %d images and series, %d failed -> %s", result["n_ok"],
@@ -228,14 +246,15 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     return result
 
 
-def _predict_slices(predictor: LumbarPredictor, files: List[Path], out: PredictionWriter,
-                    override: Optional[Spacing], default_spacing: Optional[Spacing],
-                    batch_size: int, context: Dict) -> None:
+def _predict_slices(predictor: LumbarPredictor, files: List[Path], stems: List[str],
+                    out: PredictionWriter, override: Optional[Spacing],
+                    default_spacing: Optional[Spacing], batch_size: int, context: Dict) -> None:
     """Load, predict and write the 2-D slices in batches of ``batch_size``; ``context``:
     path -> neighbour paths for a 2.5D model."""
     pending: List[Tuple[LoadedImage, str]] = []
     with logging_redirect_tqdm():
-        for path, stem in zip(tqdm(files, desc="predict", unit="img"), output_stems(files)):
+        for path, stem in zip(tqdm(files, desc="predict", unit="img", disable=not files),
+                              stems):
             loaded = _load_or_record(path, out.failures)
             if loaded is not None:
                 pending.append((loaded, stem, read_neighbours(context.get(path))))

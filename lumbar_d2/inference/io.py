@@ -84,12 +84,25 @@ def list_inputs(spec: str) -> List[Path]:
         if _source_of(path) is None:
             raise _unsupported(path)
         return [path]
-    matches = [path] if path.is_dir() else [Path(p) for p in glob.glob(spec, recursive=True)]
+    matches = [path] if path.is_dir() else _glob(spec)
     files = sorted({f for m in matches for f in _supported_files(m)})
     if not files:
         raise LumbarError(f"{spec}: no input images found ({SUPPORTED} or DICOM); check the "
                           "path or pattern")
     return files
+
+
+def _glob(spec: str) -> List[Path]:
+    """Paths matching a glob; ``**`` does not follow links to folders.
+
+    ``glob.glob(recursive=True)`` follows them, so two links to a parent folder made it walk
+    an exponential tree (a hang); pathlib's ``**`` lists each folder once.
+    """
+    if "**" not in spec:
+        return [Path(p) for p in glob.glob(spec)]
+    head, rest = spec.split("**", 1)
+    heads = glob.glob(head) if glob.has_magic(head) else [head or "."]
+    return [p for h in heads if Path(h).is_dir() for p in Path(h).glob("**" + rest)]
 
 
 def _unsupported(path: Path) -> LumbarError:
@@ -189,6 +202,26 @@ def _display_values(ds: Any, pixels: np.ndarray) -> np.ndarray:
         lo, hi = window if window is not None else (float(values.min()), float(values.max()))
         values = np.float32(lo + hi) - values  # bright <-> dark within the displayed range
     return values.astype(np.float32)
+
+
+def monochrome1_not_inverted(path: Path, decoded: np.ndarray) -> bool:
+    """True when ``path`` is MONOCHROME1 (0 = white) and ``decoded``, its pixels as another
+    reader returned them, still has the stored polarity, so it must be inverted to look as
+    the 2-D path shows it. GDCM (SimpleITK) inverts on read in the versions tested; this
+    check keeps the volume path right where a reader does not."""
+    pydicom = _import_pydicom(path)
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(str(path))
+            if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
+                return False
+            stored = ds.pixel_array.astype(np.float64)
+        except Exception:  # undecodable here: trust the other reader
+            return False
+    decoded = np.asarray(decoded, dtype=np.float64)
+    if decoded.shape != stored.shape or stored.std() == 0 or decoded.std() == 0:
+        return False
+    return bool(np.corrcoef(decoded.ravel(), stored.ravel())[0, 1] > 0)
 
 
 def _window(ds: Any) -> Optional[Tuple[float, float]]:

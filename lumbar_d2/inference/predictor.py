@@ -21,6 +21,8 @@ The batch job over files and folders, and the files it writes, are in
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,9 +40,10 @@ from ..data.imageio import signal_problem, to_model_input, with_context
 from ..data.mapper import build_augmentations
 from ..geometry import Spacing, parse_spacing
 from ..runtime import check_weights, refuse_shape_mismatch, use_cpu_without_cuda
-from ..utils.errors import LumbarError
+from ..utils.errors import LumbarError, one_line
 
 logger = logging.getLogger(__name__)
+MIN_MATCHED = 0.99  # of the model's parameters a prediction checkpoint must fill
 # The neighbouring slices (k-1, k+1) of a slice for a 2.5D model; None: a lone slice.
 Context = Optional[Tuple[Optional[np.ndarray], Optional[np.ndarray]]]
 
@@ -140,7 +143,25 @@ def load_weights(model: torch.nn.Module, weights: str) -> None:
                        "whose output is meaningless; pass MODEL.WEIGHTS <model_final.pth>")
         return
     check_weights(weights)
-    refuse_shape_mismatch(DetectionCheckpointer(model)).load(weights)
+    local = fetch_weights(weights) if "://" in weights else weights
+    refuse_shape_mismatch(DetectionCheckpointer(model), min_matched=MIN_MATCHED).load(local)
+
+
+def fetch_weights(url: str) -> str:
+    """The local copy of a weights URL (downloaded once into iopath's cache).
+
+    Raises:
+        LumbarError: the URL cannot be fetched (a urllib error, one line, no download bar).
+    """
+    from detectron2.utils.file_io import PathManager
+
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(quiet):  # the bar of a failed download is noise
+            return PathManager.get_local_path(url)
+    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+        raise LumbarError(f"MODEL.WEIGHTS {url}: cannot be downloaded ({one_line(e, True)}); "
+                          "check the URL and the network, or pass a local .pth") from None
 
 
 def use_channels_last(model: torch.nn.Module, cfg: CfgNode) -> bool:

@@ -13,6 +13,8 @@ writes, under ``<output>/<series name>/``:
 * ``discs.csv``: one row per disc (:data:`DISC_FIELDS`).
 * ``overlay.png``: the mid-sagittal slice with each disc's contour and level;
   ``montage.png``: every slice, small, with the same colours per disc.
+* ``seg.dcm`` (DICOM series, unless turned off): the discs as a DICOM SEG on the source
+  images (:mod:`.dicom_seg`).
 
 Slices whose pixels are not square (row and column spacing differ by more than 5 %, e.g. a
 volume acquired axially and resliced sagittally) are resampled to square pixels at the finer
@@ -43,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..data.imageio import signal_problem, to_model_input
 from ..geometry import Spacing
@@ -58,6 +61,7 @@ from ..measure import (
 from ..utils.errors import LumbarError
 from ..utils.image import fit_width, resized, scaled
 from ..utils.io import atomic_folder, unique_name, write_csv, write_png
+from .dicom_seg import SEG_NAME, write_dicom_seg
 from .linking import LinkedDisc, SliceInstance, link_instances
 from .visualize import draw_overlay
 from .volume import (
@@ -76,7 +80,7 @@ DISC_FIELDS = ["series", "level", "label_value", "volume_ml", "height_mm", "ap_d
 SERIES_FIELDS = ["series", "input", "source", "n_slices", "size", "spacing_mm", "n_discs",
                  "n_dropped", "levels", "qc_flags"]
 SQUARE_TOLERANCE = 0.05
-MONTAGE_TILE = 160  # px width of one slice in the montage
+MONTAGE_TILE = 256  # px width of one slice in the montage (and the report's scrubber)
 
 
 @dataclass
@@ -167,14 +171,16 @@ def _predict(predict: SlicePredictor, images: List[np.ndarray], batch: Sequence[
 
 
 def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
-                   operating_point: float = 0.0) -> VolumeResult:
+                   operating_point: float = 0.0, desc: str = "") -> VolumeResult:
     """Predict every sagittal slice, link, name and measure the discs (see the module doc).
 
-    ``operating_point`` is the score ``predict`` keeps detections at (QC ``low_score``).
+    ``operating_point`` is the score ``predict`` keeps detections at (QC ``low_score``). A
+    progress bar (``desc``, e.g. "series 2/5 <name>") counts the slices.
     """
     slices, spacing, slice_mm = volume.sagittal()
     per_slice: List[List[SliceInstance]] = [[] for _ in range(len(slices))]
     todo = [k for k, s in enumerate(slices) if signal_problem(s) is None]
+    bar = tqdm(total=len(todo), desc=desc or volume.name, unit="slice")
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start:start + batch_size]
         images = [square_pixels(slices[k], spacing, cv2.INTER_LINEAR) for k in batch]
@@ -183,6 +189,8 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
                 SliceInstance.from_mask(k, _native_mask(mask, slices.shape[1:]), score)
                 for mask, score, cls in zip(pred.masks, pred.scores, pred.classes)
                 if cls == DISC_CLASS]
+        bar.update(len(batch))
+    bar.close()
     kept, dropped = link_instances(per_slice)
     discs = _named(kept, spacing)
     for disc in discs:
@@ -258,24 +266,33 @@ def _round(value: float) -> float:
 
 
 # ------------------------------------------------------------------------------ writing
-def write_series(result: VolumeResult, root: Path) -> Dict[str, str]:
-    """Write the label volume, ``discs.csv``, ``overlay.png`` and ``montage.png``."""
+def write_series(result: VolumeResult, root: Path, dicom_seg: bool = True) -> Dict[str, str]:
+    """Write the label volume, ``discs.csv``, ``overlay.png``, ``montage.png`` and, for a
+    DICOM series with discs when ``dicom_seg``, ``seg.dcm``."""
     folder = root / result.volume.name
     overlay, tiles = series_pictures(result)
-    with atomic_folder(folder) as stage:  # all four files, or the previous folder
-        write_labels(result.volume, result.labels, stage)
+    labels = result.labels
+    names = {"labels": f"labels{LABEL_SUFFIX[result.volume.source]}", "discs": "discs.csv",
+             "overlay": "overlay.png", "montage": "montage.png"}
+    with atomic_folder(folder) as stage:  # all the files, or the previous folder
+        write_labels(result.volume, labels, stage)
         write_csv(stage / "discs.csv", DISC_FIELDS, [d.row for d in result.discs])
         write_png(stage / "overlay.png", overlay)
         write_png(stage / "montage.png", tiles)
-    names = {"labels": f"labels{LABEL_SUFFIX[result.volume.source]}", "discs": "discs.csv",
-             "overlay": "overlay.png", "montage": "montage.png"}
+        if dicom_seg and result.volume.source == "dicom" and write_dicom_seg(
+                result.volume, labels, [d.level for d in result.discs], stage / SEG_NAME):
+            names["dicom_seg"] = SEG_NAME
     return {k: str(folder / v) for k, v in names.items()}
 
 
 def mid_sagittal_index(result: VolumeResult) -> int:
     """The median of the discs' mid slices; the middle slice without discs."""
-    mids = [d.row["mid_slice"] for d in result.discs]
-    return int(np.median(mids)) if mids else len(result.slices) // 2
+    return middle_slice([d.row["mid_slice"] for d in result.discs], len(result.slices))
+
+
+def middle_slice(mids: Sequence[int], n_slices: int) -> int:
+    """The median of the discs' mid slices ``mids``; the middle slice without discs."""
+    return int(np.median(mids)) if len(mids) else n_slices // 2
 
 
 def slice_overlay(result: VolumeResult, k: int, labels: bool = True) -> np.ndarray:
@@ -318,6 +335,15 @@ def montage(tiles: List[np.ndarray], columns: Optional[int] = None) -> np.ndarra
     return out
 
 
+def montage_tiles(image: np.ndarray, n: int) -> List[np.ndarray]:
+    """The ``n`` tiles of a :func:`montage` (default columns) cut back out, in order."""
+    columns = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    height, width = image.shape[0] // rows, image.shape[1] // columns
+    return [image[r * height:(r + 1) * height, c * width:(c + 1) * width]
+            for r, c in (divmod(i, columns) for i in range(n))]
+
+
 # ------------------------------------------------------------------------------ batch
 SERIES_CSV = "series.csv"
 RESERVED_NAMES = ("masks", "overlays")  # the 2-D slices' folders beside the series folders
@@ -325,29 +351,33 @@ RESERVED_NAMES = ("masks", "overlays")  # the 2-D slices' folders beside the ser
 
 def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
                 failures: List[Dict[str, str]], batch_size: int = 1,
-                operating_point: float = 0.0) -> List[Dict[str, Any]]:
+                operating_point: float = 0.0, dicom_seg: bool = True) -> List[Dict[str, Any]]:
     """Predict every volume file and DICOM series of ``found`` into ``root/<name>/``.
 
     A volume that cannot be read is recorded in ``failures`` (``file``, ``error``) and the
-    others go on. Writes ``root/series.csv`` (:data:`SERIES_FIELDS`, one row per series).
+    others go on. Writes ``root/series.csv`` (:data:`SERIES_FIELDS`, one row per series);
+    ``dicom_seg``: also ``seg.dcm`` for DICOM series (:func:`write_series`).
 
     Returns:
         the series rows written.
     """
     rows: List[Dict[str, Any]] = []
     taken = set(RESERVED_NAMES)
-    for reader, source in _volume_readers(found, failures):
-        try:
-            volume = reader()
-        except LumbarError as e:
-            logger.warning("skipping %s", e)
-            failures.append({"file": source, "error": str(e)})
-            continue
-        volume.name = unique_name(volume.name, taken)  # two inputs, one name: kept apart
-        result = predict_volume(volume, predict, batch_size, operating_point)
-        write_series(result, root)
-        rows.append(result.summary())
-    write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
+    try:
+        for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
+            try:
+                volume = reader()
+            except LumbarError as e:
+                logger.warning("skipping %s", e)
+                failures.append({"file": source, "error": str(e)})
+                continue
+            volume.name = unique_name(volume.name, taken)  # two inputs, one name: apart
+            result = predict_volume(volume, predict, batch_size, operating_point,
+                                    desc=f"series {k}/{len(found)} {volume.name}")
+            write_series(result, root, dicom_seg)
+            rows.append(result.summary())
+    finally:  # Ctrl-C or SIGTERM too: no series folder without its row
+        write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
     return rows
 
 

@@ -6,7 +6,7 @@ must not import Detectron2. The ground truth | prediction figure of a trained mo
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -15,6 +15,12 @@ import numpy as np
 # (reversed to BGR when drawn).
 COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
           (145, 30, 180)]
+
+
+def index_color(index: int) -> Tuple[int, int, int]:
+    """The RGB colour of colour index ``index`` (a class, or a disc in caudal order): the one
+    rule that overlays, the report's legend and charts, and the DICOM SEG share."""
+    return COLORS[index % len(COLORS)]
 
 
 def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str] = (),
@@ -31,7 +37,7 @@ def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequenc
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     fill = out.copy()
     for i, mask in enumerate(masks):
-        color = COLORS[(class_ids[i] if class_ids is not None else 0) % len(COLORS)][::-1]
+        color = index_color(class_ids[i] if class_ids is not None else 0)[::-1]
         m = np.asarray(mask, dtype=np.uint8)
         fill[m > 0] = color
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -47,7 +47,8 @@ from .dicom_series import (
     sorted_along_normal,
     uneven_slices,
 )
-from .io import is_dicom_file
+from .io import is_dicom_file, monochrome1_not_inverted
+from .metaimage import check_metaimage
 from .nifti import check_nifti, read_nifti, write_nifti_labels
 
 logger = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def read_volume(path: Path) -> Volume:
     if source == "nifti":
         image = read_nifti(path)
     else:
+        check_metaimage(path)
         try:
             image = _sitk().ReadImage(str(path))
         except RuntimeError as e:
@@ -231,6 +233,7 @@ def check_volume_file(path: Path) -> None:
     if VOLUME_SUFFIXES.get(volume_suffix(path) or "") == "nifti":
         check_nifti(path)
         return
+    check_metaimage(path)
     reader = _sitk().ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -241,30 +244,11 @@ def check_volume_file(path: Path) -> None:
 
 
 def _unreadable(path: Path, error: Exception) -> str:
-    """The one-line message for a volume SimpleITK cannot read; a .mhd's data file named."""
+    """The one-line message for a volume SimpleITK cannot read."""
     message = _itk_message(error)
-    data_file = _mhd_data_file(path)
-    if data_file is not None and data_file.is_file():
-        return (f"{path}: cannot read its data file {data_file.name} ({message}); it is "
-                "probably shorter than the header's DimSize x ElementType: re-export it")
-    if data_file is not None:
-        return f"{path}: its data file {data_file} is missing; put it beside the .mhd"
+    if "No such file" in message and path.is_file():  # ITK's words for a short payload
+        return (f"{path}: cannot read its voxel data (corrupt or truncated); re-export it")
     return f"{path}: cannot read volume ({message}); check the file"
-
-
-def _mhd_data_file(path: Path) -> Optional[Path]:
-    """The ``ElementDataFile`` a MetaImage header names (None for other files or LOCAL)."""
-    if path.suffix.lower() != ".mhd":
-        return None
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile" and value.strip() not in ("", "LOCAL", "LIST"):
-            return path.parent / value.strip()
-    return None
 
 
 def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
@@ -292,6 +276,8 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
                               f"({_itk_message(e)}); re-export it") from None
     folder = Path(os.path.commonpath([str(f.parent) for f in files]))
     image = _check_grey_3d(image, folder)
+    if monochrome1_not_inverted(files[0], _sitk().GetArrayViewFromImage(image)[0]):
+        image = _inverted(image)  # MONOCHROME1 shown bright <-> dark, as on the 2-D path
     logger.debug("series %s: %d files, size %s", uid, len(files), image.GetSize())
     name = f"{safe_name(folder.name)}_{safe_name(uid)[-12:]}"
     headers = [dicom_header(f) for f in files]
@@ -303,6 +289,14 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
     volume = Volume(image, str(folder), name, "dicom", [str(f) for f in files], uid, flags)
     check_volume_content(volume)
     return volume
+
+
+def _inverted(image: Any) -> Any:
+    """``min + max - image`` (float32), same geometry: dark <-> bright within its range."""
+    sitk = _sitk()
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    return sitk.Cast(image, sitk.sitkFloat32) * -1.0 + (stats.GetMinimum() + stats.GetMaximum())
 
 
 def _read_series(files: Sequence[Path]) -> Any:

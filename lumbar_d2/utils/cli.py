@@ -6,9 +6,12 @@ overrides, and reports a :class:`LumbarError` as one ``error: ...`` line with ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 from .errors import LumbarError
 
@@ -34,7 +37,8 @@ def run_tool(body: Callable[[], int], verbose: bool) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return body()
+        with sigterm_as_interrupt():
+            return body()
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -46,3 +50,25 @@ def interrupted() -> int:
     """Ctrl-C: one line, exit 130 (128 + SIGINT); writers are atomic, so no partial file."""
     print("error: interrupted (Ctrl-C); no partial file was written", file=sys.stderr)
     return 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (``kill``, a scheduler stopping a job) as Ctrl-C for the block.
+
+    By default SIGTERM ends Python at once: no ``finally``, no tables for what was done,
+    and a folder mixing two runs. As a KeyboardInterrupt it takes the Ctrl-C path instead.
+    Outside the main thread (where signals cannot be handled) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -58,15 +58,23 @@ def safe_name(text: str, fallback: str = "series") -> str:
     return name or fallback
 
 
-def unique_name(name: str, taken: set) -> str:
+def unique_name(name: str, taken: set, fold_case: bool = True) -> str:
     """``name``, or ``name_2``, ``name_3``... whichever is not in ``taken`` (compared without
-    case, as on macOS/Windows file systems); the result is added to ``taken``."""
+    case with ``fold_case``, as on macOS/Windows file systems); the result joins ``taken``."""
+    def key(text: str) -> str:
+        return text.lower() if fold_case else text
     candidate, k = name, 1
-    while candidate.lower() in taken:
+    while key(candidate) in taken:
         k += 1
         candidate = f"{name}_{k}"
-    taken.add(candidate.lower())
+    taken.add(key(candidate))
     return candidate
+
+
+def utf8_name(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (which Python keeps as lone
+    surrogates) shown as U+FFFD, so it can name an output file."""
+    return os.fsencode(text).decode("utf-8", "replace")
 
 
 def _temp_prefix(path: Path) -> str:
@@ -190,8 +198,8 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path) as tmp:  # a non-UTF-8 file name in the text stays readable
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)
 
 
@@ -288,11 +296,13 @@ def output_stems(files: Sequence[Path]) -> List[str]:
 
     ``a/x.png`` and ``b/x.png`` become ``a__x`` and ``b__x`` (paths relative to the inputs'
     common folder); ``x.png`` and ``x.dcm`` in one folder become ``x_png`` and ``x_dcm``.
+    Bytes of a name that are not UTF-8 (OpenCV's writer crashes on them) become U+FFFD,
+    and the stems stay unique (``_2``, ``_3``...).
     """
     stems = [f.stem for f in files]
     clashing = {s for s in stems if stems.count(s) > 1}
     if not clashing:
-        return stems
+        return _utf8_stems(stems)
     common = Path(*_common_parts([f.resolve().parent.parts for f in files]))
     out = []
     for f, stem in zip(files, stems):
@@ -301,7 +311,12 @@ def output_stems(files: Sequence[Path]) -> List[str]:
             continue
         rel = f.resolve().relative_to(common)
         out.append("__".join(rel.parent.parts + (f"{rel.stem}_{rel.suffix.lstrip('.')}",)))
-    return out
+    return _utf8_stems(out)
+
+
+def _utf8_stems(stems: List[str]) -> List[str]:
+    taken: set = set()
+    return [unique_name(utf8_name(stem), taken, fold_case=False) for stem in stems]
 
 
 def _common_parts(parts: List[Tuple[str, ...]]) -> Tuple[str, ...]:

@@ -99,7 +99,7 @@ def score_mode(output: Path, variant: str, mode: str, out: Path) -> dict:
     for name, thr in (("at_best", best), ("at_shipped_point", SHIPPED_POINT)):
         res = evaluate_files(str(files["gt"]), str(files["predictions"]), str(out / name),
                              score_threshold=thr, n_boot=N_BOOT)
-        records = per_image_records(gt, results, thr, 0.5, (1.0, 1.0))
+        records = per_image_records(gt, results, thr, 0.5, (1.0, 1.0), surface=False)
         rows = instance_strata(gt, results, thr)
         summary[name] = {"threshold": thr, "overall": _headline(res["overall"]),
                          "per_patient_dice": patient_dice(records),

@@ -21,7 +21,7 @@ def score_set(gt_json: Path, predictions: Path) -> Dict:
     """Pooled metrics and per-patient pixel counts of one scored set at :data:`THRESHOLD`."""
     gt = load_ground_truth(str(gt_json))
     records = per_image_records(gt, json.loads(Path(predictions).read_text()), THRESHOLD, 0.5,
-                                (1.0, 1.0))
+                                (1.0, 1.0), surface=False)
     overall = metrics.summarize(records, n_boot=0)
     patients: Dict[str, np.ndarray] = {}
     for r in records:

@@ -1,0 +1,82 @@
+"""MetaImage (``.mha``/``.mhd``) header checks before SimpleITK reads the voxels.
+
+SimpleITK reports a payload shorter than the header's ``DimSize`` x ``ElementType`` as "No
+such file or directory", and allocates whatever ``DimSize`` claims before it reads a byte.
+Reading the header text first gives a one-line error that says what is wrong, and refuses a
+truncated file (or a header claiming more voxels than the file holds) without allocating.
+Compressed payloads (``CompressedData = True``) cannot be sized from the header; SimpleITK
+checks those.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..utils.errors import LumbarError
+
+ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2,
+                 "MET_UINT": 4, "MET_INT": 4, "MET_ULONG": 8, "MET_LONG": 8,
+                 "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+MAX_HEADER_BYTES = 1 << 16  # a MetaImage header is a few hundred bytes of text
+
+
+def read_header(path: Path) -> Dict[str, str]:
+    """The ``key = value`` lines of a MetaImage header, up to ``ElementDataFile``, with the
+    byte offset of the data after it (``_data_offset``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAX_HEADER_BYTES)
+    except OSError as e:
+        raise LumbarError(f"{path}: cannot read ({e.strerror}); check the file") from None
+    fields: Dict[str, str] = {}
+    offset = 0
+    for raw in head.split(b"\n"):
+        offset += len(raw) + 1
+        key, _, value = raw.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            fields["_data_offset"] = str(offset)
+            break
+    return fields
+
+
+def payload_problem(path: Path) -> Optional[str]:
+    """Why the voxel data of a MetaImage file is shorter than its header says, or None
+    (also None when the header cannot be sized: SimpleITK then reports it)."""
+    fields = read_header(path)
+    try:
+        dims = [int(v) for v in fields.get("DimSize", "").split()]
+        n_comp = int(fields.get("ElementNumberOfChannels", "1") or 1)
+    except ValueError:
+        return None
+    element = ELEMENT_BYTES.get(fields.get("ElementType", ""))
+    data_name = fields.get("ElementDataFile", "")
+    if (not dims or element is None or "_data_offset" not in fields or data_name == "LIST"
+            or fields.get("CompressedData", "False").lower() == "true"):
+        return None
+    if min(dims) < 1 or n_comp < 1:
+        return f"DimSize {fields['DimSize']} has a size below 1; fix the header"
+    expected = int(np.prod(dims, dtype=np.float64)) * n_comp * element
+    if data_name == "LOCAL":
+        actual = path.stat().st_size - int(fields["_data_offset"])
+    else:
+        data = path.parent / data_name
+        if not data.is_file():
+            return f"its data file {data} is missing; put it beside the header"
+        actual = data.stat().st_size
+    if actual < expected:
+        return (f"truncated: the header's DimSize x ElementType imply {expected} bytes of "
+                f"voxels, the file holds {actual}; re-export it")
+    return None
+
+
+def check_metaimage(path: Path) -> None:
+    """Refuse a MetaImage file whose voxel data is shorter than its header says."""
+    problem = payload_problem(path)
+    if problem:
+        raise LumbarError(f"{path}: {problem}")
+
+
+__all__ = ["check_metaimage", "payload_problem", "read_header"]
