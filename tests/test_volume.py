@@ -459,3 +459,23 @@ def test_long_file_name_fits_the_temp_names(tmp_path):
                          tmp_path / "out")
     assert len(Path(paths["labels"]).parent.name) == 120
     write_png(tmp_path / "out" / ("y" * 251 + ".png"), np.zeros((4, 4), np.uint8))
+
+
+def test_interrupted_batch_lists_the_series_it_wrote(tmp_path):
+    """SIGTERM into a fresh folder left label volumes without series.csv."""
+    images, labels = phantom()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.nii", "b.nii"):
+        _nifti(inputs / name, images)
+    stub = GroundTruthPredictor(images, labels)
+
+    def stop_in_the_second(batch):
+        if stub.calls >= len(images) - 2:  # the first volume's predictable slices are done
+            raise KeyboardInterrupt
+        return stub(batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_volumes(stop_in_the_second, find_volumes(str(inputs)), tmp_path / "out", [])
+    rows = _read_csv(tmp_path / "out" / "series.csv")
+    assert [r["series"] for r in rows] == ["a"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "series.csv"]
