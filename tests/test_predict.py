@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -374,23 +374,29 @@ def test_two_runs_into_one_folder_are_refused(tmp_path: Path, input_dir: Path) -
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUT_LOCK]
 
 
+def stop_after_writes(monkeypatch: pytest.MonkeyPatch, n: int, stop: Callable[[], None]
+                      ) -> None:
+    """Make prediction's PNG writer call ``stop`` right after writing its ``n``-th file."""
+    from lumbar_d2.inference import batch
+
+    real, calls = batch.write_png, []
+
+    def write_then_stop(path, image):
+        calls.append(path)
+        real(path, image)
+        if len(calls) == n:
+            stop()
+    monkeypatch.setattr(batch, "write_png", write_then_stop)
+
+
 def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path, weights: str, input_dir: Path,
                                        monkeypatch, capsys) -> None:
     """SIGTERM ended Python at once: labels and masks without tables."""
     import os
     import signal
 
-    from lumbar_d2.inference import batch
-
-    real, calls = batch.write_png, []
-
-    def terminate_on_third(path, image):
-        calls.append(path)
-        real(path, image)
-        if len(calls) == 3:  # the second image's mask is written, its overlay is not
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(batch, "write_png", terminate_on_third)
+    # after the third PNG: the second image's mask is written, its overlay is not
+    stop_after_writes(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
@@ -481,17 +487,12 @@ def test_ctrl_c_leaves_tables_for_what_was_done(ws: Workspace, tiny_weights: Pat
                                                 capsys, monkeypatch) -> None:
     """Ctrl-C left 20 masks and overlays without predictions.json and the tables."""
     from inference_helpers import tiny_opts
-    from lumbar_d2.inference import batch
 
-    real, calls = batch.write_png, []
+    def interrupt():
+        raise KeyboardInterrupt
 
-    def interrupt_third_mask(path, image):
-        calls.append(path)
-        real(path, image)
-        if len(calls) == 5:  # the third image's mask is written, its overlay is not
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(batch, "write_png", interrupt_third_mask)
+    # after the fifth PNG: the third image's mask is written, its overlay is not
+    stop_after_writes(monkeypatch, 5, interrupt)
     out = ws.out / "predict"
     code, err = run_tool("predict", ws.predict(*tiny_opts(str(tiny_weights))), capsys)
     last = err.strip().splitlines()[-1]  # after tqdm's progress bar
