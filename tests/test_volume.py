@@ -482,3 +482,16 @@ def test_interrupted_batch_lists_the_series_it_wrote(tmp_path):
     rows = _read_csv(tmp_path / "out" / "series.csv")
     assert [r["series"] for r in rows] == ["a"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "series.csv"]
+
+
+@pytest.mark.parametrize("ndims", ["-1", "0", "x", "2"])
+def test_metaimage_with_unusable_dimensions_is_refused_before_simpleitk(tmp_path, ndims):
+    """SimpleITK aborted the process (found by the fuzzer) on ``NDims = -1``."""
+    images, _ = phantom()
+    path = tmp_path / "case.mha"
+    sitk.WriteImage(sitk_volume(images), str(path))
+    data = path.read_bytes().replace(b"NDims = 3", f"NDims = {ndims}".encode(), 1)
+    path.write_bytes(data)
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError, match="NDims|DimSize"):
+            check(path)
