@@ -484,7 +484,10 @@ def _mutated_dicom(data: bytes, draw) -> bytes:
     elif op == "pixels" and ds.get("PixelData"):
         ds.PixelData = ds.PixelData[:draw(st.integers(0, len(ds.PixelData)))]
     buf = io.BytesIO()
-    ds.save_as(buf)
+    try:
+        ds.save_as(buf)
+    except Exception:  # pydicom cannot write what an earlier edit damaged: damage it further
+        return _damage_bytes(draw, data)
     out = buf.getvalue()
     if replace is not None:
         out = out.replace(*replace)

@@ -54,7 +54,7 @@ def check_nifti(path: Path) -> Tuple[float, float, float]:
     img = load_header(path)
     spacing, _ = affine_geometry(img, path)
     _check_data_type(img, path)
-    expected = _payload_bytes(img)
+    expected = _payload_bytes(img, path)
     actual = (_gz_size(path) if path.name.lower().endswith(".gz")
               else path.stat().st_size)
     if actual < expected:
@@ -70,13 +70,13 @@ def read_nifti(path: Path) -> Any:
     img = load_header(path)
     spacing, (direction, origin) = affine_geometry(img, path)
     _check_data_type(img, path)
-    if not path.name.lower().endswith(".gz") and path.stat().st_size < _payload_bytes(img):
-        raise LumbarError(f"{path}: truncated NIfTI: the header implies "
-                          f"{_payload_bytes(img)} bytes, the file holds {path.stat().st_size}; "
-                          "re-export it")
+    expected = _payload_bytes(img, path)
+    if not path.name.lower().endswith(".gz") and path.stat().st_size < expected:
+        raise LumbarError(f"{path}: truncated NIfTI: the header implies {expected} bytes, "
+                          f"the file holds {path.stat().st_size}; re-export it")
     try:
         data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error) as e:
+    except (OSError, EOFError, ValueError, OverflowError, MemoryError, zlib.error) as e:
         raise LumbarError(f"{path}: truncated or corrupt NIfTI voxel data "
                           f"({one_line(e, with_type=True)[:160]}); re-export it") from None
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1, ...): one 3-D volume
@@ -173,10 +173,17 @@ def _check_data_type(img: Any, path: Path) -> None:
                           "or use 2-D files as slices (PNG/TIFF/DICOM)")
 
 
-def _payload_bytes(img: Any) -> int:
+def _payload_bytes(img: Any, path: Path) -> int:
     header = img.header
-    n_voxels = int(np.prod([int(s) for s in header.get_data_shape()], dtype=np.int64))
-    return int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+    n_voxels = int(np.prod([int(s) for s in header.get_data_shape()], dtype=np.float64))
+    try:
+        offset = int(header.get_data_offset())
+    except (ValueError, OverflowError):  # a NaN or infinite vox_offset
+        offset = -1
+    if not 0 <= offset < 1 << 40:
+        raise LumbarError(f"{path}: NIfTI vox_offset {header['vox_offset']} is not a byte offset; "
+                          "fix the header")
+    return offset + n_voxels * header.get_data_dtype().itemsize
 
 
 def _gz_size(path: Path) -> int:

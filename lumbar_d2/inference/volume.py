@@ -191,14 +191,15 @@ def check_volume_content(volume: Volume) -> None:
     """Refuse a volume with too many non-finite voxels, or with sagittal slices that no
     lumbar sagittal scan has (see :data:`MIN_SLICE_PX`, :data:`MAX_SLICE_ASPECT`)."""
     slices, (row_mm, col_mm), _ = volume.sagittal()
+    where = volume.path + (f": DICOM series {volume.series_uid}" if volume.series_uid else "")
     bad = 1.0 - float(np.isfinite(slices).mean()) if slices.size else 1.0
     if bad > NONFINITE_LIMIT:
-        raise LumbarError(f"{volume.path}: {bad:.1%} of the voxels are NaN or infinite (limit "
+        raise LumbarError(f"{where}: {bad:.1%} of the voxels are NaN or infinite (limit "
                           f"{NONFINITE_LIMIT:.0%}); re-export the volume")
     n, h, w = slices.shape
     aspect = (h * row_mm) / (w * col_mm)
     if min(h, w) < MIN_SLICE_PX or not 1 / MAX_SLICE_ASPECT <= aspect <= MAX_SLICE_ASPECT:
-        raise LumbarError(f"{volume.path}: its sagittal slices would be {n} x {h}x{w} px "
+        raise LumbarError(f"{where}: its sagittal slices would be {n} x {h}x{w} px "
                           f"({h * row_mm:.0f}x{w * col_mm:.0f} mm), unlike any lumbar "
                           "sagittal scan; check the header's orientation and spacing")
 
