@@ -20,7 +20,7 @@ Each patch is applied only when needed and recorded in :data:`ACTIVE`, which the
 * detectron2 v0.6's ``launch`` asserts CUDA and always asks for NCCL, and its
   ``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel
   refuses for a CPU model. Without CUDA, :func:`apply_distributed` (run by
-  :mod:`lumbar_d2.engine`) backports what detectron2's main branch does: the spawned workers
+  :mod:`lumbar_d2.engine.launch`) backports what detectron2's main branch does: the spawned workers
   join a gloo group, and CPU models get ``device_ids=None``. With CUDA nothing changes.
 
 Call :func:`apply` before importing detectron2 modules; importing :mod:`lumbar_d2` does it.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 import warnings
@@ -173,8 +174,6 @@ def cpu_threads(local_size: int) -> int:
 
     ``OMP_NUM_THREADS`` (which ``torchrun`` sets to 1) wins when given.
     """
-    import os
-
     import torch
 
     if os.environ.get("OMP_NUM_THREADS"):

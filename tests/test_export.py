@@ -6,6 +6,7 @@ meaningful here, not accuracy or representative latency.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -16,6 +17,7 @@ import torch
 from conftest import INSTANT_CONFIG
 from conftest import tool_module as load_tool
 from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
+from test_bad_inputs import P2, Workspace, check_bad_case, ws  # noqa: F401  (ws: a fixture)
 from lumbar_d2.data.imageio import read_array
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.export import compare_exported, export_model, load_exported
@@ -130,3 +132,13 @@ def test_load_exported_refuses_non_torchscript(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a model")
     with pytest.raises(LumbarError, match="not a TorchScript model"):
         load_exported(bogus)
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def test_onnx_export_without_onnx_fails(ws: Workspace, run_tool, capsys, monkeypatch) -> None:
+    """--format onnx exported nothing and exited 0 when onnx is missing."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    argv = ["--config-file", INSTANT_CONFIG, "--output", ws.out / "export", "--format", "onnx",
+            "--sample-image", ws.data.images / P2]
+    check_bad_case(("export_model", lambda ws: argv, ("--format onnx", "pip install onnx")),
+                   ws, run_tool, capsys)

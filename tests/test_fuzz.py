@@ -460,8 +460,11 @@ def _mutated_dicom(data: bytes, draw) -> bytes:
     """One file with a header field or its pixel data damaged."""
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(data))
     op = draw(st.sampled_from(["ds", "ds", "us", "drop", "uid", "pixels", "bytes"]))
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception:  # damaged by an earlier edit of this example: damage it further
+        return _damage_bytes(draw, data)
     replace = None
     if op == "ds":
         field = draw(st.sampled_from(sorted(DS_FIELDS)))
@@ -478,7 +481,7 @@ def _mutated_dicom(data: bytes, draw) -> bytes:
             delattr(ds, field)
     elif op == "uid":
         ds.SeriesInstanceUID = draw(st.sampled_from(["1.2.3", "", "1.2.3.4.5.6.7.8.9"]))
-    elif op == "pixels":
+    elif op == "pixels" and ds.get("PixelData"):
         ds.PixelData = ds.PixelData[:draw(st.integers(0, len(ds.PixelData)))]
     buf = io.BytesIO()
     ds.save_as(buf)

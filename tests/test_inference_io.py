@@ -1,4 +1,5 @@
 """Loading raster and DICOM inputs, and expanding file/folder/glob input specs."""
+import logging
 import sys
 from pathlib import Path
 
@@ -184,3 +185,34 @@ def test_recursive_glob_does_not_follow_link_loops(tmp_path):
     expected = [root / "a.png", root / "sub" / "b.png"]
     assert list_inputs(str(root / "**" / "*.png")) == expected
     assert list_inputs(str(tmp_path / "i*" / "**" / "*.png")) == expected
+
+
+# --------------------------------------------------------------------- undecodable DICOM
+def test_corrupt_dicom_is_one_line_without_pydicom_traceback(tmp_path: Path, capsys) -> None:
+    """A failing pixel decoder made pydicom log its whole traceback at ERROR."""
+    path = _write_dicom(tmp_path / "jpeg.dcm")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8not a jpeg\xff\xd9"])
+    ds.save_as(path, enforce_file_format=True)
+    handler = logging.StreamHandler()  # stands in for the tools' logging.basicConfig
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(LumbarError) as err:
+            load_image(path)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "jpeg.dcm: cannot decode DICOM" in str(err.value)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_dicom_element_that_does_not_decode_is_one_line(tmp_path: Path) -> None:
+    """A broken VR in PixelSpacing raised NotImplementedError from a lazy element read."""
+    data = bytearray(_write_dicom(tmp_path / "s.dcm", PixelSpacing=[0.5, 0.5]).read_bytes())
+    at = data.index(b"\x28\x00\x30\x00DS")  # (0028,0030) PixelSpacing, explicit VR "DS"
+    data[at + 4: at + 6] = b"\x44\xf1"  # an unknown VR
+    (tmp_path / "s.dcm").write_bytes(bytes(data))
+    with pytest.raises(LumbarError, match="s.dcm: cannot decode DICOM") as err:
+        load_image(tmp_path / "s.dcm")
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)

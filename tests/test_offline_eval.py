@@ -1,11 +1,16 @@
-"""End-to-end checks of lumbar_d2.evaluation.offline on a tiny COCO ground truth."""
+"""End-to-end checks of lumbar_d2.evaluation.offline on a tiny COCO ground truth; damaged
+ground truth and predictions (one-line errors, the contract of test_bad_inputs.py)."""
 import contextlib
 import copy
 import csv
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import cv2
 import numpy as np
@@ -13,6 +18,10 @@ import pycocotools.mask as mask_util
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from conftest import REPO
+from test_bad_inputs import (Workspace, _evaluate, check_bad_case,
+                             ws)  # noqa: F401  (ws: a fixture)
 
 from lumbar_d2.evaluation.offline import evaluate_files
 from lumbar_d2.utils.errors import LumbarError
@@ -273,3 +282,90 @@ def test_evaluate_at_best_scores_at_the_swept_best_threshold(tmp_path, gt_path):
     assert [r["score_threshold"] for r in res["threshold_sweep"]] == [0.3, 0.5, 0.55, 0.7]
     saved = _strict_json(tmp_path / "o" / "best" / "metrics.json")
     assert saved["settings"]["score_threshold"] == 0.55 and "record" in saved
+
+
+# ---------------------------------------------------------------- bad and unusual inputs
+def _edit_json(edit: Callable[[object], object]) -> Callable[[Path], None]:
+    """Damage a JSON file in place: ``edit`` changes the parsed object."""
+    def damage(path: Path) -> None:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return damage
+
+
+def _overlong_rle(seg: dict) -> None:
+    """counts of a mask 10 rows taller than ``size`` says (pycocotools' rleIou hung on it)."""
+    h, w = seg["size"]
+    rle = mask_util.encode(np.asfortranarray(np.ones((h + 10, w), np.uint8)))
+    seg["counts"] = rle["counts"].decode("ascii")
+
+
+def _first_result(key: str, value) -> Callable[[Path], None]:
+    return _edit_json(lambda results: results[0].__setitem__(key, value))
+
+
+def _first_gt_segmentation(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    return _edit_json(lambda gt: change(gt["annotations"][0]["segmentation"]))
+
+
+EVAL_OUT = lambda ws: ws.out / "eval"  # noqa: E731
+
+EVALUATE_BAD: Dict[str, tuple] = {
+    "eval_pred_rle_overlong": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_edit_json(
+        lambda r: _overlong_rle(r[0]["segmentation"]))), ("result [0]", "counts covering")),
+    "eval_pred_rle_garbage": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_edit_json(
+        lambda r: r[0]["segmentation"].__setitem__("counts", "\x00 garbage"))),
+        ("result [0]", "not a valid compressed RLE")),
+    "eval_gt_rle_overlong": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        _overlong_rle)), ("test.json", "annotations[0]", "counts covering")),
+    "eval_gt_rle_wrong_size": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        lambda seg: seg.__setitem__("size", [7, 7]))), ("test.json", "annotations[0]", "size")),
+    "eval_gt_rle_garbage": ("evaluate", _evaluate(EVAL_OUT, damage_gt=_first_gt_segmentation(
+        lambda seg: seg.__setitem__("counts", "~~~~"))), ("test.json", "annotations[0]")),
+    "eval_score_string": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", "0.9")), ("result [0]", "score '0.9'")),
+    "eval_score_null": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", None)), ("result [0]", "score None")),
+    "eval_score_nan": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", float("nan"))), ("result [0]", "score nan")),
+    "eval_score_above_one": ("evaluate", _evaluate(EVAL_OUT, damage_pred=_first_result(
+        "score", 3.5)), ("result [0]", "score 3.5", "[0, 1]")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_BAD))
+def test_bad_input_fails_with_one_line(case: str, ws: Workspace, run_tool, capsys) -> None:
+    check_bad_case(EVALUATE_BAD[case], ws, run_tool, capsys)
+
+
+def run_cli(tool: str, argv: List, timeout: float) -> subprocess.CompletedProcess:
+    """Run tools/<tool>.py in a fresh interpreter, killed after ``timeout`` seconds."""
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"),
+                           *map(str, argv)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_overlong_rle_cannot_hang_evaluate(ws: Workspace) -> None:
+    """An RLE covering more pixels than its size kept pycocotools busy for 10+ minutes.
+
+    End to end, killed after a timeout; the ground-truth variant runs in test_fuzz's worker.
+    """
+    done = run_cli("evaluate", EVALUATE_BAD["eval_pred_rle_overlong"][1](ws), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "counts covering" in done.stderr
+
+
+def test_ctrl_c_in_evaluate_is_one_line(tmp_path: Path, load_tool, run_tool, capsys,
+                                        monkeypatch) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(load_tool("evaluate"), "evaluate_files", interrupt)
+    code, err = run_tool("evaluate", ["--gt", "g.json", "--predictions", "p.json", "--output",
+                                      tmp_path / "out"], capsys)
+    assert code == 130 and err.strip() == "error: interrupted (Ctrl-C); no partial file was " \
+        "written", err
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -18,6 +18,8 @@ from pycocotools.coco import COCO
 from conftest import INSTANT_CONFIG
 from conftest import tool_module as load_tool
 from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
+from input_cases import TWO_CLASSES, catalog, random_checkpoint
+from test_bad_inputs import Workspace, check_bad_case, ws  # noqa: F401  (ws: a fixture)
 from lumbar_d2.data.imageio import read_array
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, instance_id_image,
@@ -372,23 +374,29 @@ def test_two_runs_into_one_folder_are_refused(tmp_path: Path, input_dir: Path) -
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUT_LOCK]
 
 
+def stop_after_writes(monkeypatch: pytest.MonkeyPatch, n: int, stop: Callable[[], None]
+                      ) -> None:
+    """Make prediction's PNG writer call ``stop`` right after writing its ``n``-th file."""
+    from lumbar_d2.inference import batch
+
+    real, calls = batch.write_png, []
+
+    def write_then_stop(path, image):
+        calls.append(path)
+        real(path, image)
+        if len(calls) == n:
+            stop()
+    monkeypatch.setattr(batch, "write_png", write_then_stop)
+
+
 def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path, weights: str, input_dir: Path,
                                        monkeypatch, capsys) -> None:
     """SIGTERM ended Python at once: labels and masks without tables."""
     import os
     import signal
 
-    from lumbar_d2.inference import batch
-
-    real, calls = batch.write_png, []
-
-    def terminate_on_third(path, image):
-        calls.append(path)
-        real(path, image)
-        if len(calls) == 3:  # the second image's mask is written, its overlay is not
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(batch, "write_png", terminate_on_third)
+    # after the third PNG: the second image's mask is written, its overlay is not
+    stop_after_writes(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     code = load_tool("predict").main(["--config-file", str(INSTANT_CONFIG), "--input",
@@ -420,3 +428,77 @@ def test_output_stems_of_undecodable_names_stay_unique() -> None:
 
     files = [Path(os.fsdecode(b"x\xe9.png")), Path(os.fsdecode(b"x\xe8.png"))]
     assert output_stems(files) == ["x\ufffd", "x\ufffd_2"]
+
+
+# ---------------------------------------------------------------- bad and unusual inputs
+PREDICT_BAD: Dict[str, tuple] = {
+    "predict_weights_other_architecture": ("predict", lambda ws: ws.predict(
+        "MODEL.WEIGHTS", random_checkpoint(ws), *TWO_CLASSES),
+        ("random_init.pth", "of this model's", "roi_heads")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREDICT_BAD))
+def test_bad_input_fails_with_one_line(case: str, ws: Workspace, run_tool, capsys) -> None:
+    check_bad_case(PREDICT_BAD[case], ws, run_tool, capsys)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference_helpers import save_random_checkpoint
+
+    return save_random_checkpoint(tmp_path_factory.mktemp("weights"))
+
+
+def _csv_rows(path: Path) -> List[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("from_dataset", [False, True], ids=["default", "asked"])
+def test_slice_spacing_never_comes_from_an_unrelated_dataset(
+        from_dataset: bool, ws: Workspace, tiny_weights: Path, run_tool, capsys) -> None:
+    """PNGs took the spacing of whatever dataset DATASETS.TEST named, reported as mm."""
+    from inference_helpers import tiny_opts
+    from lumbar_d2.data.convert import convert_masks
+
+    convert_masks(ws.data.images, ws.data.masks, catalog(ws) / "spaced", {50: "disc"},
+                  r"^([^_]+)_", val=1, test=1, pixel_spacing=(0.5, 0.5))
+    out = ws.out / "predict"
+    argv = ws.predict(*(["--spacing-from-dataset"] if from_dataset else []),
+                      *tiny_opts(str(tiny_weights)), "DATASETS.TEST", "('lumbar_spaced_test',)")
+    code, err = run_tool("predict", argv, capsys)
+    assert code == 0, err
+    summary = _csv_rows(out / "summary.csv")
+    assert {(r["unit"], r["spacing_source"]) for r in summary} == (
+        {("mm", "dataset")} if from_dataset else {("px", "none")})
+    assert {r["unit"] for r in _csv_rows(out / "measurements.csv")} <= {
+        "mm" if from_dataset else "px"}
+
+
+def test_spacing_from_a_dataset_without_spacing_fails(ws: Workspace, run_tool, capsys) -> None:
+    check_bad_case(("predict", lambda ws: ws.predict("--spacing-from-dataset"),
+                    "--spacing-from-dataset"), ws, run_tool, capsys)
+
+
+def test_ctrl_c_leaves_tables_for_what_was_done(ws: Workspace, tiny_weights: Path, run_tool,
+                                                capsys, monkeypatch) -> None:
+    """Ctrl-C left 20 masks and overlays without predictions.json and the tables."""
+    from inference_helpers import tiny_opts
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    # after the fifth PNG: the third image's mask is written, its overlay is not
+    stop_after_writes(monkeypatch, 5, interrupt)
+    out = ws.out / "predict"
+    code, err = run_tool("predict", ws.predict(*tiny_opts(str(tiny_weights))), capsys)
+    last = err.strip().splitlines()[-1]  # after tqdm's progress bar
+    assert code == 130 and err.count("error: ") == 1, err
+    assert last.startswith("error: interrupted after 2 inputs"), err
+    assert len(json.loads((out / "images.json").read_text())["images"]) == 2
+    assert len(_csv_rows(out / "summary.csv")) == 2
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["p1_s1.png", "p2_s1.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p1_s1.png", "p2_s1.png"]

@@ -37,6 +37,8 @@ def test_git_state_outside_a_repository(tmp_path):
 
 
 def test_record_block_fields_and_data_hash(tmp_path):
+    import torch  # the record reads the thread count of an imported torch
+
     split = tmp_path / "splits.csv"
     split.write_text("patient,split\n5,train\n")
     rec = record.result_record({"dataset": "spider", "split": split, "none": None},
@@ -46,7 +48,7 @@ def test_record_block_fields_and_data_hash(tmp_path):
                            "split": {"path": str(split),
                                      "sha256": hashlib.sha256(split.read_bytes()).hexdigest()}}
     assert rec["machine"]["cores"] >= 1 and rec["machine"]["cpu"]
-    import torch
+    assert len(rec["machine"]["load_avg_1_5_15min"]) == 3
     assert rec["machine"]["torch_threads"] == torch.get_num_threads()
     assert rec["versions"]["torch"] and rec["versions"]["detectron2"]
     assert rec["date"].endswith("+00:00")

@@ -380,7 +380,8 @@ def _edit_dicom_series(folder: Path, edit) -> str:
 @pytest.mark.parametrize("case,message", [
     ("no_pixel_spacing", "without a valid PixelSpacing"),
     ("one_position", "slices at the same position"),
-    ("one_odd_orientation", "mixes slice orientations")])
+    ("one_odd_orientation", "mixes slice orientations"),
+    ("one_odd_pixel_spacing", "mixes pixel spacings")])
 def test_dicom_series_with_made_up_geometry_is_refused(tmp_path, case, message):
     def edit(k, ds):
         if case == "no_pixel_spacing":
@@ -388,6 +389,8 @@ def test_dicom_series_with_made_up_geometry_is_refused(tmp_path, case, message):
         elif case == "one_position":
             ds.ImagePositionPatient = [-20.0, 35.5, 110.25]
             ds.SliceThickness = 4.0
+        elif k == 3 and case == "one_odd_pixel_spacing":
+            ds.PixelSpacing = [0.5, 0.5]
         elif k == 3:
             ds.ImageOrientationPatient = [0, 0.9, 0.1, 0, 0.1, -0.9]
     uid = _edit_dicom_series(tmp_path / "dicom", edit)
@@ -459,3 +462,36 @@ def test_long_file_name_fits_the_temp_names(tmp_path):
                          tmp_path / "out")
     assert len(Path(paths["labels"]).parent.name) == 120
     write_png(tmp_path / "out" / ("y" * 251 + ".png"), np.zeros((4, 4), np.uint8))
+
+
+def test_interrupted_batch_lists_the_series_it_wrote(tmp_path):
+    """SIGTERM into a fresh folder left label volumes without series.csv."""
+    images, labels = phantom()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.nii", "b.nii"):
+        _nifti(inputs / name, images)
+    stub = GroundTruthPredictor(images, labels)
+
+    def stop_in_the_second(batch):
+        if stub.calls >= len(images) - 2:  # the first volume's predictable slices are done
+            raise KeyboardInterrupt
+        return stub(batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_volumes(stop_in_the_second, find_volumes(str(inputs)), tmp_path / "out", [])
+    rows = _read_csv(tmp_path / "out" / "series.csv")
+    assert [r["series"] for r in rows] == ["a"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "series.csv"]
+
+
+@pytest.mark.parametrize("ndims", ["-1", "0", "x", "2"])
+def test_metaimage_with_unusable_dimensions_is_refused_before_simpleitk(tmp_path, ndims):
+    """SimpleITK aborted the process (found by the fuzzer) on ``NDims = -1``."""
+    images, _ = phantom()
+    path = tmp_path / "case.mha"
+    sitk.WriteImage(sitk_volume(images), str(path))
+    data = path.read_bytes().replace(b"NDims = 3", f"NDims = {ndims}".encode(), 1)
+    path.write_bytes(data)
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError, match="NDims|DimSize"):
+            check(path)

@@ -6,9 +6,9 @@ on the 320 px phantom resized to --size px for --iters iterations with
 each worker count in --workers, through the same launch as ``tools/train_net.py --num-gpus``
 (gloo workers on a CPU machine, NCCL on GPUs). The batch per worker is fixed (weak scaling):
 N workers train on N x --batch-per-worker images per step. Per-iteration times come from
-Detectron2's IterationTimer; the first --warmup iterations are left out. The machine's load
-average before and after each run, and the CPU seconds the workers got (``cores_obtained`` =
-CPU s / wall s), are recorded: on a shared machine other jobs take cores.
+Detectron2's IterationTimer, which leaves out the first 3 iterations; --warmup drops more.
+The machine's load average before and after each run, and the CPU seconds the workers got
+(``cores_obtained`` = CPU s / wall s), are recorded: on a shared machine other jobs take cores.
 Writes <output>/scaling_<device>.json with the result record.
 
 Usage:
@@ -45,7 +45,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="folder for scaling_<device>.json")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--iters", type=int, default=12, help="training iterations per run")
-    p.add_argument("--warmup", type=int, default=3, help="first iterations not timed")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="timed iterations to leave out besides IterationTimer's first 3")
     p.add_argument("--batch-per-worker", type=int, default=2)
     p.add_argument("--size", type=int, default=128,
                    help="training image size in px (the phantom is 320 px; small = quick)")
@@ -106,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         r["speedup_vs_first"] = round(r["images_per_s"] / base, 3)
     payload = {"device": device, "cores": os.cpu_count(), "iters": args.iters,
                "train_size_px": args.size,
-               "warmup_iters_excluded": args.warmup, "batch_per_worker": args.batch_per_worker,
+               "untimed_first_iters": 3 + args.warmup, "batch_per_worker": args.batch_per_worker,
                "config": str(CONFIG.relative_to(CONFIG.parents[2])), "runs": runs}
     path = write_result(Path(args.output) / f"scaling_{device}.json", payload,
                         data={"dataset": "synthetic phantom (write_sudirman_phantom, 4 patients,"

@@ -56,14 +56,17 @@ def uneven_slices(headers: Sequence[Any]) -> bool:
 
 
 def check_series_geometry(headers: Sequence[Any], folder: Path, uid: str) -> None:
-    """Refuse a series whose geometry would be invented: no valid PixelSpacing, mixed
-    orientations (one odd slice shrinks the slice spacing), or slices sharing a position."""
+    """Refuse a series whose geometry would be invented: no valid or mixed PixelSpacing,
+    mixed orientations (one odd slice shrinks the slice spacing), or slices sharing a
+    position."""
     where = f"{folder}: DICOM series {uid}"
-    for h in headers:
-        spacing = _floats(getattr(h, "PixelSpacing", None), 2)
-        if spacing is None or not (spacing > 0).all():
-            raise LumbarError(f"{where} has a file without a valid PixelSpacing, so its size "
-                              "in mm is unknown; re-export it with PixelSpacing")
+    spacings = [_floats(getattr(h, "PixelSpacing", None), 2) for h in headers]
+    if any(s is None or not (s > 0).all() for s in spacings):
+        raise LumbarError(f"{where} has a file without a valid PixelSpacing, so its size "
+                          "in mm is unknown; re-export it with PixelSpacing")
+    if np.ptp(np.stack(spacings), axis=0).max() > SAME_POSITION_MM:  # SimpleITK takes file 1's
+        raise LumbarError(f"{where} mixes pixel spacings (PixelSpacing differs between "
+                          "files); export each acquisition as its own series")
     cosines = [_floats(getattr(h, "ImageOrientationPatient", None), 6) for h in headers]
     if any(c is None for c in cosines) or np.ptp(np.stack(cosines), axis=0).max() > \
             ORIENTATION_TOLERANCE:

@@ -20,6 +20,7 @@ ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2,
                  "MET_UINT": 4, "MET_INT": 4, "MET_ULONG": 8, "MET_LONG": 8,
                  "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
 MAX_HEADER_BYTES = 1 << 16  # a MetaImage header is a few hundred bytes of text
+MAX_NDIMS = 10  # SimpleITK's own limit is far above what a volume needs
 
 
 def read_header(path: Path) -> Dict[str, str]:
@@ -72,11 +73,27 @@ def payload_problem(path: Path) -> Optional[str]:
     return None
 
 
+def header_problem(path: Path) -> Optional[str]:
+    """Why the header's dimensions are unusable, or None. SimpleITK aborts the process
+    (no exception) on some of them, e.g. ``NDims = -1`` (found by the fuzzer)."""
+    fields = read_header(path)
+    ndims, dims = fields.get("NDims", ""), fields.get("DimSize", "").split()
+    if "NDims" not in fields:
+        return "cannot read volume (no MetaImage header: NDims is missing); check the file"
+    if not ndims.isdigit() or not 1 <= int(ndims) <= MAX_NDIMS:
+        return f"NDims {ndims!r} is not a dimension count (1..{MAX_NDIMS}); fix the header"
+    if len(dims) != int(ndims) or not all(d.isdigit() for d in dims):
+        return (f"DimSize {fields.get('DimSize', '')!r} does not give {ndims} sizes; fix the "
+                "header")
+    return None
+
+
 def check_metaimage(path: Path) -> None:
-    """Refuse a MetaImage file whose voxel data is shorter than its header says."""
-    problem = payload_problem(path)
+    """Refuse a MetaImage file whose header dimensions are unusable or whose voxel data is
+    shorter than its header says."""
+    problem = header_problem(path) or payload_problem(path)
     if problem:
         raise LumbarError(f"{path}: {problem}")
 
 
-__all__ = ["check_metaimage", "payload_problem", "read_header"]
+__all__ = ["check_metaimage", "header_problem", "payload_problem", "read_header"]

@@ -363,19 +363,21 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
     """
     rows: List[Dict[str, Any]] = []
     taken = set(RESERVED_NAMES)
-    for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
-        try:
-            volume = reader()
-        except LumbarError as e:
-            logger.warning("skipping %s", e)
-            failures.append({"file": source, "error": str(e)})
-            continue
-        volume.name = unique_name(volume.name, taken)  # two inputs, one name: kept apart
-        result = predict_volume(volume, predict, batch_size, operating_point,
-                                desc=f"series {k}/{len(found)} {volume.name}")
-        write_series(result, root, dicom_seg)
-        rows.append(result.summary())
-    write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
+    try:
+        for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
+            try:
+                volume = reader()
+            except LumbarError as e:
+                logger.warning("skipping %s", e)
+                failures.append({"file": source, "error": str(e)})
+                continue
+            volume.name = unique_name(volume.name, taken)  # two inputs, one name: apart
+            result = predict_volume(volume, predict, batch_size, operating_point,
+                                    desc=f"series {k}/{len(found)} {volume.name}")
+            write_series(result, root, dicom_seg)
+            rows.append(result.summary())
+    finally:  # Ctrl-C or SIGTERM too: no series folder without its row
+        write_csv(root / SERIES_CSV, SERIES_FIELDS, rows)
     return rows
 
 

@@ -75,13 +75,15 @@ def cpu_model() -> str:
 
 
 def machine_info() -> Dict[str, Any]:
-    """CPU model, logical cores, torch threads (when torch is imported) and GPU."""
+    """CPU model, logical cores, torch threads (when torch is imported), load average, GPU."""
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
     gpu = None
     if torch is not None and torch.cuda.is_available():
         gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": threads,
+            "load_avg_1_5_15min": load,  # a busy machine makes timings slower: say so
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": gpu,
             "hostname": platform.node(), "os": platform.platform()}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from lumbar_d2.data.convert import convert_masks
+from lumbar_d2.data.layouts import SPIDER_CLASSES
 from lumbar_d2.data.register import datasets_root
 from lumbar_d2.data.splits import fold_assignment, read_folds, split_csv_text
 from lumbar_d2.utils.io import write_text
@@ -13,7 +14,7 @@ from lumbar_d2.utils.io import write_text
 REPO = Path(__file__).resolve().parents[3]
 FOLDS_FILE = REPO / "datasets" / "spider_folds_cv3.json"
 SPIDER = REPO.parent / "shared" / "data" / "spider_t2space_sagittal_2d"
-CLASS_MAP = {29: "disc", 76: "vertebra", 150: "canal"}
+CLASS_MAP = SPIDER_CLASSES
 PATIENT_REGEX, SLICE_REGEX = r"^(\d+)_", r"slice(\d+)"
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""The one CSV writer (utils.io.csv_text) and the one per_image.csv reader."""
+"""Files lumbar-d2 writes: the one CSV format (utils.io.csv_text), the one per_image.csv
+reader, and file modes under the umask."""
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from lumbar_d2.data.splits import split_csv_text
 from lumbar_d2.evaluation.records import read_per_image_csv, row_float
 from lumbar_d2.evaluation.report import PER_IMAGE_FIELDS, write_per_image_csv
-from lumbar_d2.utils.io import csv_text
+from lumbar_d2.utils.io import csv_text, write_text
 
 
 def test_csv_text_line_ends_extra_keys_and_carriage_returns() -> None:
@@ -46,3 +49,17 @@ def test_report_columns_come_from_the_field_lists() -> None:
     assert SLICE_COLUMNS[-1] == MEASUREMENT_COLUMNS[-1] == "unit"
     with pytest.raises(ValueError, match="height_px"):
         _shown(DISC_FIELDS, ["height_px"])
+
+
+# ---------------------------------------------------------------------------- file modes
+def test_written_files_honour_the_umask(tmp_path: Path) -> None:
+    """atomic_path's mkstemp makes 0600 files; outputs must be readable like plain files."""
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "out" / "a.json", "{}")
+        os.umask(0o077)
+        private = write_text(tmp_path / "out" / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
