@@ -6,6 +6,7 @@ Tools are imported from ``tools/*.py`` once per session and called through ``mai
 from __future__ import annotations
 
 import functools
+import logging
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -142,3 +143,18 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_sudirman_phantom(base / "sudirman", n_patients=3, levels=(3, 4), size=128)
     convert_sudirman(base / "sudirman", base / "datasets" / "phantom", val=0, test=1)
     return base / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def restore_loggers() -> Iterator[None]:
+    """Drop the handlers that a tool's ``setup_logger`` adds during a test, and restore the
+    loggers' levels: those handlers write to the test's capture streams, which are closed
+    afterwards ("--- Logging error ---" in a later test's stderr, whatever its order)."""
+    loggers = [logging.getLogger(n) for n in ("lumbar_d2", "detectron2", "d2", "fvcore")]
+    before = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
+    yield
+    for lg, (handlers, propagate, level) in zip(loggers, before):
+        for h in set(lg.handlers) - set(handlers):
+            lg.removeHandler(h)
+            h.close()
+        lg.propagate, lg.level = propagate, level

@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -115,22 +115,7 @@ SMALL_TRAINING = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128
                   "0", "DATASETS.TEST", "()", "DATASETS.TRAIN", "('lumbar_phantom_train',)"]
 
 
-@pytest.fixture
-def restore_loggers() -> Iterator[None]:
-    """Drop the handlers train_net's setup_logger adds: they write to this test's capture
-    streams, which are closed afterwards ("--- Logging error ---" in later tests' stderr)."""
-    loggers = [logging.getLogger(n) for n in ("lumbar_d2", "detectron2", "fvcore")]
-    before = [(list(lg.handlers), lg.propagate) for lg in loggers]
-    yield
-    for lg, (handlers, propagate) in zip(loggers, before):
-        for h in set(lg.handlers) - set(handlers):
-            lg.removeHandler(h)
-            h.close()
-        lg.propagate = propagate
-
-
 @pytest.mark.parametrize("how", ["weights", "weights allowed", "resume"])
-@pytest.mark.usefixtures("restore_loggers")
 def test_training_from_weights_of_another_architecture(
         how: str, ws: Workspace, phantom_root: Path, monkeypatch, run_tool, capsys) -> None:
     """Detectron2 skipped the misfit head tensors (random init) and trained on, exit 0.

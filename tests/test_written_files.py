@@ -63,3 +63,22 @@ def test_written_files_honour_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_move_into_replaces_a_folder_and_moves_a_file(tmp_path):
+    from lumbar_d2.utils.errors import LumbarError
+    from lumbar_d2.utils.io import move_into
+
+    (tmp_path / "shard" / "s1").mkdir(parents=True)
+    (tmp_path / "shard" / "s1" / "new.txt").write_text("new")
+    (tmp_path / "out" / "s1").mkdir(parents=True)
+    (tmp_path / "out" / "s1" / "old.txt").write_text("old")
+    move_into(tmp_path / "shard" / "s1", tmp_path / "out" / "s1")
+    assert [p.name for p in (tmp_path / "out" / "s1").iterdir()] == ["new.txt"]
+    assert not (tmp_path / "shard" / "s1").exists()
+    (tmp_path / "a.png").write_text("x")
+    move_into(tmp_path / "a.png", tmp_path / "out" / "a.png")
+    assert (tmp_path / "out" / "a.png").read_text() == "x"
+    with pytest.raises(LumbarError, match="cannot move .*missing") as e:
+        move_into(tmp_path / "missing", tmp_path / "out" / "m")
+    assert "\n" not in str(e.value)

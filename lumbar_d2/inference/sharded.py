@@ -19,15 +19,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from detectron2.config import CfgNode
 
 from ..utils.errors import LumbarError
-from ..utils.io import locked_output, write_csv
+from ..utils.io import locked_output, move_into, write_csv
 from .batch import PredictionWriter, run_prediction
 from .report import write_prediction_report
 from .series import SERIES_CSV, SERIES_FIELDS
@@ -150,12 +148,11 @@ def _move_pictures(folder: Path, root: Path, series: List[Dict[str, str]]) -> No
         if source.is_dir():
             (root / sub).mkdir(exist_ok=True)
             for f in source.iterdir():
-                os.replace(f, root / sub / f.name)
+                move_into(f, root / sub / f.name)
     for row in series:
         source = folder / row["series"]
         if source.is_dir():
-            shutil.rmtree(root / row["series"], ignore_errors=True)
-            os.replace(source, root / row["series"])
+            move_into(source, root / row["series"])
 
 
 __all__ = ["merge_shards", "run_shard", "unfinished_shards"]

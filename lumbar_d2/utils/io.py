@@ -244,6 +244,24 @@ def write_png(path: PathLike, image: np.ndarray) -> Path:
     return Path(path)
 
 
+def move_into(source: PathLike, target: PathLike) -> Path:
+    """Move a finished file or folder onto ``target`` in one rename (same file system), a
+    folder replacing any folder there: how a shard's outputs join the merged run.
+
+    Raises:
+        LumbarError: the rename failed (e.g. across file systems or a permission).
+    """
+    source, target = Path(source), Path(target)
+    if source.is_dir() and target.is_dir():
+        shutil.rmtree(target)
+    try:
+        os.replace(source, target)
+    except OSError as e:
+        raise LumbarError(f"cannot move {source} to {target}: {e.strerror}; keep the shards "
+                          "inside the output folder") from None
+    return target
+
+
 def make_output_dir(output_dir: PathLike) -> Path:
     """Create the output folder up front, so an unwritable one fails before the model runs.
 
