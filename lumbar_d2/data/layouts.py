@@ -108,8 +108,7 @@ def discover_masks(images_dir: Path, masks_dir: Path, patient_regex: str,
         elif not m:
             problems.append(f"{img}: --patient-regex {patient_regex!r} does not match the name")
         else:
-            pid = m.group("patient") if "patient" in rx.groupindex else m.group(
-                1 if m.groups() else 0)
+            pid = _patient_id(m)
             no_id += [img.name] if not pid else []
             extra, problem = _slice_index(img.name, srx)
             problems += [problem] if problem else []
@@ -133,9 +132,7 @@ def slice_positions(paths: Sequence[Path], patient_regex: str, slice_regex: str
         m = prx.search(path.name)
         extra, problem = _slice_index(path.name, srx)
         if m and not problem:
-            pid = m.group("patient") if "patient" in prx.groupindex else m.group(
-                1 if m.groups() else 0)
-            out[path] = (pid, extra["slice_index"])
+            out[path] = (_patient_id(m), extra["slice_index"])
     return out
 
 
@@ -146,6 +143,14 @@ def slice_neighbours(positions: Mapping[Any, Tuple[str, int]]
     where = {pos: item for item, pos in positions.items()}
     return {item: (where.get((pid, k - 1)), where.get((pid, k + 1)))
             for item, (pid, k) in positions.items()}
+
+
+def _patient_id(m: "re.Match") -> str:
+    """The patient id of a ``--patient-regex`` match: its group ``patient``, else its first
+    group, else the whole match."""
+    if "patient" in m.re.groupindex:
+        return m.group("patient")
+    return m.group(1 if m.groups() else 0)
 
 
 def _slice_index(name: str, srx: Optional["re.Pattern"]) -> Tuple[Dict[str, int], str]:

@@ -38,10 +38,9 @@ def pool_fold_files(output: Path, variant: str, mode: str, work: Path) -> Dict[s
     for k in range(len(read_folds(FOLDS_FILE))):
         test = f"lumbar_{fold_name(k)}_test"
         gt_file = Path("datasets") / fold_name(k) / "annotations" / "test.json"
-        run = run_dir(output, variant, k) / ("lone" if mode == "lone" else "")
-        pred_file = run / "inference" / test / "coco_instances_results.json"
-        if mode == "lone":
-            pred_file = run / test / "coco_instances_results.json"
+        run = run_dir(output, variant, k)
+        folder = run / "lone" / test if mode == "lone" else run / "inference" / test
+        pred_file = folder / "coco_instances_results.json"
         if not pred_file.is_file():
             raise LumbarError(f"{pred_file}: fold {k} has no predictions; run "
                               f"run_cv.py train --variant {variant}")
@@ -78,13 +77,23 @@ def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dic
     return rows
 
 
-def patient_dice(records: List[dict]) -> Dict[str, float]:
-    """Pooled pixel Dice of each patient's slices."""
+PIXEL_KEYS = ("tp_px", "fp_px", "fn_px")
+COUNT_KEYS = PIXEL_KEYS + ("tp", "fp", "fn")
+
+
+def sums_by_patient(records: List[dict], keys=COUNT_KEYS) -> Dict[str, np.ndarray]:
+    """``keys`` of the records summed per patient (sorted by patient id)."""
     sums: Dict[str, np.ndarray] = {}
     for r in records:
-        sums.setdefault(r["patient_id"], np.zeros(3))
-        sums[r["patient_id"]] += [r["tp_px"], r["fp_px"], r["fn_px"]]
-    return {p: float(metrics.dice_from_counts(*s)) for p, s in sorted(sums.items())}
+        sums.setdefault(r["patient_id"], np.zeros(len(keys)))
+        sums[r["patient_id"]] += [r[k] for k in keys]
+    return dict(sorted(sums.items()))
+
+
+def patient_dice(records: List[dict]) -> Dict[str, float]:
+    """Pooled pixel Dice of each patient's slices."""
+    return {p: float(metrics.dice_from_counts(*s))
+            for p, s in sums_by_patient(records, PIXEL_KEYS).items()}
 
 
 def score_mode(output: Path, variant: str, mode: str, out: Path) -> dict:
@@ -120,11 +129,7 @@ def _headline(overall: dict) -> dict:
 
 def _patient_sums(records: List[dict]) -> Dict[str, List[float]]:
     """tp/fp/fn pixels and instances per patient, for the paired bootstrap."""
-    sums: Dict[str, np.ndarray] = {}
-    for r in records:
-        sums.setdefault(r["patient_id"], np.zeros(6))
-        sums[r["patient_id"]] += [r["tp_px"], r["fp_px"], r["fn_px"], r["tp"], r["fp"], r["fn"]]
-    return {p: s.tolist() for p, s in sorted(sums.items())}
+    return {p: s.tolist() for p, s in sums_by_patient(records).items()}
 
 
 def paired_difference(a: Dict[str, List[float]], b: Dict[str, List[float]],
