@@ -5,10 +5,12 @@
     python projects/CrossValidation/run_cv.py train --variant 25d --fold 0 --lone
     python projects/CrossValidation/run_cv.py report --variants 2d 25d
     python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
+    python projects/CrossValidation/run_cv.py final       # the shipped model, all patients
 
 ``train`` converts each fold (once), trains the variant on the other folds' patients and
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
+``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
     f.add_argument("--output", default="output/cv")
     f.add_argument("--results", default="results/spider_cv")
+    s = sub.add_parser("final", help="train the shipped config on all patients")
+    s.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
 
@@ -60,6 +64,8 @@ def main(argv=None) -> int:
         setup_logger(name=name)
     if a.command == "train":
         return run_tool(lambda: train(a), verbose=True)
+    if a.command == "final":
+        return run_tool(lambda: final(a), verbose=True)
     if a.command == "reference":
         return run_tool(lambda: reference(a), verbose=True)
     from cross_validation.report import write_report
@@ -74,6 +80,15 @@ def reference(a: argparse.Namespace) -> int:
 
     convert_old_test()
     score_reference(predict_shipped_old_test(Path(a.output)), Path(a.results))
+    return 0
+
+
+def final(a: argparse.Namespace) -> int:
+    from cross_validation.folds import convert_all
+    from cross_validation.train import train_shipped
+
+    convert_all()
+    train_shipped(a.opts)
     return 0
 
 

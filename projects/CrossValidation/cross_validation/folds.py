@@ -43,6 +43,16 @@ def convert_fold(fold: int, data: Path = SPIDER, folds_file: Path = FOLDS_FILE,
     return out
 
 
+def convert_all(data: Path = SPIDER, root: Optional[str] = None) -> Path:
+    """Convert every SPIDER slice as ``train`` (``spider_all``: the shipped model's data)."""
+    out = datasets_root(root) / "spider_all"
+    if not (out / "meta.json").is_file():
+        logger.info("converting all patients into %s", out)
+        convert_masks(data / "images", data / "masks", out, CLASS_MAP, PATIENT_REGEX,
+                      classes=["disc"], slice_regex=SLICE_REGEX, val=0, test=0)
+    return out
+
+
 # The 6 held-out patients of the earlier 19 / 4 / 6 split: the only patients the shipped
 # model never trained on, so the only fair place to measure "today's model".
 OLD_TEST_PATIENTS = ("127", "141", "18", "185", "241", "45")

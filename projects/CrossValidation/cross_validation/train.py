@@ -14,6 +14,7 @@ from .folds import REPO, fold_name
 VARIANTS: Dict[str, str] = {
     "2d": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_2d.yaml",
     "25d": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d.yaml",
+    "25d_m56": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_m56.yaml",  # round 2
 }
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ def predict_lone(variant: str, fold: int, output: Path) -> Path:
 
 
 SHIPPED_CONFIG = "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
+
+
+def train_shipped(extra: List[str] = ()) -> Path:
+    """Train the shipped config (the adopted variant on all patients) from scratch; a killed
+    run resumes. Ship its ``model_final.pth`` with tools/ship_model.py."""
+    return Path(train_config(str(REPO / SHIPPED_CONFIG), list(extra), SHIPPED_CONFIG).OUTPUT_DIR)
 
 
 def predict_shipped_old_test(output: Path) -> Path:
