@@ -43,6 +43,26 @@ def test_decision_rule_of_the_protocol(d2, d25, r2, r25, lone, adopted):
     assert got["adopted"] == adopted
 
 
+def _mode2(variant, dice, small_recall, iou):
+    m = _mode(dice, small_recall)
+    m["variant"], m["at_best"]["mean_iou_found"] = variant, iou
+    return m
+
+
+@pytest.mark.parametrize("dice, recall, iou, p50, adopted", [
+    (0.876, 0.40, 0.80, 0.20, "25d_m56"),  # +0.006 Dice
+    (0.874, 0.42, 0.81, 0.20, "25d"),      # +0.004, small recall +0.02, IoU +0.01: not enough
+    (0.868, 0.40, 0.825, 0.20, "25d_m56"),  # within 0.002 and IoU +0.025
+    (0.867, 0.45, 0.82, 0.20, "25d"),      # 0.003 worse: outside the 0.002 band
+    (0.880, 0.40, 0.80, 0.26, "25d"),      # better, but slower than 0.25 s
+    (0.880, 0.40, 0.80, None, "25d"),      # no latency measured: not adopted
+])
+def test_round2_rule(dice, recall, iou, p50, adopted):
+    got = report.decide_round2(_mode2("25d", 0.870, 0.40, 0.80),
+                               _mode2("25d_m56", dice, recall, iou), p50)
+    assert got["adopted"] == adopted
+
+
 def test_patient_dice_pools_each_patients_pixels():
     records = [{"patient_id": "1", "tp_px": 8, "fp_px": 2, "fn_px": 0},
                {"patient_id": "1", "tp_px": 2, "fp_px": 0, "fn_px": 8},

@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
     r.add_argument("--output", default="output/cv")
     r.add_argument("--results", default="results/spider_cv", help="committable tables")
+    r.add_argument("--baseline", default=None,
+                   help="round 1's cv.json: compare 25d_m56 with its 25d (round 2)")
+    r.add_argument("--latency", default=None, help="25d_m56's latency.json (round 2 rule)")
     f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
     f.add_argument("--output", default="output/cv")
     f.add_argument("--results", default="results/spider_cv")
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
     if a.command == "reference":
         return run_tool(lambda: reference(a), verbose=True)
     from cross_validation.report import write_report
-    return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results)),
+    opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
+    return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results), **opt),
                     verbose=True)
 
 

@@ -166,6 +166,37 @@ def decide(a: dict, b: dict, b_lone: Optional[dict]) -> dict:
             "adopted": "25d" if first and second else "2d"}
 
 
+def _key_figures(m: dict) -> Dict[str, float]:
+    """Pooled Dice, recall of discs < 400 px and mean IoU of found discs at the best point."""
+    best = m["at_best"]
+    small = strata.SIZE_BINS[0][2]
+    return {"dice": best["overall"]["dice_micro"], "mean_iou_found": best["mean_iou_found"],
+            "small_recall": next(r["recall"] for r in best["recall_by_size"]
+                                 if r["size"] == small)}
+
+
+def decide_round2(base: dict, cand: dict, latency_p50: Optional[float]) -> dict:
+    """Round 2's rule for adopting ``25d_m56`` (cand) over round 1's ``25d`` (base)."""
+    b, c = _key_figures(base), _key_figures(cand)
+    first = c["dice"] >= b["dice"] + 0.005 or (
+        c["dice"] >= b["dice"] - 0.002
+        and (c["small_recall"] >= b["small_recall"] + 0.03
+             or c["mean_iou_found"] >= b["mean_iou_found"] + 0.02))
+    second = latency_p50 is not None and latency_p50 <= 0.25
+    return {"base": b, "candidate": c, "latency_p50_s": latency_p50,
+            "condition_1": bool(first), "condition_2": bool(second),
+            "adopted": cand["variant"] if first and second else base["variant"]}
+
+
+def compare_round2(cand: dict, baseline: Path, latency: Optional[Path]) -> dict:
+    """Paired difference and decision of ``cand`` against the committed round-1 ``25d``."""
+    base = json.loads(Path(baseline).read_text())["variants"]["25d"]
+    p50 = json.loads(Path(latency).read_text())["p50_s"] if latency else None
+    return {"paired": paired_difference(base["at_best"]["patient_sums"],
+                                        cand["at_best"]["patient_sums"]),
+            "decision": decide_round2(base, cand, p50)}
+
+
 def score_reference(predictions: Path, results: Path) -> dict:
     """Today's shipped model on its 6 held-out patients at its operating point (0.93)."""
     gt_file = Path("datasets") / "spider_oldtest" / "annotations" / "test.json"
@@ -184,8 +215,10 @@ def score_reference(predictions: Path, results: Path) -> dict:
     return summary
 
 
-def write_report(variants: Sequence[str], output: Path, results: Path) -> int:
-    """Score every variant and mode found, write ``results/spider_cv`` tables."""
+def write_report(variants: Sequence[str], output: Path, results: Path,
+                 baseline: Optional[Path] = None, latency: Optional[Path] = None) -> int:
+    """Score every variant and mode found, write ``results/spider_cv`` tables; with
+    ``baseline`` (round 1's cv.json), also round 2's comparison against its ``25d``."""
     scored: Dict[str, dict] = {}
     for v in variants:
         modes = ["2.5d", "lone"] if v == "25d" else ["2d"]
@@ -198,6 +231,8 @@ def write_report(variants: Sequence[str], output: Path, results: Path) -> int:
         summary["paired_25d_minus_2d"] = paired_difference(
             scored["2d"]["at_best"]["patient_sums"], scored["25d"]["at_best"]["patient_sums"])
         summary["decision"] = decide(scored["2d"], scored["25d"], scored["25d_lone"])
+    if baseline is not None and "25d_m56" in scored:
+        summary["round2"] = compare_round2(scored["25d_m56"], baseline, latency)
     write_result(results / "cv.json", summary, record=record)
     write_text(results / "cv.md", format_markdown(summary) + "\n## Record\n\n"
                + record_markdown(record))
@@ -216,7 +251,7 @@ def _write_patient_csv(scored: Dict[str, dict], path: Path) -> None:
 
 def format_markdown(summary: dict) -> str:
     """The cross-validation table (OOF, all patients) and the decision."""
-    lines = ["# Cross-validation, round 1: out-of-fold results over all 29 patients", "",
+    lines = ["# Cross-validation: out-of-fold results over all 29 patients", "",
              "| variant | threshold | pixel Dice [95 % CI] | inst. P | inst. R | R < 400 px | "
              "R outer third | IoU of found | lowest patient |", "|---" * 9 + "|"]
     for key, s in summary["variants"].items():
@@ -239,5 +274,13 @@ def format_markdown(summary: dict) -> str:
                          f"{d['ci95'][1]:+.4f}]")
         dec = summary["decision"]
         lines += ["", f"Decision by the protocol's rule: **{dec['adopted']}** (condition 1: "
+                  f"{dec['condition_1']}, condition 2: {dec['condition_2']})."]
+    if "round2" in summary:
+        r2 = summary["round2"]
+        lines += ["", "Round 2: paired difference 25d_m56 - 25d (round 1's committed 25d):", ""]
+        lines += [f"- {k}: {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                  for k, d in r2["paired"].items()]
+        dec = r2["decision"]
+        lines += ["", f"Decision by round 2's rule: **{dec['adopted']}** (condition 1: "
                   f"{dec['condition_1']}, condition 2: {dec['condition_2']})."]
     return "\n".join(lines) + "\n"
