@@ -330,3 +330,12 @@ def test_image_metrics_without_surface_distances_keeps_every_count():
     assert math.isnan(fast["hd95"]) and math.isnan(fast["assd"]) and full["hd95"] > 0
     same = ("tp_px", "fp_px", "fn_px", "dice", "tp", "fp", "fn", "matched_dice")
     assert {k: fast[k] for k in same} == {k: full[k] for k in same}
+
+
+def test_sums_by_patient_adds_each_patients_counts_in_id_order():
+    records = [{"patient_id": "b", "tp_px": 3, "fp_px": 1, "fn_px": 0},
+               {"patient_id": "a", "tp_px": 1, "fp_px": 0, "fn_px": 2},
+               {"patient_id": "b", "tp_px": 2, "fp_px": 0, "fn_px": 5}]
+    got = m.sums_by_patient(records, m.PIXEL_KEYS)
+    assert list(got) == ["a", "b"]
+    assert got["a"].tolist() == [1, 0, 2] and got["b"].tolist() == [5, 1, 5]

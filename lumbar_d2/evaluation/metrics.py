@@ -267,6 +267,22 @@ def _record_row(r: dict) -> List[float]:
             dice if defined else 0.0, 1.0 if defined else 0.0]
 
 
+PIXEL_KEYS = ("tp_px", "fp_px", "fn_px")
+COUNT_KEYS = PIXEL_KEYS + ("tp", "fp", "fn")
+
+
+def sums_by_patient(records: List[dict], keys: Sequence[str] = COUNT_KEYS,
+                    patient_key: str = "patient_id") -> Dict[str, np.ndarray]:
+    """``keys`` of per-image records summed per patient (sorted by patient id): the unit of
+    patient-level statistics (per-patient Dice, paired patient bootstraps)."""
+    sums: Dict[str, np.ndarray] = {}
+    for r in records:
+        pid = str(r[patient_key])
+        sums.setdefault(pid, np.zeros(len(keys)))
+        sums[pid] += [r[k] for k in keys]
+    return dict(sorted(sums.items()))
+
+
 def _patient_sums(records: List[dict], patient_key: str) -> np.ndarray:
     """[n_patients, len(_COLUMNS)] sums; a record without a patient is its own patient."""
     keys = [str(r.get(patient_key) or f"__image_{i}") for i, r in enumerate(records)]

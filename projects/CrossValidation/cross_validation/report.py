@@ -77,23 +77,10 @@ def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dic
     return rows
 
 
-PIXEL_KEYS = ("tp_px", "fp_px", "fn_px")
-COUNT_KEYS = PIXEL_KEYS + ("tp", "fp", "fn")
-
-
-def sums_by_patient(records: List[dict], keys=COUNT_KEYS) -> Dict[str, np.ndarray]:
-    """``keys`` of the records summed per patient (sorted by patient id)."""
-    sums: Dict[str, np.ndarray] = {}
-    for r in records:
-        sums.setdefault(r["patient_id"], np.zeros(len(keys)))
-        sums[r["patient_id"]] += [r[k] for k in keys]
-    return dict(sorted(sums.items()))
-
-
 def patient_dice(records: List[dict]) -> Dict[str, float]:
     """Pooled pixel Dice of each patient's slices."""
     return {p: float(metrics.dice_from_counts(*s))
-            for p, s in sums_by_patient(records, PIXEL_KEYS).items()}
+            for p, s in metrics.sums_by_patient(records, metrics.PIXEL_KEYS).items()}
 
 
 def score_mode(output: Path, variant: str, mode: str, out: Path) -> dict:
@@ -129,7 +116,7 @@ def _headline(overall: dict) -> dict:
 
 def _patient_sums(records: List[dict]) -> Dict[str, List[float]]:
     """tp/fp/fn pixels and instances per patient, for the paired bootstrap."""
-    return {p: s.tolist() for p, s in sums_by_patient(records).items()}
+    return {p: s.tolist() for p, s in metrics.sums_by_patient(records).items()}
 
 
 def paired_difference(a: Dict[str, List[float]], b: Dict[str, List[float]],

@@ -23,10 +23,7 @@ def score_set(gt_json: Path, predictions: Path) -> Dict:
     records = per_image_records(gt, json.loads(Path(predictions).read_text()), THRESHOLD, 0.5,
                                 (1.0, 1.0), surface=False)
     overall = metrics.summarize(records, n_boot=0)
-    patients: Dict[str, np.ndarray] = {}
-    for r in records:
-        patients.setdefault(r["patient_id"], np.zeros(3))
-        patients[r["patient_id"]] += [r["tp_px"], r["fp_px"], r["fn_px"]]
+    patients = metrics.sums_by_patient(records, metrics.PIXEL_KEYS)
     return {**{k: float(overall[k]) for k in KEYS}, "n_images": overall["n_images"],
             "patient_px": {p: v.tolist() for p, v in patients.items()}}
 
