@@ -110,3 +110,15 @@ def test_leak_dataset_holds_out_seen_slices_and_keeps_unseen(tmp_path, monkeypat
     again = design.leak_dataset(fold, seed=4, root=str(tmp_path / "root"))
     other = json.loads((tmp_path / "root" / again / "annotations" / "val.json").read_text())
     assert {im["id"] for im in other["images"]} != ids["val"]
+
+
+def test_training_time_sums_each_logged_window_over_resumed_segments(tmp_path):
+    from lumbar_d2.engine.study import training_time
+
+    rows = [{"iteration": 19, "time": 1.0}, {"iteration": 39, "time": 2.0},
+            {"iteration": 39, "eval": 1},  # no "time": not an iteration window
+            {"iteration": 59, "time": 0.5}]  # a resumed segment appends to the same file
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = training_time(tmp_path)
+    assert got["iterations"] == 60
+    assert got["train_seconds"] == pytest.approx(20 * 1.0 + 20 * 2.0 + 20 * 0.5)

@@ -4,7 +4,10 @@ one error path (``LumbarError``), one logger and one set of checks serve every s
 """
 from __future__ import annotations
 
+import json
 import logging
+import resource
+from os import PathLike
 from pathlib import Path
 from typing import Sequence
 
@@ -43,3 +46,25 @@ def evaluate_weights(cfg: CfgNode, folder: Path) -> None:
     with torch.no_grad():
         Trainer.test(cfg, model, [Trainer.build_evaluator(cfg, cfg.DATASETS.TEST[0],
                                                           str(folder))])
+
+
+def training_time(output_dir: PathLike) -> dict:
+    """Iterations and compute time of a run from Detectron2's ``metrics.json``, summed over
+    every resumed segment (each logged window counts its iterations x its mean s/iter)."""
+    rows = [json.loads(line) for line in Path(output_dir, "metrics.json").read_text().splitlines()
+            if line.strip()]
+    rows = [r for r in rows if "time" in r and "iteration" in r]
+    seconds, prev = 0.0, -1
+    for r in sorted(rows, key=lambda r: r["iteration"]):
+        seconds += (r["iteration"] - prev) * r["time"]
+        prev = r["iteration"]
+    return {"iterations": prev + 1, "train_seconds": round(seconds, 1),
+            "s_per_iter": round(seconds / max(prev + 1, 1), 4)}
+
+
+def peak_rss_mb() -> dict:
+    """Peak resident memory of this process and of its largest finished child (a data-loader
+    worker), in MB: what a training run needs besides its loader workers' copies."""
+    kb = {who: resource.getrusage(flag).ru_maxrss
+          for who, flag in (("main", resource.RUSAGE_SELF), ("child", resource.RUSAGE_CHILDREN))}
+    return {f"peak_rss_{who}_mb": round(v / 1024, 1) for who, v in kb.items()}

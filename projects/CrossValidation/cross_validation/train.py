@@ -5,8 +5,9 @@ import logging
 from pathlib import Path
 from typing import Dict, List
 
-from lumbar_d2.engine.study import evaluate_weights, train_config
+from lumbar_d2.engine.study import evaluate_weights, peak_rss_mb, train_config, training_time
 from lumbar_d2.runtime import load_config, prepare_config
+from lumbar_d2.utils.record import write_result
 
 from .folds import REPO, fold_name
 
@@ -57,10 +58,22 @@ def predict_lone(variant: str, fold: int, output: Path) -> Path:
 SHIPPED_CONFIG = "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
 
 
+SHIPPED_RESULTS = REPO / "results" / "spider_disc_zoo_25d"
+
+
 def train_shipped(extra: List[str] = ()) -> Path:
     """Train the shipped config (the adopted variant on all patients) from scratch; a killed
-    run resumes. Ship its ``model_final.pth`` with tools/ship_model.py."""
-    return Path(train_config(str(REPO / SHIPPED_CONFIG), list(extra), SHIPPED_CONFIG).OUTPUT_DIR)
+    run resumes. Writes its training time and memory (``training.json``, with the record)
+    when this call trained. Ship ``model_final.pth`` with tools/ship_model.py."""
+    cfg = load_config(str(REPO / SHIPPED_CONFIG), list(extra))
+    done = (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file()
+    train_config(str(REPO / SHIPPED_CONFIG), list(extra), SHIPPED_CONFIG)
+    if not done:
+        summary = {**training_time(cfg.OUTPUT_DIR), **peak_rss_mb(),
+                   "loader_workers": cfg.DATALOADER.NUM_WORKERS,
+                   "batch": cfg.SOLVER.IMS_PER_BATCH, "output_dir": cfg.OUTPUT_DIR}
+        write_result(SHIPPED_RESULTS / "training.json", summary)
+    return Path(cfg.OUTPUT_DIR)
 
 
 def predict_shipped_old_test(output: Path) -> Path:
