@@ -28,6 +28,7 @@ from .data.splits import check_patient_leakage
 from .utils.errors import LumbarError, one_line
 
 logger = logging.getLogger(__name__)
+ALLOW_SHAPE_MISMATCH = "--allow-shape-mismatch"  # the tools' flag that accepts a partial load
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
@@ -172,17 +173,18 @@ def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = Fal
     the rest, which then keep their random initialisation: resuming a run with a changed
     architecture trains (or predicts with) a partly random model without a word. Fine-tuning
     pretrained weights with a new head (another class count) is the legitimate case:
-    ``allow`` (the tool's ``flag``, named in the error) accepts it, with Detectron2's log.
+    ``allow`` (the tool's ``flag``, named in the error) accepts it, with a warning.
 
     ``min_matched``: for a checkpoint that must hold the whole model (prediction,
     evaluation, export), the fraction of the model's parameters it must fill; a checkpoint
     of another model, whose keys match nothing or half, would otherwise run a random or
-    half-random model with exit 0.
+    half-random model with exit 0. With ``allow``, what would be refused is a warning.
     """
     load, log = checkpointer.load, checkpointer._log_incompatible_keys
     source = {"path": "the checkpoint"}
     fix = "use the config the weights were trained with" + (
-        f", or pass {flag} to fine-tune with newly initialised layers" if flag else "")
+        f", or pass {flag} to go on with the rest randomly initialised (e.g. to fine-tune a "
+        "new head)" if flag else "")
 
     def load_and_remember(path, *args, **kwargs):
         source["path"] = path
@@ -193,17 +195,21 @@ def refuse_shape_mismatch(checkpointer: DetectionCheckpointer, allow: bool = Fal
         n_model = len(checkpointer.model.state_dict())
         missing = len(incompatible.missing_keys) + len(shapes)
         matched = 1.0 - missing / max(n_model, 1)
-        if matched < min_matched and not allow:
+        problem = None
+        if matched < min_matched:
             example = (list(incompatible.missing_keys) or [k for k, *_ in shapes])[0]
-            raise LumbarError(
-                f"{source['path']}: fills only {matched:.0%} of this model's {n_model} "
-                f"parameters (e.g. {example} is not in it), so the rest would be random; "
-                f"{fix}")
-        if shapes and not allow:
+            problem = (f"{source['path']}: fills only {matched:.0%} of this model's {n_model} "
+                       f"parameters (e.g. {example} is not in it), so the rest would be random")
+        elif shapes:
             key, in_file, in_model = shapes[0]
-            raise LumbarError(
-                f"{source['path']}: {len(shapes)} parameter(s) do not fit this model (e.g. "
-                f"{key}: {tuple(in_file)} in the file, {tuple(in_model)} in the model); {fix}")
+            problem = (f"{source['path']}: {len(shapes)} parameter(s) do not fit this model "
+                       f"(e.g. {key}: {tuple(in_file)} in the file, {tuple(in_model)} in the "
+                       "model)")
+        if problem and not allow:
+            raise LumbarError(f"{problem}; {fix}")
+        if problem:
+            logger.warning("%s; going on (%s): the parameters not loaded keep their random "
+                           "initialisation", problem, flag or "allowed")
         log(incompatible)
 
     checkpointer.load, checkpointer._log_incompatible_keys = load_and_remember, check
@@ -238,6 +244,6 @@ def check_output_dir(output_dir: str) -> None:
                           "choose another OUTPUT_DIR")
 
 
-__all__ = ["apply_epochs", "check_base_chain", "check_output_dir", "check_weights",
-           "checkpoint_problem", "load_config", "prepare_config", "refuse_shape_mismatch",
-           "use_cpu_without_cuda"]
+__all__ = ["ALLOW_SHAPE_MISMATCH", "apply_epochs", "check_base_chain", "check_output_dir",
+           "check_weights", "checkpoint_problem", "load_config", "prepare_config",
+           "refuse_shape_mismatch", "use_cpu_without_cuda"]

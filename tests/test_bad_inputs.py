@@ -106,7 +106,7 @@ def _looping_yaml(ws: Workspace, n_files: int) -> Path:
     return ws.tmp / names[0]
 
 
-def _foreign_weights(ws: Workspace, fraction: float) -> Path:
+def foreign_weights(ws: Workspace, fraction: float) -> Path:
     """A checkpoint holding ``fraction`` of the tiny model's parameters, plus foreign keys."""
     import torch
     from detectron2.modeling import build_model
@@ -225,9 +225,9 @@ BAD: Dict[str, tuple] = {
     "predict_weights_url_unreachable": ("predict", lambda ws: ws.predict(
         "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pth"), ("MODEL.WEIGHTS", "127.0.0.1")),
     "predict_weights_of_another_model": ("predict", lambda ws: ws.predict(
-        "MODEL.WEIGHTS", _foreign_weights(ws, 0.0)), ("foreign_0.0.pth", "fills only 0%")),
+        "MODEL.WEIGHTS", foreign_weights(ws, 0.0)), ("foreign_0.0.pth", "fills only 0%")),
     "predict_weights_half_the_model": ("predict", lambda ws: ws.predict(
-        "MODEL.WEIGHTS", _foreign_weights(ws, 0.5)), ("foreign_0.5.pth", "fills only 5")),
+        "MODEL.WEIGHTS", foreign_weights(ws, 0.5)), ("foreign_0.5.pth", "fills only 5")),
     "predict_weights_truncated": ("predict", lambda ws: ws.predict(
         "MODEL.WEIGHTS", _random_weights(ws)), ("MODEL.WEIGHTS", "model_final.pth")),
     "predict_input_missing": ("predict", lambda ws: ws.predict(inputs=ws.tmp / "no_slices"),

@@ -202,7 +202,8 @@ def test_corrupt_dicom_is_one_line_without_pydicom_traceback(tmp_path: Path, cap
             load_image(path)
     finally:
         logging.getLogger().removeHandler(handler)
-    assert "jpeg.dcm: cannot decode DICOM" in str(err.value)
+    assert "jpeg.dcm: cannot decode its JPEG Baseline (Process 1)" in str(err.value)
+    assert "gdcmconv --raw" in str(err.value)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
     assert "Traceback" not in capsys.readouterr().err
 

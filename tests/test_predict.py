@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -20,12 +21,14 @@ from conftest import tool_module as load_tool
 from inference_helpers import save_random_checkpoint, tiny_cfg, tiny_opts
 from input_cases import TWO_CLASSES, catalog, random_checkpoint
 from test_bad_inputs import Workspace, check_bad_case, ws  # noqa: F401  (ws: a fixture)
+from test_bad_inputs import foreign_weights
 from lumbar_d2.data.imageio import read_array
 from lumbar_d2.data.phantom import sudirman_paths, write_sudirman_phantom
 from lumbar_d2.inference.batch import (MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, instance_id_image,
                                        output_stems, resolve_spacing, run_prediction)
 from lumbar_d2.inference.predictor import LumbarPredictor
 from lumbar_d2.measure import MEASUREMENT_FIELDS
+from lumbar_d2.runtime import ALLOW_SHAPE_MISMATCH
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.io import OUTPUT_LOCK
 from test_inference_io import _write_dicom
@@ -441,6 +444,22 @@ PREDICT_BAD: Dict[str, tuple] = {
 @pytest.mark.parametrize("case", sorted(PREDICT_BAD))
 def test_bad_input_fails_with_one_line(case: str, ws: Workspace, run_tool, capsys) -> None:
     check_bad_case(PREDICT_BAD[case], ws, run_tool, capsys)
+
+
+def test_allow_shape_mismatch_predicts_with_a_partial_checkpoint(ws: Workspace, run_tool,
+                                                                 capsys, caplog) -> None:
+    """A checkpoint filling half the model: refused without the flag (exit 2, one line that
+    names the flag); with it, predicted, and the partial load is a logged warning."""
+    weights = foreign_weights(ws, 0.5)
+    argv = ws.predict(*tiny_opts(str(weights)))
+    check_bad_case(("predict", lambda ws: argv, (weights.name, "fills only",
+                                                 ALLOW_SHAPE_MISMATCH)), ws, run_tool, capsys)
+    with caplog.at_level(logging.WARNING, logger="lumbar_d2"):
+        code, err = run_tool("predict", [ALLOW_SHAPE_MISMATCH, *argv], capsys)
+    assert code == 0 and "error" not in err, err
+    assert len(_csv(ws.out / "predict" / "summary.csv")) == len(ws.data.names)
+    warned = [r.getMessage() for r in caplog.records if "fills only" in r.getMessage()]
+    assert len(warned) == 1 and weights.name in warned[0] and ALLOW_SHAPE_MISMATCH in warned[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import csv
 import gzip
 import io
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -12,15 +13,18 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 from volume_helpers import (
     SPIDER_DISC,
     GroundTruthPredictor,
+    compressed_series,
     phantom,
     sitk_volume,
     spider_patient,
     write_dicom_series,
 )
 
+from lumbar_d2.inference.io import load_image
 from lumbar_d2.inference.linking import SliceInstance, link_instances, mask_iou
 from lumbar_d2.inference.series import DISC_FIELDS, predict_volume, run_volumes, write_series
 from lumbar_d2.inference.volume import (
@@ -495,3 +499,58 @@ def test_metaimage_with_unusable_dimensions_is_refused_before_simpleitk(tmp_path
     for check in (read_volume, check_volume_file):
         with pytest.raises(LumbarError, match="NDims|DimSize"):
             check(path)
+
+
+def _metaimage_with(tmp_path: Path, spacing_line: str) -> Path:
+    """The phantom as ``case.mha`` whose ElementSpacing line is ``spacing_line`` ("": none)."""
+    images, _ = phantom()
+    path = tmp_path / "case.mha"
+    sitk.WriteImage(sitk_volume(images), str(path))
+    head, sep, payload = path.read_bytes().partition(b"ElementDataFile")
+    lines = [ln for ln in head.decode().splitlines() if not ln.startswith("ElementSpacing")]
+    path.write_bytes("\n".join(lines + [spacing_line] * bool(spacing_line)).encode() + b"\n"
+                     + sep + payload)
+    return path
+
+
+@pytest.mark.parametrize("line", ["", "ElementSpacing = 0 0 0", "ElementSpacing = -1 1 1",
+                                  "ElementSpacing = nan 1 1", "ElementSize = 1 1"])
+def test_metaimage_without_a_voxel_size_is_refused(tmp_path, line):
+    """SimpleITK gave a header without ElementSpacing 1 mm voxels: made-up millilitres."""
+    path = _metaimage_with(tmp_path, line)
+    for check in (read_volume, check_volume_file):
+        with pytest.raises(LumbarError, match="ElementSpacing|ElementSize") as e:
+            check(path)
+        assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+        assert "fix the header" in str(e.value) or "add `ElementSpacing" in str(e.value)
+
+
+def test_metaimage_element_size_stands_in_for_element_spacing(tmp_path):
+    volume = read_volume(_metaimage_with(tmp_path, "ElementSize = 0.7 0.6 3.3"))
+    assert volume.image.GetSpacing() == pytest.approx((0.7, 0.6, 3.3))
+
+
+# ------------------------------------------------------------------ compressed DICOM
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless, RLELossless])
+def test_undecodable_compressed_series_names_its_transfer_syntax(tmp_path, syntax):
+    """GDCM said only "Failed to change to Implicit Transfer Syntax"."""
+    images, _ = phantom()
+    uid = compressed_series(tmp_path / "dicom", images, syntax)
+    files = dict(find_volumes(str(tmp_path / "dicom")).series)[uid]
+    failures = []
+    with pytest.raises(LumbarError) as e:
+        read_dicom_series(uid, files, failures)
+    message = str(e.value)
+    assert message.startswith(f"{files[0]}: cannot decode its {syntax.name} ({syntax})")
+    assert uid in message and "gdcmconv --raw" in message and "\n" not in message
+    assert [f["file"] for f in failures] == [str(f) for f in files]
+    with pytest.raises(LumbarError, match=re.escape(f"{syntax.name} ({syntax})")):
+        load_image(files[0])  # the 2-D reader (pydicom) words it the same way
+
+
+def test_compressed_series_that_decodes_is_read(tmp_path):
+    """Only what cannot be decoded is refused: an RLE series reads as the plain one."""
+    images, _ = phantom()
+    uid = compressed_series(tmp_path / "dicom", images, RLELossless, junk=False)
+    volume = read_dicom_series(uid, dict(find_volumes(str(tmp_path / "dicom")).series)[uid], [])
+    np.testing.assert_array_equal(volume.sagittal()[0], images)

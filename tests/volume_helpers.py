@@ -142,3 +142,22 @@ def phantom(n_slices: int = 9, centres_y: Sequence[int] = (40, 75, 110, 145, 180
         cv2.circle(labels[k], (x, y), 6, SPIDER_DISC, -1)
     images[labels > 0] = 200
     return images, labels
+
+
+def compressed_series(folder: Path, images: np.ndarray, syntax: str, junk: bool = True) -> str:
+    """A DICOM series of ``images`` whose file meta says ``syntax`` (a compressed transfer
+    syntax): pixel data really encoded by pydicom, or, with ``junk``, one encapsulated frame
+    of bytes no decoder takes. Its SeriesInstanceUID."""
+    from pydicom.encaps import encapsulate
+
+    uid = write_dicom_series(folder, images.astype(np.uint16))
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(str(f))
+        if junk:
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.PixelData = encapsulate([b"\xff\xd8 not compressed pixels \xff\xd9"])
+            ds["PixelData"].VR = "OB"
+        else:
+            ds.compress(syntax)
+        ds.save_as(str(f), enforce_file_format=True)
+    return uid

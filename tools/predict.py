@@ -37,11 +37,12 @@ from lumbar_d2.data import register_all_lumbar
 from detectron2.utils import comm
 from lumbar_d2.engine.launch import env_rendezvous, init_from_env
 from lumbar_d2.inference.batch import run_prediction
+from lumbar_d2.inference.predictor import MIN_MATCHED
 from lumbar_d2.inference.sharded import merge_shards, run_shard
 from lumbar_d2.inference.shards import Shard, parse_shard
 from lumbar_d2.measure import ORIENTATIONS
 from lumbar_d2.model_zoo import DEFAULT_MODEL, get_config_file, list_models, use_shipped_weights
-from lumbar_d2.runtime import load_config
+from lumbar_d2.runtime import ALLOW_SHAPE_MISMATCH, load_config
 from lumbar_d2.utils.cli import sigterm_as_interrupt
 from lumbar_d2.utils.errors import LumbarError
 
@@ -94,6 +95,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="?", const=0, type=int, metavar="N",
                    help="merge the finished shards in --output into its final tables "
                         "(refused while a shard is unfinished); N if several shard counts")
+    p.add_argument(ALLOW_SHAPE_MISMATCH, action="store_true",
+                   help=f"predict with a checkpoint that fills under {MIN_MATCHED:.0%}% of the "
+                        "model or whose shapes differ (the rest stays random; warned about) "
+                        "instead of refusing it")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.WEIGHTS output/x/model_final.pth")
@@ -120,7 +125,7 @@ def predict(args: argparse.Namespace) -> dict:
                   tta=args.tta, score_thresh=args.score_thresh, batch_size=args.batch_size,
                   spacing_from_dataset=args.spacing_from_dataset,
                   slice_regex=args.slice_regex, patient_regex=args.patient_regex,
-                  dicom_seg=args.dicom_seg)
+                  dicom_seg=args.dicom_seg, allow_shape_mismatch=args.allow_shape_mismatch)
     rv = None if args.shard else env_rendezvous()
     if rv is None and not args.shard:
         return run_prediction(cfg, args.input, args.output, report=args.report, **kwargs)

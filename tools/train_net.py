@@ -24,10 +24,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from lumbar_d2.engine import Trainer, build_trainer
 from lumbar_d2.engine.launch import launch, worker_error
-from lumbar_d2.engine.trainer import ALLOW_SHAPE_MISMATCH
 from lumbar_d2.inference.predictor import MIN_MATCHED, use_channels_last
 from lumbar_d2.model_zoo import use_shipped_weights
-from lumbar_d2.runtime import load_config, prepare_config, refuse_shape_mismatch
+from lumbar_d2.runtime import (ALLOW_SHAPE_MISMATCH, load_config, prepare_config,
+                               refuse_shape_mismatch)
 from lumbar_d2.utils import LumbarError
 
 

@@ -21,14 +21,13 @@ from detectron2.utils import comm
 from .. import compat
 from ..data.mapper import LumbarDatasetMapper
 from ..evaluation.dice_evaluator import DiceEvaluator
-from ..runtime import checkpoint_problem, refuse_shape_mismatch
+from ..runtime import ALLOW_SHAPE_MISMATCH, checkpoint_problem, refuse_shape_mismatch
 from ..utils.errors import LumbarError
 from ..utils.io import write_text
 from .hooks import (EarlyStop, EarlyStopHook, TimeBudgetHook, ValidationHook,
                     insert_before_writer)
 
 logger = logging.getLogger(__name__)
-ALLOW_SHAPE_MISMATCH = "--allow-shape-mismatch"  # tools/train_net.py's flag
 
 
 class Trainer(DefaultTrainer):

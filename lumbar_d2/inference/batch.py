@@ -12,7 +12,9 @@ Output files (``<out>/``):
 * ``measurements.csv`` (:data:`lumbar_d2.measure.MEASUREMENT_FIELDS` + ``unit``) and
   ``summary.csv`` (one row per image, with the spacing used and where it came from). When no
   pixel spacing is known, the ``*_mm`` columns hold pixel units and ``unit`` says ``px``.
-* ``failures.csv``: ``file, error`` of each input that could not be read (always written).
+* ``failures.csv``: ``file, error`` of each input that could not be read, and ``series.csv``:
+  the volumes and DICOM series of this run (:mod:`.series`); both always written, so no table
+  of an earlier run into the same folder survives.
 """
 from __future__ import annotations
 
@@ -39,10 +41,10 @@ from .io import LoadedImage, list_inputs, load_image
 from .neighbours import neighbour_files, read_neighbours
 from .predictor import LumbarPredictor, dataset_spacing, operating_point
 from .report import write_prediction_report
-from .series import detectron2_slice_predictor, run_volumes
+from .series import detectron2_slice_predictor, run_volumes, volume_readers
 from .shards import Shard, shard_folder, take_shard
 from .visualize import draw_overlay
-from .volume import VolumeInputs, check_volume_file, find_volumes
+from .volume import VolumeInputs, check_volume_file, find_volumes, signal_slices
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
                    score_thresh: Optional[float] = None, batch_size: int = 1,
                    report: bool = False, spacing_from_dataset: bool = False,
                    slice_regex: Optional[str] = None, patient_regex: str = r"^([^_]+)_",
-                   shard: Optional[Shard] = None, dicom_seg: bool = True) -> Dict:
+                   shard: Optional[Shard] = None, dicom_seg: bool = True,
+                   allow_shape_mismatch: bool = False) -> Dict:
     """Predict every input file and write masks, overlays, COCO JSON and measurement CSVs.
 
     A file that cannot be read is logged, listed in ``failures.csv`` and skipped, so one bad
@@ -183,6 +186,8 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
             ``<output_dir>/shards/<i>-of-<N>`` (:mod:`lumbar_d2.inference.shards`; names and
             slice neighbours are those of the whole job).
         dicom_seg: also write ``seg.dcm`` (DICOM SEG) for each DICOM series.
+        allow_shape_mismatch: predict with a checkpoint that only partly fits the model
+            (warned about) instead of refusing it.
 
     Returns:
         ``n_ok`` (slices and series predicted), ``n_series``, ``n_failed``, ``output_dir``,
@@ -197,7 +202,7 @@ def run_prediction(cfg: CfgNode, inputs: str, output_dir: str,
     override = parse_spacing(pixel_spacing, "--pixel-spacing") if pixel_spacing else None
     volumes, files = _split_inputs(inputs, Path(output_dir), orientation)
     default_spacing = _dataset_spacing(cfg) if spacing_from_dataset else None
-    predictor = LumbarPredictor(cfg, tta=tta)  # checks and loads MODEL.WEIGHTS once
+    predictor = LumbarPredictor(cfg, tta, allow_shape_mismatch)  # loads MODEL.WEIGHTS once
     context = neighbour_files(files, predictor.slice_context, slice_regex, patient_regex)
     stems, job = output_stems(files), {}
     if shard is not None:
@@ -224,9 +229,9 @@ def _predict_all(predictor: LumbarPredictor, volumes: VolumeInputs, files: List[
     start = time.perf_counter()
     try:
         with logging_redirect_tqdm():  # log lines above the per-slice bars
-            series = (run_volumes(detectron2_slice_predictor(predictor), volumes, root,
-                                  out.failures, batch_size, kept_at, dicom_seg)
-                      if len(volumes) else [])
+            # series.csv even without volumes: it lists this run's series, none of an earlier
+            series = run_volumes(detectron2_slice_predictor(predictor), volumes, root,
+                                 out.failures, batch_size, kept_at, dicom_seg)
         _predict_slices(predictor, files, stems, out, override, default_spacing,
                         batch_size, context or {})
         interrupted = False
@@ -307,6 +312,8 @@ def _split_inputs(inputs: str, root: Path, orientation: str
         files = []
     if Path(inputs).is_file() and files:
         _check_lone_slice(files[0])
+    if len(volumes) == 1 and not files:
+        _check_lone_volume(volumes)
     return volumes, _inputs_outside(files, root) if files else []
 
 
@@ -319,6 +326,16 @@ def _check_lone_slice(path: Path) -> None:
     problem = signal_problem(loaded.array)
     if problem:
         raise LumbarError(f"{path}: {problem}")
+
+
+def _check_lone_volume(volumes: VolumeInputs) -> None:
+    """The run's only input, a volume or DICOM series that cannot be read or has nothing to
+    segment on any slice, fails in one line before any output (as a lone blank slice)."""
+    [(read, _)] = volume_readers(volumes, [])
+    volume = read()
+    if not signal_slices(volume.sagittal()[0]):
+        raise LumbarError(f"{volume.where}: no signal (every slice blank or constant); "
+                          "nothing to segment")
 
 
 def _is_output(path: Path, root: Path) -> bool:

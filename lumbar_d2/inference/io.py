@@ -29,6 +29,8 @@ RASTER_SOURCES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".tif": "tiff",
 DICOM_SUFFIXES = (".dcm",)
 SUPPORTED = ", ".join(sorted(RASTER_SOURCES) + list(DICOM_SUFFIXES))
 _DICM_OFFSET = 128  # the 128-byte preamble precedes the "DICM" magic in a DICOM Part-10 file
+DECOMPRESS = ("decompress first, e.g. `gdcmconv --raw IN.dcm OUT.dcm` (or dcmdjpeg, "
+              "dcmdjp2k, dcmdrle)")
 
 PathLike = Union[str, Path]
 
@@ -162,14 +164,34 @@ def _read_dicom(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, float]]]:
                 return _display_values(ds, pixels), _pixel_spacing(ds, path)
         except Exception as e:  # pydicom raises many types for corrupt/compressed data
             text = " ".join(str(e).split("Traceback")[0].split())  # pydicom adds tracebacks
-            raise LumbarError(f"{path}: cannot decode DICOM ({type(e).__name__}: {text}); "
-                              "re-export it uncompressed, or install pylibjpeg/gdcm for "
-                              "compressed data") from None
+            problem, fix = decode_problem(path, f"{type(e).__name__}: {text}")
+            raise LumbarError(f"{path}: {problem}; {fix or 're-export it'}") from None
     if pixels is None:
         raise LumbarError(f"{path}: DICOM file has no pixel data (corrupt, or not an image); "
                           "re-export or remove it")
     raise LumbarError(f"{path}: DICOM pixel data has shape {pixels.shape}; only single-frame "
                       "greyscale slices are supported, export one slice per file")
+
+
+def decode_problem(path: Path, detail: str) -> Tuple[str, Optional[str]]:
+    """(why the pixel data of ``path`` could not be decoded, how to fix it or None).
+
+    Compressed pixel data (JPEG, JPEG 2000, RLE...) that no installed reader decodes (corrupt,
+    or a codec missing) is named by its transfer syntax, with the tools that decompress it;
+    the readers' own words (e.g. GDCM's "Failed to change to Implicit Transfer Syntax") do
+    not say what is wrong. Other failures keep the reader's ``detail``.
+    """
+    pydicom = _import_pydicom(path)
+    with _quiet_pydicom():
+        try:
+            uid = pydicom.dcmread(str(path), stop_before_pixels=True).file_meta.TransferSyntaxUID
+            compressed = bool(uid.is_compressed)
+        except Exception:  # no meta, not a transfer syntax UID: the reader's words
+            compressed = False
+    if not compressed:
+        return f"cannot decode DICOM ({detail})", None
+    return (f"cannot decode its {uid.name} ({uid}) pixel data (corrupt, or no decoder for it "
+            "installed)", DECOMPRESS)
 
 
 @contextlib.contextmanager

@@ -5,10 +5,13 @@ such file or directory", and allocates whatever ``DimSize`` claims before it rea
 Reading the header text first gives a one-line error that says what is wrong, and refuses a
 truncated file (or a header claiming more voxels than the file holds) without allocating.
 Compressed payloads (``CompressedData = True``) cannot be sized from the header; SimpleITK
-checks those.
+checks those. A header without ``ElementSpacing`` (or ``ElementSize``, which MetaIO takes in
+its place) gets 1 mm voxels from SimpleITK without a word: the voxel size is unknown, and
+the file is refused as a NIfTI without one is, instead of measured in made-up millimetres.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -74,8 +77,8 @@ def payload_problem(path: Path) -> Optional[str]:
 
 
 def header_problem(path: Path) -> Optional[str]:
-    """Why the header's dimensions are unusable, or None. SimpleITK aborts the process
-    (no exception) on some of them, e.g. ``NDims = -1`` (found by the fuzzer)."""
+    """Why the header's dimensions or voxel size are unusable, or None. SimpleITK aborts the
+    process (no exception) on some dimensions, e.g. ``NDims = -1`` (found by the fuzzer)."""
     fields = read_header(path)
     ndims, dims = fields.get("NDims", ""), fields.get("DimSize", "").split()
     if "NDims" not in fields:
@@ -85,15 +88,36 @@ def header_problem(path: Path) -> Optional[str]:
     if len(dims) != int(ndims) or not all(d.isdigit() for d in dims):
         return (f"DimSize {fields.get('DimSize', '')!r} does not give {ndims} sizes; fix the "
                 "header")
+    return spacing_problem(fields, int(ndims))
+
+
+def spacing_problem(fields: Dict[str, str], ndims: int) -> Optional[str]:
+    """Why the header gives no voxel size (``ElementSpacing``, else ``ElementSize``), or None.
+
+    Without one SimpleITK assumes 1 mm; a zero, negative or non-finite one it rejects with a
+    cryptic message or silently makes positive.
+    """
+    key = "ElementSpacing" if "ElementSpacing" in fields else "ElementSize"
+    if key not in fields:
+        return ("no ElementSpacing: the voxel size is unknown (SimpleITK would assume 1 mm); "
+                f"add `ElementSpacing = <{ndims} sizes in mm>` to the header")
+    try:
+        sizes = [float(v) for v in fields[key].split()]
+    except ValueError:
+        sizes = []
+    if len(sizes) != ndims or not all(math.isfinite(v) and v > 0 for v in sizes):
+        return (f"{key} {fields[key]!r} is not {ndims} positive voxel sizes in mm; fix the "
+                "header")
     return None
 
 
 def check_metaimage(path: Path) -> None:
-    """Refuse a MetaImage file whose header dimensions are unusable or whose voxel data is
-    shorter than its header says."""
+    """Refuse a MetaImage file whose header dimensions or voxel size are unusable or unknown,
+    or whose voxel data is shorter than its header says."""
     problem = header_problem(path) or payload_problem(path)
     if problem:
         raise LumbarError(f"{path}: {problem}")
 
 
-__all__ = ["check_metaimage", "header_problem", "payload_problem", "read_header"]
+__all__ = ["check_metaimage", "header_problem", "payload_problem", "read_header",
+           "spacing_problem"]

@@ -39,7 +39,8 @@ from detectron2.structures import Boxes, Instances
 from ..data.imageio import signal_problem, to_model_input, with_context
 from ..data.mapper import build_augmentations
 from ..geometry import Spacing, parse_spacing
-from ..runtime import check_weights, refuse_shape_mismatch, use_cpu_without_cuda
+from ..runtime import (ALLOW_SHAPE_MISMATCH, check_weights, refuse_shape_mismatch,
+                       use_cpu_without_cuda)
 from ..utils.errors import LumbarError, one_line
 
 logger = logging.getLogger(__name__)
@@ -56,18 +57,21 @@ class LumbarPredictor:
         cfg: a config from :func:`lumbar_d2.runtime.load_config`; it is cloned, and a
             CUDA device falls back to CPU where CUDA is missing.
         tta: horizontal-flip test-time augmentation (see the module docstring).
+        allow_shape_mismatch: run a checkpoint that fills under :data:`MIN_MATCHED` of the
+            model or whose shapes differ (the rest random), with a warning, instead of
+            refusing it (the tools' ``--allow-shape-mismatch``).
 
     Attributes:
         model: the ``GeneralizedRCNN`` in eval mode, with ``MODEL.WEIGHTS`` loaded.
         class_names: name of each class index (from ``DATASETS.TEST[0]`` if registered).
     """
 
-    def __init__(self, cfg: CfgNode, tta: bool = False):
+    def __init__(self, cfg: CfgNode, tta: bool = False, allow_shape_mismatch: bool = False):
         self.cfg = cfg.clone()
         self.cfg.defrost()
         use_cpu_without_cuda(self.cfg)
         self.model = build_model(self.cfg).eval()
-        load_weights(self.model, self.cfg.MODEL.WEIGHTS)
+        load_weights(self.model, self.cfg.MODEL.WEIGHTS, allow_shape_mismatch)
         use_channels_last(self.model, self.cfg)
         self.class_names = class_names(self.cfg)
         self.normalize = bool(self.cfg.INPUT.NORMALIZE)
@@ -136,15 +140,20 @@ def empty_instances(size: Sequence[int]) -> Instances:
                      pred_masks=torch.zeros((0, h, w), dtype=torch.bool))
 
 
-def load_weights(model: torch.nn.Module, weights: str) -> None:
-    """Load ``MODEL.WEIGHTS``; empty means random init, allowed for tests but warned about."""
+def load_weights(model: torch.nn.Module, weights: str, allow_shape_mismatch: bool = False
+                 ) -> None:
+    """Load ``MODEL.WEIGHTS``; empty means random init, allowed for tests but warned about.
+
+    A checkpoint that does not fill the model is refused unless ``allow_shape_mismatch``.
+    """
     if not weights:
         logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model, "
                        "whose output is meaningless; pass MODEL.WEIGHTS <model_final.pth>")
         return
     check_weights(weights)
     local = fetch_weights(weights) if "://" in weights else weights
-    refuse_shape_mismatch(DetectionCheckpointer(model), min_matched=MIN_MATCHED).load(local)
+    refuse_shape_mismatch(DetectionCheckpointer(model), allow_shape_mismatch,
+                          ALLOW_SHAPE_MISMATCH, MIN_MATCHED).load(local)
 
 
 def fetch_weights(url: str) -> str:

@@ -3,6 +3,9 @@
 Built from the files a run wrote (``series.csv`` with each series' ``discs.csv``,
 ``overlay.png`` and ``montage.png``; ``summary.csv``, ``measurements.csv``, ``images.json``
 and ``overlays/`` for 2-D slices), so it can also be written again later for an old folder.
+Every run (and every merge of shards) rewrites these tables, so they name the newest run's
+series and slices only: a series folder of an earlier run left beside them is not shown, and
+a warning names it.
 Cases are sorted by their number of QC flags (the case's own plus its discs'), most first,
 then by name. A series shows a bar chart of disc height and volume by level, a colour legend
 that matches its overlays (one colour per disc, caudal first: :func:`.visualize.index_color`),
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import cv2
 import numpy as np
@@ -27,6 +31,7 @@ from ..utils.html import ReportCase, flag_count, write_report
 from .series import DISC_FIELDS, SERIES_CSV, middle_slice, montage_tiles
 from .visualize import index_color
 
+logger = logging.getLogger(__name__)
 
 def _shown(fields: List[str], hidden: List[str]) -> List[str]:
     """The columns of a written table that the report shows, in the file's order."""
@@ -118,9 +123,10 @@ def level_chart(discs: Sequence[Dict[str, str]]) -> Optional[np.ndarray]:
 
 
 def series_cases(root: Path) -> List[ReportCase]:
-    """One case per row of ``series.csv``."""
-    cases = []
-    for s in _rows(root / SERIES_CSV):
+    """One case per row of ``series.csv``; series folders it does not list are left out."""
+    cases, rows = [], _rows(root / SERIES_CSV)
+    _warn_stale_series(root, {s["series"] for s in rows})
+    for s in rows:
         folder = root / s["series"]
         discs = _rows(folder / "discs.csv")
         chart = level_chart(discs)
@@ -139,6 +145,16 @@ def series_cases(root: Path) -> List[ReportCase]:
             strip=montage_tiles(montage, n) if montage is not None else [],
             strip_start=middle_slice([int(d["mid_slice"]) for d in discs], n)))
     return cases
+
+
+def _warn_stale_series(root: Path, listed: Set[str]) -> None:
+    """Warn about series folders (with a ``discs.csv``) that ``series.csv`` does not list:
+    an earlier run's, whose files would otherwise pass for this run's."""
+    stale = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in listed
+                   and not p.name.startswith(".") and (p / "discs.csv").is_file())
+    if stale:
+        logger.warning("%s: not in the report, series folders of an earlier run that %s does "
+                       "not list: %s", root, SERIES_CSV, ", ".join(stale))
 
 
 def slice_cases(root: Path) -> List[ReportCase]:

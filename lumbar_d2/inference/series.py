@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.imageio import signal_problem, to_model_input
+from ..data.imageio import to_model_input
 from ..geometry import Spacing
 from ..measure import (
     DISC_CLASS,
@@ -70,6 +70,7 @@ from .volume import (
     VolumeInputs,
     read_dicom_series,
     read_volume,
+    signal_slices,
     write_labels,
 )
 
@@ -179,7 +180,7 @@ def predict_volume(volume: Volume, predict: SlicePredictor, batch_size: int = 1,
     """
     slices, spacing, slice_mm = volume.sagittal()
     per_slice: List[List[SliceInstance]] = [[] for _ in range(len(slices))]
-    todo = [k for k, s in enumerate(slices) if signal_problem(s) is None]
+    todo = signal_slices(slices)
     bar = tqdm(total=len(todo), desc=desc or volume.name, unit="slice")
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start:start + batch_size]
@@ -364,13 +365,16 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
     rows: List[Dict[str, Any]] = []
     taken = set(RESERVED_NAMES)
     try:
-        for k, (reader, source) in enumerate(_volume_readers(found, failures), start=1):
+        for k, (reader, source) in enumerate(volume_readers(found, failures), start=1):
+            n_failed = len(failures)
             try:
                 volume = reader()
             except LumbarError as e:
-                logger.warning("skipping %s", e)
                 failures.append({"file": source, "error": str(e)})
                 continue
+            finally:  # the volume, or files of a DICOM series that goes on without them
+                for row in failures[n_failed:]:
+                    logger.warning("skipping %s", row["error"])
             volume.name = unique_name(volume.name, taken)  # two inputs, one name: apart
             result = predict_volume(volume, predict, batch_size, operating_point,
                                     desc=f"series {k}/{len(found)} {volume.name}")
@@ -381,7 +385,7 @@ def run_volumes(predict: SlicePredictor, found: VolumeInputs, root: Path,
     return rows
 
 
-def _volume_readers(found: VolumeInputs, failures: List[Dict[str, str]]):
+def volume_readers(found: VolumeInputs, failures: List[Dict[str, str]]):
     """(read function, source path) of each volume file, then of each DICOM series."""
     for path in found.volume_files:
         yield (lambda p=path: read_volume(p)), str(path)

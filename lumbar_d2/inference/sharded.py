@@ -95,9 +95,8 @@ def _merge(root: Path, folders: List[Path], report: bool) -> Dict:
     count = len(folders)
     result = {"n_ok": len(out.images) + len(series), "n_series": len(series),
               "n_failed": len(out.failures), "output_dir": str(root), "interrupted": False,
-              "n_shards": count, **out.write_tables()}
-    if series or any((f / SERIES_CSV).is_file() for f in folders):
-        result["series"] = str(write_csv(root / SERIES_CSV, SERIES_FIELDS, series))
+              "n_shards": count, **out.write_tables(),
+              "series": str(write_csv(root / SERIES_CSV, SERIES_FIELDS, series))}
     if report:
         result["report"] = str(write_prediction_report(root))
     logger.info("merged %d shards: %d images and series, %d failed -> %s", count,

@@ -36,8 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.imageio import NONFINITE_LIMIT
+from ..data.imageio import NONFINITE_LIMIT, signal_problem
 from ..geometry import Spacing
+from ..utils.cli import native_stderr_logged
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path, check_encodable, safe_name
 from .dicom_series import (
@@ -47,7 +48,7 @@ from .dicom_series import (
     sorted_along_normal,
     uneven_slices,
 )
-from .io import is_dicom_file, monochrome1_not_inverted
+from .io import decode_problem, is_dicom_file, monochrome1_not_inverted
 from .metaimage import check_metaimage
 from .nifti import check_nifti, read_nifti, write_nifti_labels
 
@@ -96,6 +97,11 @@ class Volume:
     series_uid: str = ""
     flags: List[str] = field(default_factory=list)
     _oriented: Any = field(default=None, repr=False)
+
+    @property
+    def where(self) -> str:
+        """How errors name it: the file, or the folder and its DICOM series UID."""
+        return self.path + (f": DICOM series {self.series_uid}" if self.series_uid else "")
 
     def oriented(self) -> Any:
         """The image reoriented to :data:`SAGITTAL_ORIENTATION` (computed once)."""
@@ -191,17 +197,22 @@ def check_volume_content(volume: Volume) -> None:
     """Refuse a volume with too many non-finite voxels, or with sagittal slices that no
     lumbar sagittal scan has (see :data:`MIN_SLICE_PX`, :data:`MAX_SLICE_ASPECT`)."""
     slices, (row_mm, col_mm), _ = volume.sagittal()
-    where = volume.path + (f": DICOM series {volume.series_uid}" if volume.series_uid else "")
     bad = 1.0 - float(np.isfinite(slices).mean()) if slices.size else 1.0
     if bad > NONFINITE_LIMIT:
-        raise LumbarError(f"{where}: {bad:.1%} of the voxels are NaN or infinite (limit "
+        raise LumbarError(f"{volume.where}: {bad:.1%} of the voxels are NaN or infinite (limit "
                           f"{NONFINITE_LIMIT:.0%}); re-export the volume")
     n, h, w = slices.shape
     aspect = (h * row_mm) / (w * col_mm)
     if min(h, w) < MIN_SLICE_PX or not 1 / MAX_SLICE_ASPECT <= aspect <= MAX_SLICE_ASPECT:
-        raise LumbarError(f"{where}: its sagittal slices would be {n} x {h}x{w} px "
+        raise LumbarError(f"{volume.where}: its sagittal slices would be {n} x {h}x{w} px "
                           f"({h * row_mm:.0f}x{w * col_mm:.0f} mm), unlike any lumbar "
                           "sagittal scan; check the header's orientation and spacing")
+
+
+def signal_slices(slices: np.ndarray) -> List[int]:
+    """Indices of the slices with something to segment (no
+    :func:`~lumbar_d2.data.imageio.signal_problem`); empty for a blank or constant volume."""
+    return [k for k, s in enumerate(slices) if signal_problem(s) is None]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -254,11 +265,12 @@ def _unreadable(path: Path, error: Exception) -> str:
 
 def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
                       ) -> Volume:
-    """Read one sorted DICOM series; undecodable files are recorded in ``failures`` and left
-    out (the series goes on with the rest).
+    """Read one sorted DICOM series; undecodable files are recorded in ``failures`` (for the
+    caller to report) and left out: the series goes on with the rest.
 
     Raises:
-        LumbarError: fewer than 2 readable files remain.
+        LumbarError: fewer than 2 readable files remain (naming the first undecodable file
+            and, for compressed pixel data, its transfer syntax and how to decompress it).
     """
     files = list(files)
     for f in files:
@@ -266,10 +278,16 @@ def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, 
     try:
         image = _read_series(files)
     except RuntimeError:
-        files = [f for f in files if _readable_slice(f, failures)]
+        problems = {f: _slice_problem(f) for f in files}
+        for f, (problem, fix) in ((f, p) for f, p in problems.items() if p):
+            failures.append({"file": str(f), "error": f"{f}: {problem}; "
+                             f"{fix or 're-export or remove it'}"})
+        files = [f for f in files if problems[f] is None]
         if len(files) < 2:
-            raise LumbarError(f"{Path(files[0]).parent if files else uid}: DICOM series "
-                              f"{uid} has fewer than 2 readable files; re-export it") from None
+            first, (problem, fix) = next((f, p) for f, p in problems.items() if p)
+            raise LumbarError(f"{first}: {problem}, as {len(problems) - len(files)} of the "
+                              f"{len(problems)} files of DICOM series {uid} (fewer than 2 "
+                              f"readable); {fix or 're-export the series'}") from None
         try:
             image = _read_series(files)
         except RuntimeError as e:
@@ -304,18 +322,19 @@ def _read_series(files: Sequence[Path]) -> Any:
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
-    return reader.Execute()
+    with native_stderr_logged(logger):  # GDCM's codecs print on corrupt data
+        return reader.Execute()
 
 
-def _readable_slice(path: Path, failures: List[Dict[str, str]]) -> bool:
+def _slice_problem(path: Path) -> Optional[Tuple[str, Optional[str]]]:
+    """None when SimpleITK decodes ``path``; else (problem, fix or None) as
+    :func:`.io.decode_problem` words it (compressed data: its transfer syntax)."""
     try:
-        _sitk().ReadImage(str(path))
-        return True
+        with native_stderr_logged(logger):
+            _sitk().ReadImage(str(path))
+        return None
     except RuntimeError as e:
-        error = f"{path}: cannot decode DICOM ({_itk_message(e)}); re-export or remove it"
-        logger.warning("skipping %s", error)
-        failures.append({"file": str(path), "error": error})
-        return False
+        return decode_problem(path, _itk_message(e))
 
 
 def _check_grey_3d(image: Any, path: Path) -> Any:
@@ -361,4 +380,4 @@ def write_labels(volume: Volume, labels: np.ndarray, folder: Path) -> Path:
 
 
 __all__ = ["Volume", "VolumeInputs", "find_volumes", "read_volume", "read_dicom_series",
-           "write_labels", "volume_suffix", "SAGITTAL_ORIENTATION"]
+           "signal_slices", "write_labels", "volume_suffix", "SAGITTAL_ORIENTATION"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 from typing import Callable, Iterator
 
@@ -72,3 +74,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def native_stderr_logged(log: logging.Logger) -> Iterator[None]:
+    """Log at DEBUG, instead of printing, what native code writes to file descriptor 2 in
+    the block (e.g. libjpeg's "Invalid JPEG file structure" from GDCM on corrupt pixel
+    data): those lines bypass Python, would break the one-line error contract, and the
+    failure is reported in a line of its own. Wrap only the native call: whatever Python
+    writes to stderr in the block is caught too.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                log.debug("native library output: %s", " | ".join(text.splitlines()))
