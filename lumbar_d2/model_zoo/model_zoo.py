@@ -45,8 +45,9 @@ class ZooModel(NamedTuple):
 
 MODELS: Dict[str, ZooModel] = {
     "spider-disc": ZooModel("scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml",
-                            "intervertebral discs on sagittal T2 MRI (SPIDER), Mask R-CNN "
-                            "R18-FPN64, fp16; see MODEL_ZOO.md"),
+                            "intervertebral discs on sagittal T2 MRI (SPIDER, 29 patients), "
+                            "Mask R-CNN R18-FPN64 with 2.5D input (slices k-1, k, k+1), fp16; "
+                            "see MODEL_ZOO.md"),
 }
 DEFAULT_MODEL = "spider-disc"
 
