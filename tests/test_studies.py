@@ -122,3 +122,15 @@ def test_training_time_sums_each_logged_window_over_resumed_segments(tmp_path):
     got = training_time(tmp_path)
     assert got["iterations"] == 60
     assert got["train_seconds"] == pytest.approx(20 * 1.0 + 20 * 2.0 + 20 * 0.5)
+
+
+def test_curves_have_a_validation_panel_only_when_the_run_had_validation(tmp_path):
+    import cv2
+
+    from lumbar_d2.engine.results import plot_curves
+
+    train = [{"iteration": i, "total_loss": 1.0 / (i + 1)} for i in range(0, 100, 20)]
+    plot_curves(train, tmp_path / "train.png")
+    plot_curves(train + [{"iteration": 99, "val/dice": 0.8}], tmp_path / "val.png")
+    one, two = (cv2.imread(str(tmp_path / f)) for f in ("train.png", "val.png"))
+    assert one.shape[0] == two.shape[0] and one.shape[1] < 0.6 * two.shape[1]

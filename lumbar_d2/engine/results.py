@@ -39,7 +39,8 @@ def read_event_log(path: Path) -> List[dict]:
 
 
 def plot_curves(events: List[dict], path: Path) -> None:
-    """Training total loss, validation loss and validation Dice vs iteration (two panels)."""
+    """Training total loss, validation loss and validation Dice vs iteration (two panels; one
+    when the run had no validation set, e.g. a final fit on all patients)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,18 +50,26 @@ def plot_curves(events: List[dict], path: Path) -> None:
         pts = [(e["iteration"] + 1, e[key]) for e in events if key in e]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    val = [(k, label) for k, label in (("val/dice", "val pixel Dice"),
+                                       ("val/R_inst", "val instance recall"),
+                                       ("val/P_inst", "val instance precision"))
+           if series(k)[0]]
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5.5, 3.8),
+                             squeeze=False)
+    ax1 = axes[0, 0]
     ax1.plot(*series("total_loss"), label="train total loss")
-    ax1.plot(*series("val/loss"), "o-", label="val total loss")
+    if series("val/loss")[0]:
+        ax1.plot(*series("val/loss"), "o-", label="val total loss")
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("loss")
     ax1.legend()
-    for key, label in (("val/dice", "val pixel Dice"), ("val/R_inst", "val instance recall"),
-                       ("val/P_inst", "val instance precision")):
-        ax2.plot(*series(key), "o-", label=label)
-    ax2.set_xlabel("iteration")
-    ax2.set_ylim(0, 1)
-    ax2.legend(loc="lower right")
+    if val:
+        ax2 = axes[0, 1]
+        for key, label in val:
+            ax2.plot(*series(key), "o-", label=label)
+        ax2.set_xlabel("iteration")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
