@@ -125,14 +125,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(name="detectron2")
     try:
         m = run_demo(Path(a.output), a.patients, seed=a.seed, opts=a.opts)
-    except LumbarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"demo: test pixel Dice = {m['dice']:.4f}, instance P/R = "
-          f"{m['instance_precision']:.3f}/{m['instance_recall']:.3f}, segm AP = "
-          f"{m['segm_AP']:.1f} ({m['iterations']} iterations, {m['wall_time_s']:.0f} s); "
-          f"wrote {a.output}/metrics.json and {a.output}/overlay.png")
-    try:
+        print(f"demo: test pixel Dice = {m['dice']:.4f}, instance P/R = "
+              f"{m['instance_precision']:.3f}/{m['instance_recall']:.3f}, segm AP = "
+              f"{m['segm_AP']:.1f} ({m['iterations']} iterations, {m['wall_time_s']:.0f} s); "
+              f"wrote {a.output}/metrics.json and {a.output}/overlay.png")
         real = run_shipped_on_samples(Path(a.output) / "real")
     except LumbarError as e:
         print(f"error: {e}", file=sys.stderr)
