@@ -29,10 +29,26 @@ def test_every_config_loads(path):
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
 
 
-def test_shipped_config_inherits_only_the_project_bases():
+def _flat(node, prefix=""):
+    """Every leaf of a config as ``{"A.B.C": value}``."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, child in node.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
+
+
+def test_shipped_config_is_the_adopted_cv_variant_with_its_own_data_schedule_and_point():
+    """The shipped model must be the recipe the cross-validation adopted (`25d`): its config
+    may only name the data, lengthen the schedule and fix the operating point."""
     zoo = REPO / "configs" / "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
-    assert [p.name for p in _chain(zoo)[1:]] == ["Base-Lumbar-Scratch-GN.yaml",
-                                                 "Base-Lumbar-RCNN-FPN.yaml"]
+    variant = REPO / "configs" / "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d.yaml"
+    assert [p.name for p in _chain(zoo)[1:3]] == [variant.name,
+                                                  "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_2d.yaml"]
+    a, b = _flat(load_config(str(variant))), _flat(load_config(str(zoo)))
+    allowed = {"DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS",
+               "SOLVER.CHECKPOINT_PERIOD", "LUMBAR.VAL_DATASET", "LUMBAR.SCORE_THRESH",
+               "LUMBAR.SHIPPED_WEIGHTS", "LUMBAR.SHIPPED_SHA256", "OUTPUT_DIR"}
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= allowed
+    assert b["SOLVER.MAX_ITER"] > 4611 and b["SEED"] == a["SEED"]
 
 
 def test_cv_variants_differ_only_by_25d_input_and_anchors():
