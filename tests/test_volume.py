@@ -146,7 +146,59 @@ def test_dicom_series_with_undecodable_slice_goes_on(patient, tmp_path):
     volume = read_dicom_series(uid, dict(find_volumes(str(folder)).series)[uid], failures)
     assert volume.image.GetSize()[2] == 4 and volume.flags == ["uneven_slices"]
     assert [f["file"] for f in failures] == [str(victim)]
-    assert "cannot decode DICOM" in failures[0]["error"] and "\n" not in failures[0]["error"]
+    assert "damaged DICOM (truncated: its data runs 5000 bytes past" in failures[0]["error"]
+    assert "\n" not in failures[0]["error"]
+
+
+def _damaged(ds: pydicom.Dataset, path: Path, damage: str) -> None:
+    """Write ``ds`` to ``path`` with ``damage``."""
+    if damage == "short pixel data":  # SimpleITK read it without a word
+        ds.PixelData = ds.PixelData[:100]
+    ds.save_as(str(path), enforce_file_format=True)
+    if damage == "appended junk":  # read as a (0010,0000) element of 2 GB: GDCM took ~10 s
+        path.write_bytes(path.read_bytes() + b"\x10\0\0\0\xff\xff\xff\x7f")
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("appended junk", "damaged DICOM (8 bytes after its pixel data that are no data element)"),
+    ("short pixel data", "damaged DICOM (100 bytes of pixel data where its Rows, Columns, "
+                         "SamplesPerPixel, BitsAllocated and NumberOfFrames give {n})")])
+def test_damaged_dicom_file_is_left_out_before_simpleitk(tmp_path, monkeypatch, damage, words):
+    images, _ = phantom(n_slices=3)
+    uid = write_dicom_series(tmp_path, images.astype(np.uint16))
+    files = dict(find_volumes(str(tmp_path)).series)[uid]
+    words = words.format(n=images[0].size * 2)  # uint16
+    _damaged(pydicom.dcmread(str(files[1])), files[1], damage)
+    read_by_simpleitk = []
+    monkeypatch.setattr(sitk.ImageSeriesReader, "SetFileNames",
+                        lambda self, names, real=sitk.ImageSeriesReader.SetFileNames:
+                        read_by_simpleitk.append(list(names)) or real(self, names))
+    failures = []
+    volume = read_dicom_series(uid, files, failures)
+    assert read_by_simpleitk == [[str(files[0]), str(files[2])]]
+    assert volume.image.GetSize()[2] == 2
+    assert failures == [{"file": str(files[1]),
+                         "error": f"{files[1]}: {words}; re-export the series"}]
+    for f in files:
+        _damaged(pydicom.dcmread(str(f)), f, damage)
+    with pytest.raises(LumbarError, match=re.escape(f"{files[0]}: {words}, as 3 of the 3 ")):
+        read_dicom_series(uid, files, [])
+
+
+def test_dicom_with_elements_after_its_pixel_data_is_read(tmp_path):
+    """What may follow the pixel data: private groups above it, trailing padding, zeros."""
+    images, _ = phantom(n_slices=3)
+    uid = write_dicom_series(tmp_path, images.astype(np.uint16))
+    files = dict(find_volumes(str(tmp_path)).series)[uid]
+    ds = pydicom.dcmread(str(files[0]))
+    ds.add_new(0x7FE10010, "LO", "PRIVATE")
+    ds.add_new(0x7FE11010, "OB", b"\1" * 100)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 10)
+    ds.save_as(str(files[0]), enforce_file_format=True)
+    files[1].write_bytes(files[1].read_bytes() + b"\0" * 8)
+    failures = []
+    volume = read_dicom_series(uid, files, failures)
+    assert failures == [] and volume.image.GetSize()[2] == 3
 
 
 # ------------------------------------------------------------------------------ phantom

@@ -42,8 +42,12 @@ from ..utils.cli import native_stderr_logged
 from ..utils.errors import LumbarError
 from ..utils.io import atomic_path, check_encodable, safe_name
 from .dicom_series import (
+    Problem,
     check_series_geometry,
+    damaged_dicom,
     dicom_header,
+    readable_files,
+    recorded,
     slice_position,
     sorted_along_normal,
     uneven_slices,
@@ -265,29 +269,24 @@ def _unreadable(path: Path, error: Exception) -> str:
 
 def read_dicom_series(uid: str, files: Sequence[Path], failures: List[Dict[str, str]]
                       ) -> Volume:
-    """Read one sorted DICOM series; undecodable files are recorded in ``failures`` (for the
-    caller to report) and left out: the series goes on with the rest.
+    """Read one sorted DICOM series; damaged (:func:`.dicom_series.damaged_dicom`, checked
+    first) or undecodable files are recorded in ``failures`` (for the caller to report) and
+    left out: the series goes on with the rest.
 
     Raises:
-        LumbarError: fewer than 2 readable files remain (naming the first undecodable file
-            and, for compressed pixel data, its transfer syntax and how to decompress it).
+        LumbarError: fewer than 2 readable files remain (naming the first bad file and,
+            for compressed pixel data, its transfer syntax and how to decompress it).
     """
     files = list(files)
     for f in files:
         check_encodable(f)
+    problems = recorded({f: damaged_dicom(f) for f in files}, failures)
+    files = readable_files(uid, problems)
     try:
         image = _read_series(files)
     except RuntimeError:
-        problems = {f: _slice_problem(f) for f in files}
-        for f, (problem, fix) in ((f, p) for f, p in problems.items() if p):
-            failures.append({"file": str(f), "error": f"{f}: {problem}; "
-                             f"{fix or 're-export or remove it'}"})
-        files = [f for f in files if problems[f] is None]
-        if len(files) < 2:
-            first, (problem, fix) = next((f, p) for f, p in problems.items() if p)
-            raise LumbarError(f"{first}: {problem}, as {len(problems) - len(files)} of the "
-                              f"{len(problems)} files of DICOM series {uid} (fewer than 2 "
-                              f"readable); {fix or 're-export the series'}") from None
+        problems.update(recorded({f: _slice_problem(f) for f in files}, failures))
+        files = readable_files(uid, problems)
         try:
             image = _read_series(files)
         except RuntimeError as e:
@@ -326,7 +325,7 @@ def _read_series(files: Sequence[Path]) -> Any:
         return reader.Execute()
 
 
-def _slice_problem(path: Path) -> Optional[Tuple[str, Optional[str]]]:
+def _slice_problem(path: Path) -> Problem:
     """None when SimpleITK decodes ``path``; else (problem, fix or None) as
     :func:`.io.decode_problem` words it (compressed data: its transfer syntax)."""
     try:
