@@ -63,3 +63,23 @@ def test_cv_variants_differ_only_by_25d_input_and_anchors():
         for part in key.split("."):
             node_a, node_b = node_a[part], node_b[part]
         assert node_a == node_b, key
+
+
+@pytest.mark.parametrize("variant, changed", [
+    ("25d_m56", {"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 28}),
+    ("25d_rpn", {"MODEL.RPN.IOU_THRESHOLDS": [0.3, 0.5]}),
+    ("25d_s512", {"INPUT.MIN_SIZE_TRAIN": (488, 512, 536), "INPUT.MAX_SIZE_TRAIN": 704,
+                  "INPUT.MIN_SIZE_TEST": 512, "INPUT.MAX_SIZE_TEST": 704}),
+])
+def test_later_round_variants_change_only_their_lever_over_25d(variant, changed):
+    """Rounds 2 and 3 measure one lever each: the merged config differs from 25d's in that
+    lever and the output folder, nothing else."""
+    base = _flat(load_config(str(REPO / "configs" /
+                                "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d.yaml")))
+    cand = _flat(load_config(str(REPO / "configs" /
+                                f"scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_{variant}.yaml")))
+    diff = {k for k in base.keys() | cand.keys() if base.get(k) != cand.get(k)}
+    assert diff == set(changed) | {"OUTPUT_DIR"}
+    for key, value in changed.items():
+        got = cand[key]
+        assert (list(got) if isinstance(value, list) else got) == value, key

@@ -57,8 +57,8 @@ def _mode2(variant, dice, small_recall, iou):
     (0.880, 0.40, 0.80, 0.26, "25d"),      # better, but slower than 0.25 s
     (0.880, 0.40, 0.80, None, "25d"),      # no latency measured: not adopted
 ])
-def test_round2_rule(dice, recall, iou, p50, adopted):
-    got = report.decide_round2(_mode2("25d", 0.870, 0.40, 0.80),
+def test_rule_of_rounds_2_and_3(dice, recall, iou, p50, adopted):
+    got = report.decide_candidate(_mode2("25d", 0.870, 0.40, 0.80),
                                _mode2("25d_m56", dice, recall, iou), p50)
     assert got["adopted"] == adopted
 

@@ -29,6 +29,7 @@ from .train import run_dir
 
 SHIPPED_POINT = 0.93
 N_BOOT = 1000
+ROUND1 = ("2d", "25d", "25d_lone")  # round 1's own comparison; later variants face its 25d
 logger = logging.getLogger(__name__)
 
 
@@ -162,8 +163,9 @@ def _key_figures(m: dict) -> Dict[str, float]:
                                  if r["size"] == small)}
 
 
-def decide_round2(base: dict, cand: dict, latency_p50: Optional[float]) -> dict:
-    """Round 2's rule for adopting ``25d_m56`` (cand) over round 1's ``25d`` (base)."""
+def decide_candidate(base: dict, cand: dict, latency_p50: Optional[float]) -> dict:
+    """Rounds 2 and 3's rule for adopting a candidate (``25d_m56``, ``25d_rpn``, ...) over
+    round 1's ``25d`` (base)."""
     b, c = _key_figures(base), _key_figures(cand)
     first = c["dice"] >= b["dice"] + 0.005 or (
         c["dice"] >= b["dice"] - 0.002
@@ -175,13 +177,13 @@ def decide_round2(base: dict, cand: dict, latency_p50: Optional[float]) -> dict:
             "adopted": cand["variant"] if first and second else base["variant"]}
 
 
-def compare_round2(cand: dict, baseline: Path, latency: Optional[Path]) -> dict:
+def compare_candidate(cand: dict, baseline: Path, latency: Optional[Path]) -> dict:
     """Paired difference and decision of ``cand`` against the committed round-1 ``25d``."""
     base = json.loads(Path(baseline).read_text())["variants"]["25d"]
     p50 = json.loads(Path(latency).read_text())["p50_s"] if latency else None
     return {"paired": paired_difference(base["at_best"]["patient_sums"],
                                         cand["at_best"]["patient_sums"]),
-            "decision": decide_round2(base, cand, p50)}
+            "decision": decide_candidate(base, cand, p50)}
 
 
 def score_reference(predictions: Path, results: Path) -> dict:
@@ -205,10 +207,10 @@ def score_reference(predictions: Path, results: Path) -> dict:
 def write_report(variants: Sequence[str], output: Path, results: Path,
                  baseline: Optional[Path] = None, latency: Optional[Path] = None) -> int:
     """Score every variant and mode found, write ``results/spider_cv`` tables; with
-    ``baseline`` (round 1's cv.json), also round 2's comparison against its ``25d``."""
+    ``baseline`` (round 1's cv.json), also each later round's candidate against its ``25d``."""
     scored: Dict[str, dict] = {}
     for v in variants:
-        modes = ["2.5d", "lone"] if v == "25d" else ["2d"]
+        modes = ["2d"] if v == "2d" else ["2.5d", "lone"] if v == "25d" else ["2.5d"]
         for mode in modes:
             key = v if mode != "lone" else f"{v}_lone"
             scored[key] = score_mode(output, v, mode, results / key)
@@ -218,8 +220,10 @@ def write_report(variants: Sequence[str], output: Path, results: Path,
         summary["paired_25d_minus_2d"] = paired_difference(
             scored["2d"]["at_best"]["patient_sums"], scored["25d"]["at_best"]["patient_sums"])
         summary["decision"] = decide(scored["2d"], scored["25d"], scored["25d_lone"])
-    if baseline is not None and "25d_m56" in scored:
-        summary["round2"] = compare_round2(scored["25d_m56"], baseline, latency)
+    candidates = [v for v in scored if v not in ROUND1]
+    if baseline is not None and candidates:
+        summary["against_25d"] = {v: compare_candidate(scored[v], baseline, latency)
+                                  for v in candidates}
     write_result(results / "cv.json", summary, record=record)
     write_text(results / "cv.md", format_markdown(summary) + "\n## Record\n\n"
                + record_markdown(record))
@@ -262,12 +266,11 @@ def format_markdown(summary: dict) -> str:
         dec = summary["decision"]
         lines += ["", f"Decision by the protocol's rule: **{dec['adopted']}** (condition 1: "
                   f"{dec['condition_1']}, condition 2: {dec['condition_2']})."]
-    if "round2" in summary:
-        r2 = summary["round2"]
-        lines += ["", "Round 2: paired difference 25d_m56 - 25d (round 1's committed 25d):", ""]
+    for name, cmp in summary.get("against_25d", {}).items():
+        lines += ["", f"Paired difference {name} - 25d (round 1's committed 25d):", ""]
         lines += [f"- {k}: {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                  for k, d in r2["paired"].items()]
-        dec = r2["decision"]
-        lines += ["", f"Decision by round 2's rule: **{dec['adopted']}** (condition 1: "
-                  f"{dec['condition_1']}, condition 2: {dec['condition_2']})."]
+                  for k, d in cmp["paired"].items()]
+        dec = cmp["decision"]
+        lines += ["", f"Decision by the rule of rounds 2 and 3: **{dec['adopted']}** (condition "
+                  f"1: {dec['condition_1']}, condition 2: {dec['condition_2']})."]
     return "\n".join(lines) + "\n"
