@@ -191,9 +191,10 @@ def atomic_group() -> Iterator[Callable[[PathLike], Path]]:
         yield lambda path: stack.enter_context(atomic_path(path))
 
 
-def json_text(obj: Any, indent: int | None = 2) -> str:
-    """JSON with sorted keys (diffs stay readable) and a final newline."""
-    return json.dumps(obj, indent=indent, sort_keys=True) + "\n"
+def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """JSON with sorted keys (diffs stay readable; ``sort_keys=False`` keeps an older file's
+    order) and a final newline."""
+    return json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
 
 
 def write_text(path: PathLike, text: str) -> Path:
@@ -203,9 +204,10 @@ def write_text(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
+def write_json(path: PathLike, obj: Any, indent: int | None = 2,
+               sort_keys: bool = True) -> Path:
     """Write ``obj`` as JSON (see :func:`json_text`) atomically."""
-    return write_text(path, json_text(obj, indent))
+    return write_text(path, json_text(obj, indent, sort_keys))
 
 
 def csv_text(fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
