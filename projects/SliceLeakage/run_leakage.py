@@ -2,8 +2,9 @@
 """How much does a random slice split inflate the scores? Paired fold design
 (projects/SliceLeakage/README.md).
 
-    python projects/SliceLeakage/run_leakage.py --seeds 0 1 --results results/slice_leakage/paired \
-        SOLVER.MAX_ITER 300 SOLVER.STEPS "(225, 275)" SOLVER.CHECKPOINT_PERIOD 300
+    python projects/SliceLeakage/run_leakage.py --work output/slice_leakage_600 --seeds 0 1 \
+        --results results/slice_leakage/paired \
+        SOLVER.MAX_ITER 600 SOLVER.STEPS "(450, 555)" SOLVER.CHECKPOINT_PERIOD 300
 
 For each fold of ``datasets/spider_folds_cv3.json`` and each seed, one model trains on the
 other folds' patients with 20 % of their slices held out, and predicts those held-out slices
