@@ -11,7 +11,7 @@ from conftest import REPO
 
 for project in ("CrossValidation", "SliceLeakage"):
     sys.path.insert(0, str(REPO / "projects" / project))
-from cross_validation import report  # noqa: E402
+from cross_validation import curves, report  # noqa: E402
 from slice_leakage import design, summary  # noqa: E402
 
 
@@ -134,3 +134,32 @@ def test_curves_have_a_validation_panel_only_when_the_run_had_validation(tmp_pat
     plot_curves(train + [{"iteration": 99, "val/dice": 0.8}], tmp_path / "val.png")
     one, two = (cv2.imread(str(tmp_path / f)) for f in ("train.png", "val.png"))
     assert one.shape[0] == two.shape[0] and one.shape[1] < 0.6 * two.shape[1]
+
+
+def _cv_file(path, variants):
+    sweep = [{"score_threshold": t, "dice_micro": d, "inst_precision": p, "inst_recall": r}
+             for t, d, p, r in ((0.9, 0.85, 0.97, 0.80), (0.5, 0.86, 0.90, 0.88),
+                                (0.7, 0.87, 0.96, 0.84))]
+    body = {"variants": {v: {"sweep": sweep, "at_best": {
+        "threshold": 0.7, "recall_by_size": [{"size": "< 400 px", "recall": 0.4}]}}
+        for v in variants}}
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_operating_curves_come_from_the_committed_sweeps(tmp_path):
+    a = _cv_file(tmp_path / "a.json", ["25d"])
+    b = _cv_file(tmp_path / "b.json", ["25d_m56"])
+    out = curves.write_curves([a, b], tmp_path / "curves")
+    p = out["variants"]["25d"]
+    assert p["score_threshold"] == [0.5, 0.7, 0.9]          # sorted by threshold
+    assert p["inst_recall"] == [0.88, 0.84, 0.80]
+    assert p["best_dice"] == 0.87
+    assert p["best_recall_at_target_precision"] == 0.84      # 0.88 has precision 0.90 only
+    assert list(out["variants"]) == ["25d", "25d_m56"]
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "curves" / "curves.json").read_text())
+    assert saved["record"]["data"]["cv1"]["path"] == str(b)
+    assert curves.best_recall_at([{"inst_precision": 0.5, "inst_recall": 1.0}], 0.96) is None
+    with pytest.raises(curves.LumbarError, match="also in an earlier file"):
+        curves.curve_points([a, a])

@@ -4,12 +4,14 @@
     python projects/CrossValidation/run_cv.py train --variant 2d            # all folds
     python projects/CrossValidation/run_cv.py train --variant 25d --fold 0 --lone
     python projects/CrossValidation/run_cv.py report --variants 2d 25d
+    python projects/CrossValidation/run_cv.py curves --cv results/spider_cv/cv.json
     python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
     python projects/CrossValidation/run_cv.py final       # the shipped model, all patients
 
 ``train`` converts each fold (once), trains the variant on the other folds' patients and
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
+``curves`` draws committed reports' operating curves against issue #24's targets.
 ``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
 """
 from __future__ import annotations
@@ -43,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--baseline", default=None,
                    help="round 1's cv.json: compare 25d_m56 with its 25d (round 2)")
     r.add_argument("--latency", default=None, help="25d_m56's latency.json (round 2 rule)")
+    c = sub.add_parser("curves", help="draw committed cv.json files' OOF curves and targets")
+    c.add_argument("--cv", nargs="+", required=True, help="cv.json files, one per round")
+    c.add_argument("--results", default="results/spider_cv/curves")
     f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
     f.add_argument("--output", default="output/cv")
     f.add_argument("--results", default="results/spider_cv")
@@ -71,6 +76,8 @@ def main(argv=None) -> int:
         return run_tool(lambda: final(a), verbose=True)
     if a.command == "reference":
         return run_tool(lambda: reference(a), verbose=True)
+    if a.command == "curves":
+        return run_tool(lambda: curves(a), verbose=True)
     from cross_validation.report import write_report
     opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
     return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results), **opt),
@@ -84,6 +91,13 @@ def reference(a: argparse.Namespace) -> int:
 
     convert_old_test()
     score_reference(predict_shipped_old_test(Path(a.output)), Path(a.results))
+    return 0
+
+
+def curves(a: argparse.Namespace) -> int:
+    from cross_validation.curves import write_curves
+
+    write_curves(a.cv, Path(a.results))
     return 0
 
 
