@@ -11,7 +11,7 @@ from conftest import REPO
 
 for project in ("CrossValidation", "SliceLeakage"):
     sys.path.insert(0, str(REPO / "projects" / project))
-from cross_validation import curves, report  # noqa: E402
+from cross_validation import curves, report, study  # noqa: E402
 from slice_leakage import design, summary  # noqa: E402
 
 
@@ -163,3 +163,54 @@ def test_operating_curves_come_from_the_committed_sweeps(tmp_path):
     assert curves.best_recall_at([{"inst_precision": 0.5, "inst_recall": 1.0}], 0.96) is None
     with pytest.raises(curves.LumbarError, match="also in an earlier file"):
         curves.curve_points([a, a])
+
+
+def _fake_steps(monkeypatch, calls):
+    """Stand-ins for the study's slow steps that log their order and arguments."""
+    monkeypatch.setattr(study, "read_folds", lambda path: [[], [], []])
+    monkeypatch.setattr(study, "convert_fold", lambda k: calls.append(("convert", k)))
+    monkeypatch.setattr(study, "train_fold",
+                        lambda v, k, out, opts: calls.append(("train", v, k, tuple(opts))))
+    monkeypatch.setattr(study, "predict_lone", lambda v, k, out: calls.append(("lone", v, k)))
+    monkeypatch.setattr(study, "measure_latency", lambda cfg, images, threads, opts, output: (
+        calls.append(("latency", cfg.endswith(study.VARIANTS["25d_s512"]), threads, opts,
+                      output)) or {"p50_s": 0.2, "threads": threads}))
+    monkeypatch.setattr(study, "write_report", lambda vs, out, res, baseline, latency: calls.append(
+        ("report", tuple(vs), res, baseline, latency)))
+
+
+def test_study_chains_every_fold_then_latency_on_fold0_then_the_report(tmp_path, monkeypatch):
+    calls = []
+    _fake_steps(monkeypatch, calls)
+    base = tmp_path / "cv.json"
+    base.write_text("{}")
+    study.run_study("25d_s512", tmp_path / "out", tmp_path / "res", tmp_path / "lat",
+                    baseline=base, threads=1, opts=["SEED", "1"])
+    trains = [c for c in calls if c[0] == "train"]
+    assert trains == [("train", "25d_s512", k, ("SEED", "1")) for k in range(3)]
+    assert not [c for c in calls if c[0] == "lone"]          # only 25d scores slices alone
+    kinds = [c[0] for c in calls]
+    assert kinds.index("latency") > kinds.index("train") + 4 and kinds[-1] == "report"
+    weights = str(tmp_path / "out" / "25d_s512" / "fold0" / "model_final.pth")
+    assert ("latency", True, 1, ["MODEL.WEIGHTS", weights], tmp_path / "lat") in calls
+    assert calls[-1] == ("report", ("25d_s512",), tmp_path / "res", base,
+                         tmp_path / "lat" / "latency.json")
+
+
+def test_study_of_a_round1_variant_scores_lone_slices_and_has_no_baseline(tmp_path, monkeypatch):
+    calls = []
+    _fake_steps(monkeypatch, calls)
+    study.run_study("25d", tmp_path / "out", tmp_path / "res", tmp_path / "lat", baseline=None)
+    assert [c for c in calls if c[0] == "lone"] == [("lone", "25d", k) for k in range(3)]
+    assert calls[-1][3:] == (None, None)
+
+
+def test_study_refuses_a_missing_baseline_before_any_training(tmp_path, monkeypatch):
+    calls = []
+    _fake_steps(monkeypatch, calls)
+    with pytest.raises(study.LumbarError, match="no baseline cv.json for 25d_rpn"):
+        study.run_study("25d_rpn", tmp_path / "out", tmp_path / "res", tmp_path / "lat",
+                        baseline=tmp_path / "missing.json")
+    with pytest.raises(study.LumbarError, match="--threads"):
+        study.run_study("2d", tmp_path / "out", tmp_path / "res", tmp_path / "lat", threads=0)
+    assert calls == []

@@ -3,6 +3,8 @@
 
     python projects/CrossValidation/run_cv.py train --variant 2d            # all folds
     python projects/CrossValidation/run_cv.py train --variant 25d --fold 0 --lone
+    python projects/CrossValidation/run_cv.py study --variant 25d_s512 \
+        --results results/spider_cv_round3/25d_s512      # train + latency + report
     python projects/CrossValidation/run_cv.py report --variants 2d 25d
     python projects/CrossValidation/run_cv.py curves --cv results/spider_cv/cv.json
     python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
@@ -10,6 +12,9 @@
 
 ``train`` converts each fold (once), trains the variant on the other folds' patients and
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
+``study`` runs one variant's whole screen: ``train`` on every fold, the latency of its fold-0
+weights (``results/latency/<variant>``) and its ``report``, a later round's variant against
+``--baseline``.
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
 ``curves`` draws committed reports' operating curves against issue #24's targets.
 ``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
@@ -21,10 +26,9 @@ import sys
 from pathlib import Path
 
 import lumbar_d2  # noqa: F401  (compat patches before detectron2)
-from cross_validation.folds import FOLDS_FILE, convert_fold
-from cross_validation.train import VARIANTS, predict_lone, train_fold
+from cross_validation.study import run_study, train_folds
+from cross_validation.train import VARIANTS
 from detectron2.utils.logger import setup_logger
-from lumbar_d2.data.splits import read_folds
 from lumbar_d2.utils.cli import run_tool
 
 
@@ -38,6 +42,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also predict each test slice without its neighbours (2.5D variants)")
     t.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
     t.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    y = sub.add_parser("study", help="one variant's screen: train every fold, latency, report")
+    y.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    y.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
+    y.add_argument("--results", required=True, help="folder for the variant's committable tables")
+    y.add_argument("--baseline", default="results/spider_cv/cv.json",
+                   help="round 1's cv.json, against whose 25d a later variant is judged")
+    y.add_argument("--latency-output", default=None,
+                   help="folder for latency.json (default results/latency/<variant>)")
+    y.add_argument("--threads", type=int, default=2, help="torch threads of the latency run")
+    y.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     r = sub.add_parser("report", help="pool out-of-fold predictions into tables")
     r.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
     r.add_argument("--output", default="output/cv")
@@ -57,12 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train(a: argparse.Namespace) -> int:
-    folds = a.fold if a.fold is not None else range(len(read_folds(FOLDS_FILE)))
-    for k in folds:
-        convert_fold(k)
-        train_fold(a.variant, k, Path(a.output), a.opts)
-        if a.lone:
-            predict_lone(a.variant, k, Path(a.output))
+    train_folds(a.variant, Path(a.output), a.fold, a.opts, a.lone)
+    return 0
+
+
+def study(a: argparse.Namespace) -> int:
+    latency = Path(a.latency_output or f"results/latency/{a.variant}")
+    run_study(a.variant, Path(a.output), Path(a.results), latency,
+              baseline=Path(a.baseline), threads=a.threads, opts=a.opts)
     return 0
 
 
@@ -72,6 +88,8 @@ def main(argv=None) -> int:
         setup_logger(name=name)
     if a.command == "train":
         return run_tool(lambda: train(a), verbose=True)
+    if a.command == "study":
+        return run_tool(lambda: study(a), verbose=True)
     if a.command == "final":
         return run_tool(lambda: final(a), verbose=True)
     if a.command == "reference":

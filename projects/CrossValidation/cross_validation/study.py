@@ -1,0 +1,60 @@
+"""One variant's whole screen in one call: every fold's training, its latency, its report.
+
+The protocol's rounds were run as three commands per variant (train, bench_latency, report);
+twice the machine was replaced between training and report and the out-of-fold predictions
+were lost. Chaining them makes the study of a variant one command that leaves its tables in
+``results/`` as soon as the last fold is scored.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from lumbar_d2.data.splits import read_folds
+from lumbar_d2.engine.latency import measure_latency
+from lumbar_d2.utils.errors import LumbarError
+
+from .folds import FOLDS_FILE, REPO, convert_fold
+from .report import ROUND1, write_report
+from .train import VARIANTS, predict_lone, run_dir, train_fold
+
+SAMPLES = REPO / "datasets" / "samples" / "spider" / "images"
+logger = logging.getLogger(__name__)
+
+
+def train_folds(variant: str, output: Path, folds: Optional[Iterable[int]] = None,
+                opts: Sequence[str] = (), lone: bool = False) -> None:
+    """Convert and train each fold (default: all); with ``lone``, also score slices alone."""
+    for k in range(len(read_folds(FOLDS_FILE))) if folds is None else folds:
+        convert_fold(k)
+        train_fold(variant, k, output, list(opts))
+        if lone:
+            predict_lone(variant, k, output)
+
+
+def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
+              baseline: Optional[Path] = None, threads: int = 2,
+              opts: Sequence[str] = ()) -> Path:
+    """Train ``variant`` on every fold, time its fold-0 weights, write its report.
+
+    A later round's variant (not in round 1) is judged against ``baseline`` (round 1's
+    cv.json) with the latency measured here; ``25d`` also scores its slices alone.
+    Returns the report's folder. What would fail after hours of training fails first.
+    """
+    candidate = variant not in ROUND1
+    if candidate and (baseline is None or not Path(baseline).is_file()):
+        raise LumbarError(f"{baseline}: no baseline cv.json for {variant}; pass --baseline "
+                          "results/spider_cv/cv.json (round 1's committed report)")
+    if threads < 1:
+        raise LumbarError("--threads must be >= 1")
+    train_folds(variant, output, opts=opts, lone=variant == "25d")
+    weights = run_dir(output, variant, 0) / "model_final.pth"
+    latency = measure_latency(str(REPO / VARIANTS[variant]), SAMPLES, threads,
+                              opts=["MODEL.WEIGHTS", str(weights)], output=latency_dir)
+    latency_file = Path(latency_dir) / "latency.json"
+    logger.info("%s: latency p50 %.3f s at %d threads -> %s", variant, latency["p50_s"],
+                threads, latency_file)
+    write_report([variant], output, results, baseline=baseline if candidate else None,
+                 latency=latency_file if candidate else None)
+    return results
