@@ -18,6 +18,7 @@ VARIANTS: Dict[str, str] = {
     "25d_m56": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_m56.yaml",  # round 2
     "25d_rpn": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_rpn.yaml",  # round 3
     "25d_s512": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_s512.yaml",  # round 3
+    "25d_it1350": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it1350.yaml",  # 4
 }
 logger = logging.getLogger(__name__)
 
