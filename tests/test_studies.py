@@ -172,9 +172,11 @@ def _fake_steps(monkeypatch, calls):
     monkeypatch.setattr(study, "train_fold",
                         lambda v, k, out, opts: calls.append(("train", v, k, tuple(opts))))
     monkeypatch.setattr(study, "predict_lone", lambda v, k, out: calls.append(("lone", v, k)))
-    monkeypatch.setattr(study, "measure_latency", lambda cfg, images, threads, opts, output: (
-        calls.append(("latency", cfg.endswith(study.VARIANTS["25d_s512"]), threads, opts,
-                      output)) or {"p50_s": 0.2, "threads": threads}))
+    def latency(cfg, images, threads, repeats, opts, output):
+        calls.append(("latency", cfg.endswith(study.VARIANTS["25d_s512"]), threads, opts, output))
+        return {"p50_s": 0.2, "threads": threads}
+
+    monkeypatch.setattr(study, "measure_latency", latency)
     monkeypatch.setattr(study, "write_report", lambda vs, out, res, baseline, latency: calls.append(
         ("report", tuple(vs), res, baseline, latency)))
 

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import lumbar_d2  # noqa: F401  (applies lumbar_d2.compat before detectron2 is used)
-from lumbar_d2.engine.latency import measure_latency
+from lumbar_d2.engine.latency import LATENCY_FILE, SAMPLE_SLICES, measure_latency
 from lumbar_d2.utils.cli import add_tail, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "datasets" / "samples" / "spider" / "images"
 ZOO = REPO / "configs" / "scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_zoo.yaml"
 
 
@@ -32,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--config-file", default=str(ZOO),
                    help="model config (default: the shipped zoo config)")
     p.add_argument("--output", required=True, help="folder for latency.json")
-    p.add_argument("--images", default=str(SAMPLES), help="folder of slices to time")
+    p.add_argument("--images", default=str(SAMPLE_SLICES), help="folder of slices to time")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per slice")
     add_tail(p, "KEY VALUE config overrides")
@@ -43,7 +42,7 @@ def bench(a) -> dict:
     result = measure_latency(a.config_file, a.images, a.threads, a.repeats, a.opts, a.output)
     print(f"{result['n_slices'] * a.repeats} calls at {a.threads} threads: p50 "
           f"{result['p50_s']:.3f} s, p90 {result['p90_s']:.3f} s per slice -> "
-          f"{a.output}/latency.json")
+          f"{Path(a.output) / LATENCY_FILE}")
     return result
 
 

@@ -17,22 +17,31 @@ import torch
 
 from ..data.imageio import read_array
 from ..inference.predictor import LumbarPredictor, operating_point
-from ..model_zoo import use_shipped_weights
+from ..model_zoo import REPO_ROOT, use_shipped_weights
 from ..runtime import load_config
 from ..utils.errors import LumbarError
 from ..utils.record import write_result
 from ..utils.timing import time_calls
 
+SAMPLE_SLICES = REPO_ROOT / "datasets" / "samples" / "spider" / "images"  # six 512x640 slices
+LATENCY_FILE = "latency.json"
 
-def measure_latency(config_file: str, images: PathLike, threads: int = 2, repeats: int = 5,
-                    opts: Sequence[str] = (), output: Optional[PathLike] = None) -> dict:
-    """p50 / p90 / mean seconds per slice of ``config_file`` (shipped weights unless set).
 
-    With ``output``, also writes ``<output>/latency.json`` while the measured thread count is
-    still set, so that its result record states the threads the figure was measured at.
-    """
+def check_timing_args(threads: int, repeats: int) -> None:
+    """Refuse bad counts up front (a study checks them before hours of training)."""
     if threads < 1 or repeats < 1:
         raise LumbarError("--threads and --repeats must be >= 1")
+
+
+def measure_latency(config_file: str, images: PathLike = SAMPLE_SLICES, threads: int = 2,
+                    repeats: int = 5, opts: Sequence[str] = (),
+                    output: Optional[PathLike] = None) -> dict:
+    """p50 / p90 / mean seconds per slice of ``config_file`` (shipped weights unless set).
+
+    With ``output``, also writes ``<output>/latency.json`` (:data:`LATENCY_FILE`) while the
+    measured thread count is still set, so that its record states the threads measured at.
+    """
+    check_timing_args(threads, repeats)
     files = sorted(Path(images).glob("*.png"))
     if not files:
         raise LumbarError(f"{images}: no PNG slices to time; pass --images")
@@ -42,7 +51,7 @@ def measure_latency(config_file: str, images: PathLike, threads: int = 2, repeat
         result = {**_time(config_file, list(opts), files, threads, repeats),
                   "images": str(images)}
         if output is not None:
-            write_result(Path(output) / "latency.json", result)
+            write_result(Path(output) / LATENCY_FILE, result)
         return result
     finally:
         torch.set_num_threads(before)

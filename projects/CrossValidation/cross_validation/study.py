@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from lumbar_d2.data.splits import read_folds
-from lumbar_d2.engine.latency import measure_latency
+from lumbar_d2.engine.latency import LATENCY_FILE, SAMPLE_SLICES, check_timing_args, measure_latency
 from lumbar_d2.utils.errors import LumbarError
 
 from .folds import FOLDS_FILE, REPO, convert_fold
 from .report import ROUND1, write_report
 from .train import VARIANTS, predict_lone, run_dir, train_fold
 
-SAMPLES = REPO / "datasets" / "samples" / "spider" / "images"
+REPEATS = 5  # timed calls per slice, as the protocol's bench_latency commands
 logger = logging.getLogger(__name__)
 
 
@@ -46,13 +46,12 @@ def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
     if candidate and (baseline is None or not Path(baseline).is_file()):
         raise LumbarError(f"{baseline}: no baseline cv.json for {variant}; pass --baseline "
                           "results/spider_cv/cv.json (round 1's committed report)")
-    if threads < 1:
-        raise LumbarError("--threads must be >= 1")
+    check_timing_args(threads, REPEATS)
     train_folds(variant, output, opts=opts, lone=variant == "25d")
     weights = run_dir(output, variant, 0) / "model_final.pth"
-    latency = measure_latency(str(REPO / VARIANTS[variant]), SAMPLES, threads,
+    latency = measure_latency(str(REPO / VARIANTS[variant]), SAMPLE_SLICES, threads, REPEATS,
                               opts=["MODEL.WEIGHTS", str(weights)], output=latency_dir)
-    latency_file = Path(latency_dir) / "latency.json"
+    latency_file = Path(latency_dir) / LATENCY_FILE
     logger.info("%s: latency p50 %.3f s at %d threads -> %s", variant, latency["p50_s"],
                 threads, latency_file)
     write_report([variant], output, results, baseline=baseline if candidate else None,
