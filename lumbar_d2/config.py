@@ -71,3 +71,7 @@ def add_lumbar_config(cfg: CN) -> None:
     cfg.INPUT.AUG.DROP_CONTEXT = 0.0
     # Percentile intensity normalisation of each slice to uint8 (see lumbar_d2.data.imageio).
     cfg.INPUT.NORMALIZE = True
+
+    # Weight of the soft-Dice term of lumbar_d2.modeling's DiceMaskRCNNConvUpsampleHead (used
+    # only when MODEL.ROI_MASK_HEAD.NAME names that head; Detectron2's heads ignore it).
+    cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT = 1.0

@@ -22,6 +22,7 @@ from detectron2.data import DatasetCatalog
 from point_rend import add_pointrend_config  # also registers PointRend's mask head
 
 from . import compat  # noqa: F401  (point_rend imports detectron2.layers, which needs it)
+from . import modeling  # noqa: F401  (registers the project's mask head)
 from .config import add_lumbar_config
 from .data.register import patient_ids, register_all_lumbar, require_registered
 from .data.splits import check_patient_leakage

@@ -47,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     y.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
     y.add_argument("--results", required=True, help="folder for the variant's committable tables")
     y.add_argument("--baseline", default="results/spider_cv/cv.json",
-                   help="round 1's cv.json, against whose 25d a later variant is judged")
+                   help="committed cv.json against which a later variant is judged")
+    y.add_argument("--baseline-variant", default="25d",
+                   help="the variant of --baseline it is judged against (round 5: 25d_it1350)")
     y.add_argument("--latency-output", default=None,
                    help="folder for latency.json (default results/latency/<variant>)")
     y.add_argument("--threads", type=int, default=2, help="torch threads of the latency run")
@@ -58,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--results", default="results/spider_cv", help="committable tables")
     r.add_argument("--baseline", default=None,
                    help="round 1's cv.json: compare 25d_m56 with its 25d (round 2)")
+    r.add_argument("--baseline-variant", default="25d", help="the variant of --baseline")
     r.add_argument("--latency", default=None, help="25d_m56's latency.json (round 2 rule)")
     c = sub.add_parser("curves", help="draw committed cv.json files' OOF curves and targets")
     c.add_argument("--cv", nargs="+", required=True, help="cv.json files, one per round")
@@ -78,7 +81,8 @@ def train(a: argparse.Namespace) -> int:
 def study(a: argparse.Namespace) -> int:
     latency = Path(a.latency_output or f"results/latency/{a.variant}")
     run_study(a.variant, Path(a.output), Path(a.results), latency,
-              baseline=Path(a.baseline), threads=a.threads, opts=a.opts)
+              baseline=Path(a.baseline), threads=a.threads, opts=a.opts,
+              base_variant=a.baseline_variant)
     return 0
 
 
@@ -98,8 +102,8 @@ def main(argv=None) -> int:
         return run_tool(lambda: curves(a), verbose=True)
     from cross_validation.report import write_report
     opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
-    return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results), **opt),
-                    verbose=True)
+    return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results),
+                                         base_variant=a.baseline_variant, **opt), verbose=True)
 
 
 def reference(a: argparse.Namespace) -> int:

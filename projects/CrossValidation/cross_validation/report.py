@@ -30,6 +30,7 @@ from .train import run_dir
 SHIPPED_POINT = 0.93
 N_BOOT = 1000
 ROUND1 = ("2d", "25d", "25d_lone")  # round 1's own comparison; later variants face its 25d
+AGAINST = "against_"  # summary key of later candidates: against_<baseline variant>
 logger = logging.getLogger(__name__)
 
 
@@ -177,13 +178,28 @@ def decide_candidate(base: dict, cand: dict, latency_p50: Optional[float]) -> di
             "adopted": cand["variant"] if first and second else base["variant"]}
 
 
-def compare_candidate(cand: dict, baseline: Path, latency: Optional[Path]) -> dict:
-    """Paired difference and decision of ``cand`` against the committed round-1 ``25d``."""
-    base = json.loads(Path(baseline).read_text())["variants"]["25d"]
+def compare_candidate(cand: dict, baseline: Path, latency: Optional[Path],
+                      base_variant: str = "25d") -> dict:
+    """Paired difference and decision of ``cand`` against ``base_variant`` of a committed
+    cv.json (round 1's ``25d`` unless a later round's protocol names another)."""
+    base = baseline_variant(baseline, base_variant)
     p50 = json.loads(Path(latency).read_text())["p50_s"] if latency else None
     return {"paired": paired_difference(base["at_best"]["patient_sums"],
                                         cand["at_best"]["patient_sums"]),
             "decision": decide_candidate(base, cand, p50)}
+
+
+def baseline_variant(baseline: Path, name: str) -> dict:
+    """Variant ``name`` of the committed report ``baseline``; a one-line error if absent."""
+    try:
+        variants = json.loads(Path(baseline).read_text())["variants"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LumbarError(f"{baseline}: not a cross-validation cv.json ({type(e).__name__}); "
+                          "pass a committed results/spider_cv*/cv.json") from None
+    if name not in variants:
+        raise LumbarError(f"{baseline}: has no variant {name!r} (it has {sorted(variants)}); "
+                          "pass --baseline-variant with one of those")
+    return variants[name]
 
 
 def score_reference(predictions: Path, results: Path) -> dict:
@@ -205,9 +221,11 @@ def score_reference(predictions: Path, results: Path) -> dict:
 
 
 def write_report(variants: Sequence[str], output: Path, results: Path,
-                 baseline: Optional[Path] = None, latency: Optional[Path] = None) -> int:
+                 baseline: Optional[Path] = None, latency: Optional[Path] = None,
+                 base_variant: str = "25d") -> int:
     """Score every variant and mode found, write ``results/spider_cv`` tables; with
-    ``baseline`` (round 1's cv.json), also each later round's candidate against its ``25d``."""
+    ``baseline`` (a committed cv.json), also each later round's candidate against its
+    ``base_variant`` (round 1's ``25d`` by default)."""
     scored: Dict[str, dict] = {}
     for v in variants:
         modes = ["2d"] if v == "2d" else ["2.5d", "lone"] if v == "25d" else ["2.5d"]
@@ -222,14 +240,19 @@ def write_report(variants: Sequence[str], output: Path, results: Path,
         summary["decision"] = decide(scored["2d"], scored["25d"], scored["25d_lone"])
     candidates = [v for v in scored if v not in ROUND1]
     if baseline is not None and candidates:
-        summary["against_25d"] = {v: compare_candidate(scored[v], baseline, latency)
-                                  for v in candidates}
+        summary[against_key(base_variant)] = {
+            v: compare_candidate(scored[v], baseline, latency, base_variant) for v in candidates}
     write_result(results / "cv.json", summary, record=record)
     write_text(results / "cv.md", format_markdown(summary) + "\n## Record\n\n"
                + record_markdown(record))
     _write_patient_csv(scored, results / "per_patient_dice.csv")
     print(format_markdown(summary))
     return 0
+
+
+def against_key(base_variant: str) -> str:
+    """cv.json key of the candidates judged against ``base_variant`` (``against_25d``)."""
+    return AGAINST + base_variant
 
 
 def _write_patient_csv(scored: Dict[str, dict], path: Path) -> None:
@@ -266,11 +289,18 @@ def format_markdown(summary: dict) -> str:
         dec = summary["decision"]
         lines += ["", f"Decision by the protocol's rule: **{dec['adopted']}** (condition 1: "
                   f"{dec['condition_1']}, condition 2: {dec['condition_2']})."]
-    for name, cmp in summary.get("against_25d", {}).items():
-        lines += ["", f"Paired difference {name} - 25d (round 1's committed 25d):", ""]
-        lines += [f"- {k}: {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                  for k, d in cmp["paired"].items()]
-        dec = cmp["decision"]
-        lines += ["", f"Decision by the rule of rounds 2 and 3: **{dec['adopted']}** (condition "
-                  f"1: {dec['condition_1']}, condition 2: {dec['condition_2']})."]
+    for key in [k for k in summary if k.startswith(AGAINST)]:
+        base = key[len(AGAINST):]
+        for name, cmp in summary[key].items():
+            lines += _candidate_lines(name, base, cmp)
     return "\n".join(lines) + "\n"
+
+
+def _candidate_lines(name: str, base: str, cmp: dict) -> List[str]:
+    """A later round's candidate against its committed baseline variant."""
+    lines = ["", f"Paired difference {name} - {base} (the committed {base}):", ""]
+    lines += [f"- {k}: {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+              for k, d in cmp["paired"].items()]
+    dec = cmp["decision"]
+    return lines + ["", f"Decision by the rule of rounds 2 and 3: **{dec['adopted']}** "
+                    f"(condition 1: {dec['condition_1']}, condition 2: {dec['condition_2']})."]

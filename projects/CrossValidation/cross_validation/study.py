@@ -16,7 +16,7 @@ from lumbar_d2.engine.latency import LATENCY_FILE, SAMPLE_SLICES, check_timing_a
 from lumbar_d2.utils.errors import LumbarError
 
 from .folds import FOLDS_FILE, REPO, convert_fold
-from .report import ROUND1, write_report
+from .report import ROUND1, baseline_variant, write_report
 from .train import VARIANTS, predict_lone, run_dir, train_fold
 
 REPEATS = 5  # timed calls per slice, as the protocol's bench_latency commands
@@ -35,17 +35,20 @@ def train_folds(variant: str, output: Path, folds: Optional[Iterable[int]] = Non
 
 def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
               baseline: Optional[Path] = None, threads: int = 2,
-              opts: Sequence[str] = ()) -> Path:
+              opts: Sequence[str] = (), base_variant: str = "25d") -> Path:
     """Train ``variant`` on every fold, time its fold-0 weights, write its report.
 
-    A later round's variant (not in round 1) is judged against ``baseline`` (round 1's
-    cv.json) with the latency measured here; ``25d`` also scores its slices alone.
-    Returns the report's folder. What would fail after hours of training fails first.
+    A later round's variant (not in round 1) is judged against ``base_variant`` of
+    ``baseline`` (a committed cv.json; round 1's ``25d`` by default) with the latency
+    measured here; ``25d`` also scores its slices alone. Returns the report's folder.
+    What would fail after hours of training fails first.
     """
     candidate = variant not in ROUND1
     if candidate and (baseline is None or not Path(baseline).is_file()):
         raise LumbarError(f"{baseline}: no baseline cv.json for {variant}; pass --baseline "
                           "results/spider_cv/cv.json (round 1's committed report)")
+    if candidate:
+        baseline_variant(baseline, base_variant)
     check_timing_args(threads, REPEATS)
     train_folds(variant, output, opts=opts, lone=variant == "25d")
     weights = run_dir(output, variant, 0) / "model_final.pth"
@@ -55,5 +58,5 @@ def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
     logger.info("%s: latency p50 %.3f s at %d threads -> %s", variant, latency["p50_s"],
                 threads, latency_file)
     write_report([variant], output, results, baseline=baseline if candidate else None,
-                 latency=latency_file if candidate else None)
+                 latency=latency_file if candidate else None, base_variant=base_variant)
     return results
