@@ -177,15 +177,16 @@ def _fake_steps(monkeypatch, calls):
         return {"p50_s": 0.2, "threads": threads}
 
     monkeypatch.setattr(study, "measure_latency", latency)
-    monkeypatch.setattr(study, "write_report", lambda vs, out, res, baseline, latency: calls.append(
-        ("report", tuple(vs), res, baseline, latency)))
+    monkeypatch.setattr(study, "write_report",
+                        lambda vs, out, res, baseline, latency, base_variant: calls.append(
+                            ("report", tuple(vs), res, baseline, latency, base_variant)))
 
 
 def test_study_chains_every_fold_then_latency_on_fold0_then_the_report(tmp_path, monkeypatch):
     calls = []
     _fake_steps(monkeypatch, calls)
     base = tmp_path / "cv.json"
-    base.write_text("{}")
+    base.write_text(json.dumps({"variants": {"25d": {}}}))
     study.run_study("25d_s512", tmp_path / "out", tmp_path / "res", tmp_path / "lat",
                     baseline=base, threads=1, opts=["SEED", "1"])
     trains = [c for c in calls if c[0] == "train"]
@@ -196,7 +197,7 @@ def test_study_chains_every_fold_then_latency_on_fold0_then_the_report(tmp_path,
     weights = str(tmp_path / "out" / "25d_s512" / "fold0" / "model_final.pth")
     assert ("latency", True, 1, ["MODEL.WEIGHTS", weights], tmp_path / "lat") in calls
     assert calls[-1] == ("report", ("25d_s512",), tmp_path / "res", base,
-                         tmp_path / "lat" / "latency.json")
+                         tmp_path / "lat" / "latency.json", "25d")
 
 
 def test_study_of_a_round1_variant_scores_lone_slices_and_has_no_baseline(tmp_path, monkeypatch):
@@ -204,7 +205,7 @@ def test_study_of_a_round1_variant_scores_lone_slices_and_has_no_baseline(tmp_pa
     _fake_steps(monkeypatch, calls)
     study.run_study("25d", tmp_path / "out", tmp_path / "res", tmp_path / "lat", baseline=None)
     assert [c for c in calls if c[0] == "lone"] == [("lone", "25d", k) for k in range(3)]
-    assert calls[-1][3:] == (None, None)
+    assert calls[-1][3:5] == (None, None)
 
 
 def test_study_refuses_a_missing_baseline_before_any_training(tmp_path, monkeypatch):
@@ -215,4 +216,31 @@ def test_study_refuses_a_missing_baseline_before_any_training(tmp_path, monkeypa
                         baseline=tmp_path / "missing.json")
     with pytest.raises(study.LumbarError, match="--threads"):
         study.run_study("2d", tmp_path / "out", tmp_path / "res", tmp_path / "lat", threads=0)
+    round4 = tmp_path / "round4.json"
+    round4.write_text(json.dumps({"variants": {"25d_it1350": {}}}))
+    with pytest.raises(study.LumbarError, match=r"no variant '25d'.*--baseline-variant"):
+        study.run_study("25d_dice", tmp_path / "out", tmp_path / "res", tmp_path / "lat",
+                        baseline=round4)                 # round 5 names 25d_it1350
     assert calls == []
+
+
+def test_a_candidate_is_judged_against_the_named_baseline_variant(tmp_path):
+    """Round 5 faces round 4's 25d_it1350, not round 1's 25d: the paired difference and the
+    rule use the named variant's committed per-patient sums and figures."""
+    def variant(name, dice, sums):
+        m = _mode2(name, dice, 0.40, 0.80)
+        m["at_best"]["patient_sums"] = sums
+        return m
+
+    round4 = tmp_path / "cv.json"
+    round4.write_text(json.dumps({"variants": {
+        "25d": variant("25d", 0.5, {"1": [50, 50, 50, 5, 5, 5]}),
+        "25d_it1350": variant("25d_it1350", 0.8, {"1": [80, 20, 20, 8, 2, 2]})}}))
+    cand = variant("25d_dice", 0.9, {"1": [90, 10, 10, 9, 1, 1]})
+    got = report.compare_candidate(cand, round4, None, base_variant="25d_it1350")
+    assert math.isclose(got["paired"]["dice_micro"]["difference"], 0.9 - 0.8)
+    assert got["decision"]["base"]["dice"] == 0.8
+    assert got["decision"]["adopted"] == "25d_it1350"   # no latency measured
+    assert report.against_key("25d_it1350") == "against_25d_it1350"
+    with pytest.raises(report.LumbarError, match="not a cross-validation cv.json"):
+        report.baseline_variant(tmp_path / "missing.json", "25d")
