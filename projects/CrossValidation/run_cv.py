@@ -14,7 +14,7 @@
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
 ``study`` runs one variant's whole screen: ``train`` on every fold, the latency of its fold-0
 weights (``results/latency/<variant>``) and its ``report``, a later round's variant against
-``--baseline``.
+``--baseline`` (its ``25d``, or the variant named by ``--baseline-variant``).
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
 ``curves`` draws committed reports' operating curves against issue #24's targets.
 ``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
@@ -59,9 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--output", default="output/cv")
     r.add_argument("--results", default="results/spider_cv", help="committable tables")
     r.add_argument("--baseline", default=None,
-                   help="round 1's cv.json: compare 25d_m56 with its 25d (round 2)")
+                   help="a committed cv.json to judge later variants against (by its 25d, "
+                        "or --baseline-variant)")
     r.add_argument("--baseline-variant", default="25d", help="the variant of --baseline")
-    r.add_argument("--latency", default=None, help="25d_m56's latency.json (round 2 rule)")
+    r.add_argument("--latency", default=None,
+                   help="the candidate's latency.json (the rule's latency condition)")
     c = sub.add_parser("curves", help="draw committed cv.json files' OOF curves and targets")
     c.add_argument("--cv", nargs="+", required=True, help="cv.json files, one per round")
     c.add_argument("--results", default="results/spider_cv/curves")
