@@ -3,12 +3,12 @@
 Every module of the package sits on a floor (the README's chain: ``utils``, ``compat``,
 ``config`` -> ``geometry``, ``modeling`` -> ``data`` -> ``runtime``, ``evaluation``,
 ``measure`` -> ``model_zoo``, ``inference`` -> ``engine`` -> ``demo``, ``doctor`` ->
-``tools``). A module
-may import its own unit (its subpackage or itself) and units on lower floors only: two units
-of one floor never import each other. ``projects/`` sit above everything: a project may import
-the library and itself, never another project, and nothing in the library or ``tools/``
-imports a project. :func:`violations` checks a whole checkout; the mutation tests run it on a
-scratch copy with an upward import added, so the checker itself is tested.
+``tools``). A module may import its own unit (its subpackage or itself) and units on lower
+floors only: two units of one floor never import each other. ``projects/`` sit above
+everything: a project may import the library and itself, never another project, and nothing
+in the library or ``tools/`` imports a project. :func:`violations` checks a whole checkout;
+the mutation tests run it on a scratch copy with an upward import added, so the checker
+itself is tested.
 """
 from __future__ import annotations
 

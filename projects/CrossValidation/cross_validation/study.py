@@ -44,11 +44,11 @@ def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
     What would fail after hours of training fails first.
     """
     candidate = variant not in ROUND1
-    if candidate and (baseline is None or not Path(baseline).is_file()):
-        raise LumbarError(f"{baseline}: no baseline cv.json for {variant}; pass --baseline "
-                          "results/spider_cv/cv.json (round 1's committed report)")
     if candidate:
-        baseline_variant(baseline, base_variant)
+        if baseline is None or not Path(baseline).is_file():
+            raise LumbarError(f"{baseline}: no baseline cv.json for {variant}; pass --baseline "
+                              "results/spider_cv/cv.json (round 1's committed report)")
+        baseline_variant(baseline, base_variant)  # the named variant is in it
     check_timing_args(threads, REPEATS)
     train_folds(variant, output, opts=opts, lone=variant == "25d")
     weights = run_dir(output, variant, 0) / "model_final.pth"
