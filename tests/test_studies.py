@@ -6,12 +6,16 @@ import json
 import math
 import sys
 
+import cv2
+import numpy as np
 import pytest
 from conftest import REPO
 
+from lumbar_d2.data.instances import encode_rle
+
 for project in ("CrossValidation", "SliceLeakage"):
     sys.path.insert(0, str(REPO / "projects" / project))
-from cross_validation import curves, report, study  # noqa: E402
+from cross_validation import curves, misses, report, study  # noqa: E402
 from slice_leakage import design, summary  # noqa: E402
 
 
@@ -244,3 +248,52 @@ def test_a_candidate_is_judged_against_the_named_baseline_variant(tmp_path):
     assert report.against_key("25d_it1350") == "against_25d_it1350"
     with pytest.raises(report.LumbarError, match="not a cross-validation cv.json"):
         report.baseline_variant(tmp_path / "missing.json", "25d")
+
+
+def _bar(y0, y1, x0, x1, shape=(60, 80)):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_misses_count_causes_and_recall_per_component_and_per_disc():
+    """Two pieces of one disc (120 and 16 px, 7 px apart in a row) and a disc below. One
+    prediction covers the first disc whole (IoU 120/176 with its big piece, 136/176 with
+    the joined disc), one matches the disc below."""
+    gt = [_bar(10, 14, 0, 30), _bar(11, 13, 37, 45), _bar(50, 54, 0, 30)]
+    pred = [_bar(10, 14, 0, 45), _bar(50, 54, 0, 30)]
+    components, discs = misses.image_rows(pred, gt)
+    assert [c["cause"] for c in components] == ["found", "piece of a disc", "found"]
+    assert [d["pieces"] for d in discs] == [2, 1] and all(d["found"] for d in discs)
+    t = misses.miss_table(components, discs)
+    assert t["causes"]["< 400 px"] == {"found": 2, "no detection": 0, "piece of a disc": 1,
+                                       "merged with a neighbour": 0, "poor fit": 0}
+    assert math.isclose(t["component_recall"]["all"], 2 / 3)
+    assert t["disc_recall"]["all"] == 1.0 and math.isclose(t["pieces_share"]["all"], 2 / 3)
+    assert math.isnan(t["disc_recall"]["> 800 px"])
+    assert (t["n_components"], t["n_discs"], t["n_multi_piece_discs"]) == (3, 2, 1)
+    text = misses.format_misses({"variant": "v", "at_best": {"threshold": 0.8, **t},
+                                 "at_shipped_point": {"threshold": 0.93, **t}})
+    assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text
+
+
+def test_missed_pieces_figure_has_one_tile_per_piece_in_rows_of_four(tmp_path):
+    shape = (100, 150)
+    cv2.imwrite(str(tmp_path / "s.png"), np.full(shape, 90, np.uint8))
+    gt = [_bar(40, 44, 10, 60, shape), _bar(41, 43, 67, 75, shape)]
+    pred = [_bar(40, 44, 10, 75, shape)]
+    d = {"im": {"file_name": "s.png", "height": 100, "width": 150},
+         "gt": encode_rle(np.stack(gt, axis=-1)), "pred": encode_rle(np.stack(pred, axis=-1))}
+    sheet = misses.tile_sheet([(d, 1)] * 5, 0.8, tmp_path)
+    assert sheet.shape == (2 * 240, 4 * 360, 3)
+    assert (sheet[..., 2] == 255).any() and not sheet[240:, 360:].any()  # red; 3 blank tiles
+    with pytest.raises(misses.LumbarError, match="cannot read the slice"):
+        misses.tile_sheet([(d, 1)], 0.8, tmp_path / "nowhere")
+
+
+def test_misses_refuse_a_variant_that_the_cv_file_lacks(tmp_path):
+    cv = tmp_path / "cv.json"
+    cv.write_text(json.dumps({"variants": {"25d_it1350": {"best_threshold": 0.85}}}))
+    with pytest.raises(misses.LumbarError, match=r"no variant '25d_m56'.*--variant"):
+        misses.write_misses("25d_m56", tmp_path / "out", cv, tmp_path / "res")
+    assert not (tmp_path / "res").exists()

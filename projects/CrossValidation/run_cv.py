@@ -7,6 +7,8 @@
         --results results/spider_cv_round3/25d_s512      # train + latency + report
     python projects/CrossValidation/run_cv.py report --variants 2d 25d
     python projects/CrossValidation/run_cv.py curves --cv results/spider_cv/cv.json
+    python projects/CrossValidation/run_cv.py misses --variant 25d_it1350 \
+        --cv results/spider_cv_round4/cv.json      # why discs are missed, recall per disc
     python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
     python projects/CrossValidation/run_cv.py final       # the shipped model, all patients
 
@@ -17,6 +19,9 @@ weights (``results/latency/<variant>``) and its ``report``, a later round's vari
 ``--baseline`` (its ``25d``, or the variant named by ``--baseline-variant``).
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
 ``curves`` draws committed reports' operating curves against issue #24's targets.
+``misses`` names the cause of every missed disc of a variant whose fold predictions are still
+in ``--output`` (at the threshold its committed cv.json chose), with recall per disc beside
+recall per connected component.
 ``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
 """
 from __future__ import annotations
@@ -67,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     c = sub.add_parser("curves", help="draw committed cv.json files' OOF curves and targets")
     c.add_argument("--cv", nargs="+", required=True, help="cv.json files, one per round")
     c.add_argument("--results", default="results/spider_cv/curves")
+    m = sub.add_parser("misses", help="cause of every missed disc; recall per disc")
+    m.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    m.add_argument("--cv", required=True, help="the committed cv.json that scored the variant")
+    m.add_argument("--output", default="output/cv", help="where its fold runs are")
+    m.add_argument("--results", default=None, help="default: the folder of --cv")
     f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
     f.add_argument("--output", default="output/cv")
     f.add_argument("--results", default="results/spider_cv")
@@ -102,6 +112,8 @@ def main(argv=None) -> int:
         return run_tool(lambda: reference(a), verbose=True)
     if a.command == "curves":
         return run_tool(lambda: curves(a), verbose=True)
+    if a.command == "misses":
+        return run_tool(lambda: misses(a), verbose=True)
     from cross_validation.report import write_report
     opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
     return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results),
@@ -122,6 +134,15 @@ def curves(a: argparse.Namespace) -> int:
     from cross_validation.curves import write_curves
 
     write_curves(a.cv, Path(a.results))
+    return 0
+
+
+def misses(a: argparse.Namespace) -> int:
+    from cross_validation.misses import format_misses, write_misses
+
+    cv = Path(a.cv)
+    print(format_misses(write_misses(a.variant, Path(a.output), cv,
+                                     Path(a.results) if a.results else cv.parent)))
     return 0
 
 

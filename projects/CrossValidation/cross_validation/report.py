@@ -189,8 +189,9 @@ def compare_candidate(cand: dict, baseline: Path, latency: Optional[Path],
             "decision": decide_candidate(base, cand, p50)}
 
 
-def baseline_variant(baseline: Path, name: str) -> dict:
-    """Variant ``name`` of the committed report ``baseline``; a one-line error if absent."""
+def baseline_variant(baseline: Path, name: str, option: str = "--baseline-variant") -> dict:
+    """Variant ``name`` of the committed report ``baseline``; a one-line error, naming the
+    command-line ``option`` to change, if absent."""
     try:
         variants = json.loads(Path(baseline).read_text())["variants"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -198,7 +199,7 @@ def baseline_variant(baseline: Path, name: str) -> dict:
                           "pass a committed results/spider_cv*/cv.json") from None
     if name not in variants:
         raise LumbarError(f"{baseline}: has no variant {name!r} (it has {sorted(variants)}); "
-                          "pass --baseline-variant with one of those")
+                          f"pass {option} with one of those")
     return variants[name]
 
 

@@ -1,0 +1,172 @@
+"""Why the out-of-fold predictions miss discs: the cause of every miss, and recall per disc.
+
+The report counts an instance as a connected component of the disc mask. In lateral slices
+one disc is often two or three components in a row, and a prediction that covers the whole
+disc leaves its smaller pieces unmatched. Here each missed component gets its cause
+(:data:`lumbar_d2.evaluation.fragments.CAUSES`), and recall is also given per disc (its
+pieces joined), beside the per-component recall that the protocol's rule uses.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from lumbar_d2.data.instances import decode_segmentations
+from lumbar_d2.evaluation import fragments, strata
+from lumbar_d2.evaluation.offline import load_ground_truth
+from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.io import write_png, write_text
+from lumbar_d2.utils.record import record_markdown, result_record, write_result
+
+from .folds import FOLDS_FILE, SPIDER
+from .report import SHIPPED_POINT, baseline_variant, pool_fold_files
+
+BINS = [b[2] for b in strata.SIZE_BINS]
+N_TILES = 8
+logger = logging.getLogger(__name__)
+
+
+def _by_image(gt: dict, results: List[dict], threshold: float) -> Dict[int, dict]:
+    by_image = {im["id"]: {"im": im, "gt": [], "pred": []} for im in gt["images"]}
+    for a in gt["annotations"]:
+        by_image[a["image_id"]]["gt"].append(a["segmentation"])
+    for r in results:
+        if r["score"] >= threshold:
+            by_image[r["image_id"]]["pred"].append(r["segmentation"])
+    return by_image
+
+
+def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict], List[dict]]:
+    """(one row per GT component: size bin, pieces of its disc, cause; one row per disc:
+    size bin of its joined area, pieces, found and IoU as the instance recall counts)."""
+    groups = fragments.disc_groups(gt)
+    pieces = {i: len(g) for g in groups for i in g}
+    causes = fragments.miss_causes(pred, gt, groups)
+    components = [{"size": strata.size_bin(int(np.count_nonzero(m))), "pieces": pieces[i],
+                   "cause": causes[i]} for i, m in enumerate(gt)]
+    discs = [{**row, "size": strata.size_bin(row["area"]), "pieces": len(g)}
+             for g, row in zip(groups, strata.gt_instance_rows(
+                 pred, fragments.disc_masks(gt, groups)))]
+    return components, discs
+
+
+def miss_table(components: Sequence[dict], discs: Sequence[dict]) -> dict:
+    """Counts of every cause per size bin, the share of components that are pieces, and
+    recall per component and per disc, each per size bin and overall."""
+    out: dict = {"causes": {}, "component_recall": {}, "disc_recall": {}, "pieces_share": {}}
+    for b in BINS + ["all"]:
+        sel = [c for c in components if b in (c["size"], "all")]
+        count = Counter(c["cause"] for c in sel)
+        out["causes"][b] = {cause: count.get(cause, 0) for cause in fragments.CAUSES}
+        out["pieces_share"][b] = _share([c["pieces"] > 1 for c in sel])
+        out["component_recall"][b] = _share([c["cause"] == "found" for c in sel])
+        out["disc_recall"][b] = _share([d["found"] for d in discs if b in (d["size"], "all")])
+    out["n_components"], out["n_discs"] = len(components), len(discs)
+    out["n_multi_piece_discs"] = sum(d["pieces"] > 1 for d in discs)
+    return out
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return float(np.mean(flags)) if len(flags) else float("nan")
+
+
+def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict, List[tuple]]:
+    """:func:`miss_table` at ``threshold`` over all images, and the (image, component,
+    prediction) triples of the missed pieces, for the figure."""
+    components, discs, pieces = [], [], []
+    for image_id, d in sorted(_by_image(gt, results, threshold).items()):
+        shape = (d["im"]["height"], d["im"]["width"])
+        pred, gtm = decode_segmentations(d["pred"], *shape), decode_segmentations(d["gt"], *shape)
+        c, s = image_rows(pred, gtm)
+        components += c
+        discs += s
+        pieces += [(d, j) for j, row in enumerate(c) if row["cause"] == "piece of a disc"]
+    return miss_table(components, discs), pieces
+
+
+def tile_sheet(pieces: Sequence[tuple], threshold: float, image_dir: Path,
+               n: int = N_TILES) -> np.ndarray:
+    """Crops around ``n`` missed pieces spread over the list: GT discs green, the missed
+    piece yellow, the prediction that covers it red."""
+    tiles = []
+    for k in np.unique(np.linspace(0, len(pieces) - 1, min(n, len(pieces))).astype(int)):
+        d, j = pieces[k]
+        tiles.append(_tile(d, j, image_dir))
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)
+    return np.vstack([np.hstack(tiles[r:r + 4]) for r in range(0, len(tiles), 4)])
+
+
+def _tile(d: dict, j: int, image_dir: Path, size: Tuple[int, int] = (80, 120)) -> np.ndarray:
+    im = d["im"]
+    shape = (im["height"], im["width"])
+    gt, pred = decode_segmentations(d["gt"], *shape), decode_segmentations(d["pred"], *shape)
+    iou = [float((p & gt[j]).sum()) / float((p | gt[j]).sum()) for p in pred]
+    cover = pred[int(np.argmax(iou))]
+    grey = cv2.imread(str(image_dir / im["file_name"]), cv2.IMREAD_GRAYSCALE)
+    if grey is None:
+        raise LumbarError(f"{image_dir / im['file_name']}: cannot read the slice; check "
+                          f"{image_dir}")
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    for k, m in enumerate(gt):
+        _contour(rgb, m, (0, 255, 255) if k == j else (0, 200, 0))
+    _contour(rgb, cover, (0, 0, 255))
+    ys, xs = np.nonzero(gt[j] | cover)
+    y0 = int(np.clip(ys.mean() - size[0] / 2, 0, shape[0] - size[0]))
+    x0 = int(np.clip(xs.mean() - size[1] / 2, 0, shape[1] - size[1]))
+    crop = rgb[y0:y0 + size[0], x0:x0 + size[1]]
+    return cv2.resize(crop, (size[1] * 3, size[0] * 3), interpolation=cv2.INTER_NEAREST)
+
+
+def _contour(rgb: np.ndarray, mask: np.ndarray, colour: Tuple[int, int, int]) -> None:
+    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, cs, -1, colour, 1)
+
+
+def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
+                 image_dir: Path = SPIDER / "images") -> dict:
+    """``results/misses_<variant>.{json,md}`` at the threshold ``cv_file`` chose for the
+    variant and at the shipped point, and ``misses_<variant>.png`` (missed pieces)."""
+    threshold = baseline_variant(cv_file, variant, "--variant")["best_threshold"]
+    files = pool_fold_files(output, variant, "2.5d", output / "oof" / variant / "2.5d")
+    gt = load_ground_truth(str(files["gt"]))
+    preds = json.loads(files["predictions"].read_text())
+    payload: dict = {"variant": variant, "cv": str(cv_file), "max_axis_offset_px":
+                     fragments.MAX_AXIS_OFFSET, "max_gap_px": fragments.MAX_GAP}
+    for name, thr in (("at_best", threshold), ("at_shipped_point", SHIPPED_POINT)):
+        table, pieces = score_misses(gt, preds, thr)
+        payload[name] = {"threshold": thr, **table}
+        if name == "at_best" and pieces:
+            write_png(results / f"misses_{variant}.png", tile_sheet(pieces, thr, image_dir))
+    record = result_record({"folds": FOLDS_FILE, "cv": cv_file})
+    write_result(results / f"misses_{variant}.json", payload, record=record)
+    write_text(results / f"misses_{variant}.md", format_misses(payload) + "\n## Record\n\n"
+               + record_markdown(record))
+    logger.info("%s: misses -> %s", variant, results / f"misses_{variant}.json")
+    return payload
+
+
+def format_misses(payload: dict) -> str:
+    """Cause counts and both recalls per size bin, at each threshold."""
+    lines = [f"# Why `{payload['variant']}` misses discs (out of fold, all patients)", ""]
+    for name in ("at_best", "at_shipped_point"):
+        t = payload[name]
+        lines += [f"## Score >= {t['threshold']:.2f}", "",
+                  f"{t['n_components']} GT components in {t['n_discs']} discs "
+                  f"({t['n_multi_piece_discs']} discs in more than one piece).", "",
+                  "| size | " + " | ".join(fragments.CAUSES) + " | pieces share | "
+                  "recall per component | recall per disc |", "|---" * 9 + "|"]
+        for b in BINS + ["all"]:
+            c = t["causes"][b]
+            lines.append(f"| {b} | " + " | ".join(str(c[k]) for k in fragments.CAUSES)
+                         + f" | {t['pieces_share'][b]:.3f} | {t['component_recall'][b]:.3f}"
+                         f" | {t['disc_recall'][b]:.3f} |")
+        lines.append("")
+    lines.append("Size is the component's area (the disc's joined area for recall per disc). "
+                 "The protocol's rule uses recall per component.")
+    return "\n".join(lines) + "\n"
