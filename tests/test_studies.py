@@ -277,6 +277,19 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text
 
 
+def test_offsets_of_close_component_pairs_are_counted_per_bin():
+    """The two pieces lie 1 px off the axis (y 11.5 against 12.5). The disc below (y 51.5)
+    is 37 and 38 px from them and 40 and 39 px off: the big piece's axis for the first pair
+    (equal areas: the first one's), the lower disc's own for the small piece."""
+    gt_masks = [_bar(10, 14, 0, 30), _bar(12, 14, 37, 45), _bar(50, 54, 0, 30)]
+    gt = {"images": [{"id": 1, "height": 60, "width": 80}],
+          "annotations": [{"image_id": 1, "segmentation": rle}
+                          for rle in encode_rle(np.stack(gt_masks, axis=-1))]}
+    hist = {h["offset_px"]: h["pairs"] for h in misses.offset_histogram(gt)}
+    assert (hist["0-5"], hist["35-40"], hist["40-50"], sum(hist.values())) == (1, 1, 1, 3)
+    assert ">= 80" in hist
+
+
 def test_missed_pieces_figure_has_one_tile_per_piece_in_rows_of_four(tmp_path):
     shape = (100, 150)
     cv2.imwrite(str(tmp_path / "s.png"), np.full(shape, 90, np.uint8))

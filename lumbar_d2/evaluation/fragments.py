@@ -56,6 +56,23 @@ def _box_gap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.hypot(dy, dx))
 
 
+def close_pairs(gt_masks: Sequence[np.ndarray], max_gap: float = MAX_GAP
+                ) -> List[Tuple[int, int, float, float]]:
+    """``(i, j, gap, offset)`` of every pair ``i < j`` at most ``max_gap`` px apart, with the
+    offset of the smaller one's centroid from the larger one's long axis."""
+    areas = [int(np.count_nonzero(m)) for m in gt_masks]
+    pairs = []
+    for i in range(len(gt_masks)):
+        for j in range(i + 1, len(gt_masks)):
+            if _box_gap(gt_masks[i], gt_masks[j]) > max_gap:
+                continue
+            gap = mask_gap(gt_masks[i], gt_masks[j])
+            if gap <= max_gap:
+                big, small = (i, j) if areas[i] >= areas[j] else (j, i)
+                pairs.append((i, j, gap, axis_offset(gt_masks[big], gt_masks[small])))
+    return pairs
+
+
 def disc_groups(gt_masks: Sequence[np.ndarray], max_offset: float = MAX_AXIS_OFFSET,
                 max_gap: float = MAX_GAP) -> List[List[int]]:
     """Indices of ``gt_masks`` grouped into discs, in index order.
@@ -70,14 +87,9 @@ def disc_groups(gt_masks: Sequence[np.ndarray], max_offset: float = MAX_AXIS_OFF
             i = parent[i]
         return i
 
-    areas = [int(np.count_nonzero(m)) for m in gt_masks]
-    for i in range(len(gt_masks)):
-        for j in range(i + 1, len(gt_masks)):
-            big, small = (i, j) if areas[i] >= areas[j] else (j, i)
-            if (_box_gap(gt_masks[i], gt_masks[j]) <= max_gap
-                    and mask_gap(gt_masks[i], gt_masks[j]) <= max_gap
-                    and axis_offset(gt_masks[big], gt_masks[small]) <= max_offset):
-                parent[root(j)] = root(i)
+    for i, j, _, offset in close_pairs(gt_masks, max_gap):
+        if offset <= max_offset:
+            parent[root(j)] = root(i)
     groups: Dict[int, List[int]] = {}
     for i in range(len(gt_masks)):
         groups.setdefault(root(i), []).append(i)

@@ -28,6 +28,7 @@ from .folds import FOLDS_FILE, SPIDER
 from .report import SHIPPED_POINT, baseline_variant, pool_fold_files
 
 BINS = [b[2] for b in strata.SIZE_BINS]
+OFFSET_EDGES = (0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 80)  # px, last bin open
 N_TILES = 8
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,19 @@ def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict,
     return miss_table(components, discs), pieces
 
 
+def offset_histogram(gt: dict) -> List[dict]:
+    """How far off the larger one's long axis the smaller of two nearby GT components lies,
+    over every slice: the evidence for :data:`fragments.MAX_AXIS_OFFSET` (labels only)."""
+    offsets = []
+    for d in _by_image(gt, [], 1.0).values():
+        masks = decode_segmentations(d["gt"], d["im"]["height"], d["im"]["width"])
+        offsets += [p[3] for p in fragments.close_pairs(masks)]
+    edges = list(OFFSET_EDGES) + [np.inf]
+    counts = np.histogram(offsets, bins=edges)[0] if offsets else np.zeros(len(edges) - 1)
+    return [{"offset_px": f"{lo}-{hi}" if np.isfinite(hi) else f">= {lo}", "pairs": int(n)}
+            for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
+
+
 def tile_sheet(pieces: Sequence[tuple], threshold: float, image_dir: Path,
                n: int = N_TILES) -> np.ndarray:
     """Crops around ``n`` missed pieces spread over the list: GT discs green, the missed
@@ -137,7 +151,8 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
     gt = load_ground_truth(str(files["gt"]))
     preds = json.loads(files["predictions"].read_text())
     payload: dict = {"variant": variant, "cv": str(cv_file), "max_axis_offset_px":
-                     fragments.MAX_AXIS_OFFSET, "max_gap_px": fragments.MAX_GAP}
+                     fragments.MAX_AXIS_OFFSET, "max_gap_px": fragments.MAX_GAP,
+                     "close_pair_offsets": offset_histogram(gt)}
     for name, thr in (("at_best", threshold), ("at_shipped_point", SHIPPED_POINT)):
         table, pieces = score_misses(gt, preds, thr)
         payload[name] = {"threshold": thr, **table}
@@ -169,4 +184,12 @@ def format_misses(payload: dict) -> str:
         lines.append("")
     lines.append("Size is the component's area (the disc's joined area for recall per disc). "
                  "The protocol's rule uses recall per component.")
+    hist = payload.get("close_pair_offsets", [])
+    if hist:
+        lines += ["", f"GT component pairs at most {payload['max_gap_px']:g} px apart, by the "
+                  "offset of the smaller one from the larger one's long axis (pieces of one "
+                  f"disc: at most {payload['max_axis_offset_px']:g} px):", "",
+                  "| offset | " + " | ".join(h["offset_px"] for h in hist) + " |",
+                  "|---" * (len(hist) + 1) + "|",
+                  "| pairs | " + " | ".join(str(h["pairs"]) for h in hist) + " |"]
     return "\n".join(lines) + "\n"
