@@ -54,12 +54,12 @@ def test_disc_masks_join_the_pieces():
 @pytest.mark.parametrize("pred, causes", [
     # one prediction over the whole disc: the big piece matches (IoU 120/176), the small
     # one (IoU 16/176) is a piece of that disc
-    ([bar(10, 14, 0, 44)], ["found", "piece of a disc", "no detection"]),
+    ([bar(10, 14, 0, 44)], ["found", "piece_of_a_disc", "no_detection"]),
     # one prediction over two levels (1,320 px): IoU 120/1,320 with each
-    ([bar(10, 54, 0, 30)], ["merged with a neighbour", "no detection", "merged with a neighbour"]),
+    ([bar(10, 54, 0, 30)], ["merged_with_neighbour", "no_detection", "merged_with_neighbour"]),
     # a prediction over a third of the big piece only: IoU 40/120
-    ([bar(10, 14, 0, 10)], ["poor fit", "no detection", "no detection"]),
-    ([], ["no detection"] * 3),
+    ([bar(10, 14, 0, 10)], ["poor_fit", "no_detection", "no_detection"]),
+    ([], ["no_detection"] * 3),
 ])
 def test_miss_causes(pred, causes):
     left, right, below = bar(10, 14, 0, 30), bar(11, 13, 36, 44), bar(50, 54, 0, 30)

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 
 from lumbar_d2.data.instances import encode_rle
+from lumbar_d2.evaluation import fragments
 
 for project in ("CrossValidation", "SliceLeakage"):
     sys.path.insert(0, str(REPO / "projects" / project))
@@ -263,15 +264,16 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     gt = [_bar(10, 14, 0, 30), _bar(11, 13, 37, 45), _bar(50, 54, 0, 30)]
     pred = [_bar(10, 14, 0, 45), _bar(50, 54, 0, 30)]
     components, discs = misses.image_rows(pred, gt)
-    assert [c["cause"] for c in components] == ["found", "piece of a disc", "found"]
+    assert [c["cause"] for c in components] == ["found", "piece_of_a_disc", "found"]
     assert [d["pieces"] for d in discs] == [2, 1] and all(d["found"] for d in discs)
     t = misses.miss_table(components, discs)
-    assert t["causes"]["< 400 px"] == {"found": 2, "no detection": 0, "piece of a disc": 1,
-                                       "merged with a neighbour": 0, "poor fit": 0}
-    assert math.isclose(t["component_recall"]["all"], 2 / 3)
-    assert t["disc_recall"]["all"] == 1.0 and math.isclose(t["pieces_share"]["all"], 2 / 3)
-    assert math.isnan(t["disc_recall"]["> 800 px"])
-    assert (t["n_components"], t["n_discs"], t["n_multi_piece_discs"]) == (3, 2, 1)
+    small, o = t["by_size"][0], t["overall"]
+    assert {k: small[k] for k in fragments.CAUSES} == {
+        "found": 2, "no_detection": 0, "piece_of_a_disc": 1, "merged_with_neighbour": 0,
+        "poor_fit": 0}
+    assert math.isclose(o["component_recall"], 2 / 3) and math.isclose(o["pieces_share"], 2 / 3)
+    assert o["disc_recall"] == 1.0 and math.isnan(t["by_size"][2]["disc_recall"])
+    assert (o["n_components"], o["n_discs"], t["n_multi_piece_discs"]) == (3, 2, 1)
     text = misses.format_misses({"variant": "v", "at_best": {"threshold": 0.8, **t},
                                  "at_shipped_point": {"threshold": 0.93, **t}})
     assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text

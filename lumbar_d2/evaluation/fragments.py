@@ -21,8 +21,8 @@ from .metrics import match_from_iou, surface_distances
 # 0-15 px off that axis (same disc) or 35 px and more (next level), nothing in between.
 MAX_AXIS_OFFSET = 20.0  # px
 MAX_GAP = 45.0  # px between the nearest pixels of two pieces
-CAUSES: Tuple[str, ...] = ("found", "no detection", "piece of a disc",
-                           "merged with a neighbour", "poor fit")
+CAUSES: Tuple[str, ...] = ("found", "no_detection", "piece_of_a_disc", "merged_with_neighbour",
+                           "poor_fit")
 
 
 def long_axis(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -107,9 +107,9 @@ def miss_causes(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]
     """One :data:`CAUSES` entry per ground-truth component.
 
     ``found``: matched one to one at ``iou_threshold``, as the instance recall counts it.
-    Otherwise the prediction that overlaps it most decides: none (``no detection``); it also
-    overlaps another piece of the same disc (``piece of a disc``); it overlaps a component of
-    another disc (``merged with a neighbour``); it overlaps this component only (``poor fit``).
+    Otherwise the prediction that overlaps it most decides: none (``no_detection``); it also
+    overlaps another piece of the same disc (``piece_of_a_disc``); it overlaps a component of
+    another disc (``merged_with_neighbour``); it overlaps this component only (``poor_fit``).
     """
     iou = mask_iou_matrix(pred_masks, gt_masks)
     matched = {g for _, g, _ in match_from_iou(iou, iou_threshold)}
@@ -119,10 +119,10 @@ def miss_causes(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]
         if g in matched:
             causes.append("found")
         elif not len(pred_masks) or iou[:, g].max() == 0:
-            causes.append("no detection")
+            causes.append("no_detection")
         else:
             touched = [h for h in np.flatnonzero(iou[int(iou[:, g].argmax())] > 0) if h != g]
             same = any(disc_of[h] == disc_of[g] for h in touched)
-            causes.append("piece of a disc" if same else
-                          "merged with a neighbour" if touched else "poor fit")
+            causes.append("piece_of_a_disc" if same else
+                          "merged_with_neighbour" if touched else "poor_fit")
     return causes

@@ -58,19 +58,20 @@ def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict]
 
 
 def miss_table(components: Sequence[dict], discs: Sequence[dict]) -> dict:
-    """Counts of every cause per size bin, the share of components that are pieces, and
-    recall per component and per disc, each per size bin and overall."""
-    out: dict = {"causes": {}, "component_recall": {}, "disc_recall": {}, "pieces_share": {}}
-    for b in BINS + ["all"]:
-        sel = [c for c in components if b in (c["size"], "all")]
+    """Per size bin (``by_size``, in :data:`BINS` order) and ``overall``: the count of every
+    cause, the share of components that are pieces, recall per component and per disc."""
+    def row(size: str) -> dict:
+        sel = [c for c in components if size in (c["size"], "all")]
         count = Counter(c["cause"] for c in sel)
-        out["causes"][b] = {cause: count.get(cause, 0) for cause in fragments.CAUSES}
-        out["pieces_share"][b] = _share([c["pieces"] > 1 for c in sel])
-        out["component_recall"][b] = _share([c["cause"] == "found" for c in sel])
-        out["disc_recall"][b] = _share([d["found"] for d in discs if b in (d["size"], "all")])
-    out["n_components"], out["n_discs"] = len(components), len(discs)
-    out["n_multi_piece_discs"] = sum(d["pieces"] > 1 for d in discs)
-    return out
+        return {"size": size, "n_components": len(sel),
+                **{cause: count.get(cause, 0) for cause in fragments.CAUSES},
+                "pieces_share": _share([c["pieces"] > 1 for c in sel]),
+                "component_recall": _share([c["cause"] == "found" for c in sel]),
+                "n_discs": sum(size in (d["size"], "all") for d in discs),
+                "disc_recall": _share([d["found"] for d in discs if size in (d["size"], "all")])}
+
+    return {"by_size": [row(b) for b in BINS], "overall": row("all"),
+            "n_multi_piece_discs": sum(d["pieces"] > 1 for d in discs)}
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -87,7 +88,7 @@ def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict,
         c, s = image_rows(pred, gtm)
         components += c
         discs += s
-        pieces += [(d, j) for j, row in enumerate(c) if row["cause"] == "piece of a disc"]
+        pieces += [(d, j) for j, row in enumerate(c) if row["cause"] == "piece_of_a_disc"]
     return miss_table(components, discs), pieces
 
 
@@ -171,16 +172,17 @@ def format_misses(payload: dict) -> str:
     lines = [f"# Why `{payload['variant']}` misses discs (out of fold, all patients)", ""]
     for name in ("at_best", "at_shipped_point"):
         t = payload[name]
+        o = t["overall"]
         lines += [f"## Score >= {t['threshold']:.2f}", "",
-                  f"{t['n_components']} GT components in {t['n_discs']} discs "
+                  f"{o['n_components']} GT components in {o['n_discs']} discs "
                   f"({t['n_multi_piece_discs']} discs in more than one piece).", "",
-                  "| size | " + " | ".join(fragments.CAUSES) + " | pieces share | "
-                  "recall per component | recall per disc |", "|---" * 9 + "|"]
-        for b in BINS + ["all"]:
-            c = t["causes"][b]
-            lines.append(f"| {b} | " + " | ".join(str(c[k]) for k in fragments.CAUSES)
-                         + f" | {t['pieces_share'][b]:.3f} | {t['component_recall'][b]:.3f}"
-                         f" | {t['disc_recall'][b]:.3f} |")
+                  "| size | " + " | ".join(c.replace("_", " ") for c in fragments.CAUSES)
+                  + " | pieces share | recall per component | recall per disc |",
+                  "|---" * 9 + "|"]
+        for r in t["by_size"] + [o]:
+            lines.append(f"| {r['size']} | " + " | ".join(str(r[k]) for k in fragments.CAUSES)
+                         + f" | {r['pieces_share']:.3f} | {r['component_recall']:.3f}"
+                         f" | {r['disc_recall']:.3f} |")
         lines.append("")
     lines.append("Size is the component's area (the disc's joined area for recall per disc). "
                  "The protocol's rule uses recall per component.")
