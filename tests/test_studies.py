@@ -266,7 +266,7 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     components, discs = misses.image_rows(pred, gt)
     assert [c["cause"] for c in components] == ["found", "piece_of_a_disc", "found"]
     assert [d["pieces"] for d in discs] == [2, 1] and all(d["found"] for d in discs)
-    t = misses.miss_table(components, discs)
+    t = misses.miss_table(components, discs, 3)  # a third prediction matches nothing
     small, o = t["by_size"][0], t["overall"]
     assert {k: small[k] for k in fragments.CAUSES} == {
         "found": 2, "no_detection": 0, "piece_of_a_disc": 1, "merged_with_neighbour": 0,
@@ -274,9 +274,12 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     assert math.isclose(o["component_recall"], 2 / 3) and math.isclose(o["pieces_share"], 2 / 3)
     assert o["disc_recall"] == 1.0 and math.isnan(t["by_size"][2]["disc_recall"])
     assert (o["n_components"], o["n_discs"], t["n_multi_piece_discs"]) == (3, 2, 1)
+    assert math.isclose(o["component_precision"], 2 / 3) and math.isclose(o["disc_precision"],
+                                                                           2 / 3)
     text = misses.format_misses({"variant": "v", "at_best": {"threshold": 0.8, **t},
                                  "at_shipped_point": {"threshold": 0.93, **t}})
     assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text
+    assert "3 predictions, precision 0.667 per component, 0.667 per disc" in text
 
 
 def test_offsets_of_close_component_pairs_are_counted_per_bin():

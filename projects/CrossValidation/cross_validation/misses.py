@@ -57,9 +57,11 @@ def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict]
     return components, discs
 
 
-def miss_table(components: Sequence[dict], discs: Sequence[dict]) -> dict:
+def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions: int) -> dict:
     """Per size bin (``by_size``, in :data:`BINS` order) and ``overall``: the count of every
-    cause, the share of components that are pieces, recall per component and per disc."""
+    cause, the share of components that are pieces, recall per component and per disc; and
+    overall the precision of the ``n_predictions`` counted either way (each prediction
+    matches at most one component or disc)."""
     def row(size: str) -> dict:
         sel = [c for c in components if size in (c["size"], "all")]
         count = Counter(c["cause"] for c in sel)
@@ -70,26 +72,35 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict]) -> dict:
                 "n_discs": sum(size in (d["size"], "all") for d in discs),
                 "disc_recall": _share([d["found"] for d in discs if size in (d["size"], "all")])}
 
-    return {"by_size": [row(b) for b in BINS], "overall": row("all"),
+    overall = {**row("all"), "n_predictions": n_predictions,
+               "component_precision": _share_of(sum(c["cause"] == "found" for c in components),
+                                                n_predictions),
+               "disc_precision": _share_of(sum(d["found"] for d in discs), n_predictions)}
+    return {"by_size": [row(b) for b in BINS], "overall": overall,
             "n_multi_piece_discs": sum(d["pieces"] > 1 for d in discs)}
 
 
 def _share(flags: Sequence[bool]) -> float:
-    return float(np.mean(flags)) if len(flags) else float("nan")
+    return _share_of(sum(flags), len(flags))
+
+
+def _share_of(count: int, total: int) -> float:
+    return count / total if total else float("nan")
 
 
 def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict, List[tuple]]:
-    """:func:`miss_table` at ``threshold`` over all images, and the (image, component,
-    prediction) triples of the missed pieces, for the figure."""
-    components, discs, pieces = [], [], []
+    """:func:`miss_table` at ``threshold`` over all images, and the (image, component index)
+    pairs of the missed pieces, for the figure."""
+    components, discs, pieces, n_pred = [], [], [], 0
     for image_id, d in sorted(_by_image(gt, results, threshold).items()):
         shape = (d["im"]["height"], d["im"]["width"])
         pred, gtm = decode_segmentations(d["pred"], *shape), decode_segmentations(d["gt"], *shape)
         c, s = image_rows(pred, gtm)
         components += c
         discs += s
+        n_pred += len(pred)
         pieces += [(d, j) for j, row in enumerate(c) if row["cause"] == "piece_of_a_disc"]
-    return miss_table(components, discs), pieces
+    return miss_table(components, discs, n_pred), pieces
 
 
 def offset_histogram(gt: dict) -> List[dict]:
@@ -175,7 +186,10 @@ def format_misses(payload: dict) -> str:
         o = t["overall"]
         lines += [f"## Score >= {t['threshold']:.2f}", "",
                   f"{o['n_components']} GT components in {o['n_discs']} discs "
-                  f"({t['n_multi_piece_discs']} discs in more than one piece).", "",
+                  f"({t['n_multi_piece_discs']} discs in more than one piece); "
+                  f"{o['n_predictions']} predictions, precision "
+                  f"{o['component_precision']:.3f} per component, {o['disc_precision']:.3f} "
+                  "per disc.", "",
                   "| size | " + " | ".join(c.replace("_", " ") for c in fragments.CAUSES)
                   + " | pieces share | recall per component | recall per disc |",
                   "|---" * 9 + "|"]
