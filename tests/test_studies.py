@@ -185,6 +185,8 @@ def _fake_steps(monkeypatch, calls):
     monkeypatch.setattr(study, "write_report",
                         lambda vs, out, res, baseline, latency, base_variant: calls.append(
                             ("report", tuple(vs), res, baseline, latency, base_variant)))
+    monkeypatch.setattr(study, "write_misses",
+                        lambda v, out, cv, res: calls.append(("misses", v, cv, res)))
 
 
 def test_study_chains_every_fold_then_latency_on_fold0_then_the_report(tmp_path, monkeypatch):
@@ -198,11 +200,13 @@ def test_study_chains_every_fold_then_latency_on_fold0_then_the_report(tmp_path,
     assert trains == [("train", "25d_s512", k, ("SEED", "1")) for k in range(3)]
     assert not [c for c in calls if c[0] == "lone"]          # only 25d scores slices alone
     kinds = [c[0] for c in calls]
-    assert kinds.index("latency") > kinds.index("train") + 4 and kinds[-1] == "report"
+    assert kinds.index("latency") > kinds.index("train") + 4 and kinds[-2:] == ["report",
+                                                                                "misses"]
     weights = str(tmp_path / "out" / "25d_s512" / "fold0" / "model_final.pth")
     assert ("latency", True, 1, ["MODEL.WEIGHTS", weights], tmp_path / "lat") in calls
-    assert calls[-1] == ("report", ("25d_s512",), tmp_path / "res", base,
+    assert calls[-2] == ("report", ("25d_s512",), tmp_path / "res", base,
                          tmp_path / "lat" / "latency.json", "25d")
+    assert calls[-1] == ("misses", "25d_s512", tmp_path / "res" / "cv.json", tmp_path / "res")
 
 
 def test_study_of_a_round1_variant_scores_lone_slices_and_has_no_baseline(tmp_path, monkeypatch):
@@ -210,7 +214,7 @@ def test_study_of_a_round1_variant_scores_lone_slices_and_has_no_baseline(tmp_pa
     _fake_steps(monkeypatch, calls)
     study.run_study("25d", tmp_path / "out", tmp_path / "res", tmp_path / "lat", baseline=None)
     assert [c for c in calls if c[0] == "lone"] == [("lone", "25d", k) for k in range(3)]
-    assert calls[-1][3:5] == (None, None)
+    assert calls[-2][3:5] == (None, None) and calls[-1][0] == "misses"
 
 
 def test_study_refuses_a_missing_baseline_before_any_training(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@
 ``train`` converts each fold (once), trains the variant on the other folds' patients and
 predicts the fold's patients; a finished fold is skipped, a killed one resumes.
 ``study`` runs one variant's whole screen: ``train`` on every fold, the latency of its fold-0
-weights (``results/latency/<variant>``) and its ``report``, a later round's variant against
-``--baseline`` (its ``25d``, or the variant named by ``--baseline-variant``).
+weights (``results/latency/<variant>``), its ``report`` (a later round's variant against
+``--baseline``: its ``25d``, or the variant named by ``--baseline-variant``) and its ``misses``.
 ``report`` pools the out-of-fold predictions of all patients and writes the tables.
 ``curves`` draws committed reports' operating curves against issue #24's targets.
 ``misses`` names the cause of every missed disc of a variant whose fold predictions are still
@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also predict each test slice without its neighbours (2.5D variants)")
     t.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
     t.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    y = sub.add_parser("study", help="one variant's screen: train every fold, latency, report")
+    y = sub.add_parser("study", help="one variant's screen: train every fold, latency, report, "
+                            "misses")
     y.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     y.add_argument("--output", default="output/cv", help="runs go to <output>/<variant>/fold<k>")
     y.add_argument("--results", required=True, help="folder for the variant's committable tables")

@@ -1,4 +1,5 @@
-"""One variant's whole screen in one call: every fold's training, its latency, its report.
+"""One variant's whole screen in one call: every fold's training, its latency, its report
+and the causes of its misses.
 
 The protocol's rounds were run as three commands per variant (train, bench_latency, report);
 twice the machine was replaced between training and report and the out-of-fold predictions
@@ -16,6 +17,7 @@ from lumbar_d2.engine.latency import LATENCY_FILE, SAMPLE_SLICES, check_timing_a
 from lumbar_d2.utils.errors import LumbarError
 
 from .folds import FOLDS_FILE, REPO, convert_fold
+from .misses import write_misses
 from .report import ROUND1, baseline_variant, write_report
 from .train import VARIANTS, predict_lone, run_dir, train_fold
 
@@ -36,7 +38,8 @@ def train_folds(variant: str, output: Path, folds: Optional[Iterable[int]] = Non
 def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
               baseline: Optional[Path] = None, threads: int = 2,
               opts: Sequence[str] = (), base_variant: str = "25d") -> Path:
-    """Train ``variant`` on every fold, time its fold-0 weights, write its report.
+    """Train ``variant`` on every fold, time its fold-0 weights, write its report and the
+    causes of its misses (``run_cv.py misses``).
 
     A later round's variant (not in round 1) is judged against ``base_variant`` of
     ``baseline`` (a committed cv.json; round 1's ``25d`` by default) with the latency
@@ -59,4 +62,5 @@ def run_study(variant: str, output: Path, results: Path, latency_dir: Path,
                 threads, latency_file)
     write_report([variant], output, results, baseline=baseline if candidate else None,
                  latency=latency_file if candidate else None, base_variant=base_variant)
+    write_misses(variant, output, results / "cv.json", results)
     return results
