@@ -20,6 +20,7 @@ import numpy as np
 from lumbar_d2.data.instances import decode_segmentations
 from lumbar_d2.evaluation import fragments, strata
 from lumbar_d2.evaluation.offline import load_ground_truth
+from lumbar_d2.geometry import mask_iou
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.io import write_png, write_text
 from lumbar_d2.utils.record import record_markdown, result_record, write_result
@@ -132,8 +133,7 @@ def _tile(d: dict, j: int, image_dir: Path, size: Tuple[int, int] = (80, 120)) -
     im = d["im"]
     shape = (im["height"], im["width"])
     gt, pred = decode_segmentations(d["gt"], *shape), decode_segmentations(d["pred"], *shape)
-    iou = [float((p & gt[j]).sum()) / float((p | gt[j]).sum()) for p in pred]
-    cover = pred[int(np.argmax(iou))]
+    cover = pred[int(np.argmax([mask_iou(p, gt[j]) for p in pred]))]
     grey = cv2.imread(str(image_dir / im["file_name"]), cv2.IMREAD_GRAYSCALE)
     if grey is None:
         raise LumbarError(f"{image_dir / im['file_name']}: cannot read the slice; check "
