@@ -280,10 +280,15 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     assert (o["n_components"], o["n_discs"], t["n_multi_piece_discs"]) == (3, 2, 1)
     assert math.isclose(o["component_precision"], 2 / 3) and math.isclose(o["disc_precision"],
                                                                            2 / 3)
+    ends = {r["end"]: r for r in t["by_end"]}       # the pieces are above the other disc
+    assert (ends["highest"]["n_components"], ends["highest"]["piece_of_a_disc"]) == (2, 1)
+    assert (ends["lowest"]["n_components"], ends["lowest"]["found"]) == (1, 1)
+    assert ends["only"]["n_components"] == 0 and misses.disc_ends([gt[0]]) == ["only"]
     text = misses.format_misses({"variant": "v", "at_best": {"threshold": 0.8, **t},
                                  "at_shipped_point": {"threshold": 0.93, **t}})
     assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text
     assert "3 predictions, precision 0.667 per component, 0.667 per disc" in text
+    assert "| highest | 2 | 1 | 0 | 1 | 0 | 0 | 0.500 |" in text
 
 
 def test_offsets_of_close_component_pairs_are_counted_per_bin():

@@ -29,6 +29,7 @@ from .folds import FOLDS_FILE, SPIDER
 from .report import SHIPPED_POINT, baseline_variant, pool_fold_files
 
 BINS = [b[2] for b in strata.SIZE_BINS]
+ENDS = ("lowest", "highest", "between", "only")  # a disc's place among its slice's discs
 OFFSET_EDGES = (0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 80)  # px, last bin open
 N_TILES = 8
 logger = logging.getLogger(__name__)
@@ -45,31 +46,49 @@ def _by_image(gt: dict, results: List[dict], threshold: float) -> Dict[int, dict
 
 
 def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict], List[dict]]:
-    """(one row per GT component: size bin, pieces of its disc, cause; one row per disc:
-    size bin of its joined area, pieces, found and IoU as the instance recall counts)."""
+    """(one row per GT component: size bin, pieces of its disc, the disc's place in the
+    slice (:data:`ENDS`, by centroid row), cause; one row per disc: size bin of its joined
+    area, pieces, found and IoU as the instance recall counts)."""
     groups = fragments.disc_groups(gt)
-    pieces = {i: len(g) for g in groups for i in g}
+    joined = fragments.disc_masks(gt, groups)
+    ends = disc_ends(joined)
+    disc_of = {i: k for k, g in enumerate(groups) for i in g}
     causes = fragments.miss_causes(pred, gt, groups)
-    components = [{"size": strata.size_bin(int(np.count_nonzero(m))), "pieces": pieces[i],
+    components = [{"size": strata.size_bin(int(np.count_nonzero(m))),
+                   "pieces": len(groups[disc_of[i]]), "end": ends[disc_of[i]],
                    "cause": causes[i]} for i, m in enumerate(gt)]
     discs = [{**row, "size": strata.size_bin(row["area"]), "pieces": len(g)}
-             for g, row in zip(groups, strata.gt_instance_rows(
-                 pred, fragments.disc_masks(gt, groups)))]
+             for g, row in zip(groups, strata.gt_instance_rows(pred, joined))]
     return components, discs
+
+
+def disc_ends(discs: Sequence[np.ndarray]) -> List[str]:
+    """:data:`ENDS` of each disc: the lowest (largest centroid row; caudal on a sagittal
+    slice), the highest, those between, or the only one of its slice."""
+    if len(discs) == 1:
+        return ["only"]
+    rows = [float(np.nonzero(m)[0].mean()) for m in discs]
+    low, high = int(np.argmax(rows)), int(np.argmin(rows))
+    return ["lowest" if k == low else "highest" if k == high else "between"
+            for k in range(len(discs))]
 
 
 def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions: int) -> dict:
     """Per size bin (``by_size``, in :data:`BINS` order) and ``overall``: the count of every
-    cause, the share of components that are pieces, recall per component and per disc; and
-    overall the precision of the ``n_predictions`` counted either way (each prediction
-    matches at most one component or disc)."""
+    cause, the share of components that are pieces, recall per component and per disc;
+    overall, the precision of the ``n_predictions`` counted either way (each prediction
+    matches at most one component or disc); per place of the disc in its slice
+    (``by_end``, :data:`ENDS`), the count of every cause."""
+    def causes(sel: Sequence[dict]) -> dict:
+        count = Counter(c["cause"] for c in sel)
+        return {"n_components": len(sel),
+                **{cause: count.get(cause, 0) for cause in fragments.CAUSES},
+                "component_recall": _share([c["cause"] == "found" for c in sel])}
+
     def row(size: str) -> dict:
         sel = [c for c in components if size in (c["size"], "all")]
-        count = Counter(c["cause"] for c in sel)
-        return {"size": size, "n_components": len(sel),
-                **{cause: count.get(cause, 0) for cause in fragments.CAUSES},
+        return {"size": size, **causes(sel),
                 "pieces_share": _share([c["pieces"] > 1 for c in sel]),
-                "component_recall": _share([c["cause"] == "found" for c in sel]),
                 "n_discs": sum(size in (d["size"], "all") for d in discs),
                 "disc_recall": _share([d["found"] for d in discs if size in (d["size"], "all")])}
 
@@ -78,6 +97,8 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
                                                 n_predictions),
                "disc_precision": _share_of(sum(d["found"] for d in discs), n_predictions)}
     return {"by_size": [row(b) for b in BINS], "overall": overall,
+            "by_end": [{"end": e, **causes([c for c in components if c["end"] == e])}
+                       for e in ENDS],
             "n_multi_piece_discs": sum(d["pieces"] > 1 for d in discs)}
 
 
@@ -198,8 +219,17 @@ def format_misses(payload: dict) -> str:
                          + f" | {r['pieces_share']:.3f} | {r['component_recall']:.3f}"
                          f" | {r['disc_recall']:.3f} |")
         lines.append("")
+        lines += ["| place in the slice | components | " + " | ".join(
+            c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
+            "|---" * (len(fragments.CAUSES) + 3) + "|"]
+        for r in t["by_end"]:
+            lines.append(f"| {r['end']} | {r['n_components']} | "
+                         + " | ".join(str(r[k]) for k in fragments.CAUSES)
+                         + f" | {r['component_recall']:.3f} |")
+        lines.append("")
     lines.append("Size is the component's area (the disc's joined area for recall per disc). "
-                 "The protocol's rule uses recall per component.")
+                 "The place is the disc's among its slice's discs, by centroid row (lowest: "
+                 "caudal). The protocol's rule uses recall per component.")
     hist = payload.get("close_pair_offsets", [])
     if hist:
         lines += ["", f"GT component pairs at most {payload['max_gap_px']:g} px apart, by the "
