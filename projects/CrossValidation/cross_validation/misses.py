@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -26,23 +26,13 @@ from lumbar_d2.utils.io import write_png, write_text
 from lumbar_d2.utils.record import record_markdown, result_record, write_result
 
 from .folds import FOLDS_FILE, SPIDER
-from .report import SHIPPED_POINT, baseline_variant, pool_fold_files
+from .report import SHIPPED_POINT, baseline_variant, pool_fold_files, segmentations_by_image
 
 BINS = [b[2] for b in strata.SIZE_BINS]
 ENDS = ("lowest", "highest", "between", "only")  # a disc's place among its slice's discs
 OFFSET_EDGES = (0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 80)  # px, last bin open
 N_TILES = 8
 logger = logging.getLogger(__name__)
-
-
-def _by_image(gt: dict, results: List[dict], threshold: float) -> Dict[int, dict]:
-    by_image = {im["id"]: {"im": im, "gt": [], "pred": []} for im in gt["images"]}
-    for a in gt["annotations"]:
-        by_image[a["image_id"]]["gt"].append(a["segmentation"])
-    for r in results:
-        if r["score"] >= threshold:
-            by_image[r["image_id"]]["pred"].append(r["segmentation"])
-    return by_image
 
 
 def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict], List[dict]]:
@@ -114,7 +104,7 @@ def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict,
     """:func:`miss_table` at ``threshold`` over all images, and the (image, component index)
     pairs of the missed pieces, for the figure."""
     components, discs, pieces, n_pred = [], [], [], 0
-    for image_id, d in sorted(_by_image(gt, results, threshold).items()):
+    for image_id, d in sorted(segmentations_by_image(gt, results, threshold).items()):
         shape = (d["im"]["height"], d["im"]["width"])
         pred, gtm = decode_segmentations(d["pred"], *shape), decode_segmentations(d["gt"], *shape)
         c, s = image_rows(pred, gtm)
@@ -129,7 +119,7 @@ def offset_histogram(gt: dict) -> List[dict]:
     """How far off the larger one's long axis the smaller of two nearby GT components lies,
     over every slice: the evidence for :data:`fragments.MAX_AXIS_OFFSET` (labels only)."""
     offsets = []
-    for d in _by_image(gt, [], 1.0).values():
+    for d in segmentations_by_image(gt).values():
         masks = decode_segmentations(d["gt"], d["im"]["height"], d["im"]["width"])
         offsets += [p[3] for p in fragments.close_pairs(masks)]
     edges = list(OFFSET_EDGES) + [np.inf]

@@ -58,10 +58,10 @@ def pool_fold_files(output: Path, variant: str, mode: str, work: Path) -> Dict[s
     return {"gt": gt_out, "predictions": pred_out}
 
 
-def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dict]:
-    """One row per GT disc: area, found, IoU, size bin and lateral third of its slice."""
-    thirds = strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
-                                    for im in gt["images"]})
+def segmentations_by_image(gt: dict, results: Sequence[dict] = (), threshold: float = 0.0
+                           ) -> Dict[int, dict]:
+    """image id -> ``{"im": image record, "gt": its GT segmentations, "pred": those of
+    ``results`` scoring at least ``threshold``}``, in ``gt``'s image order."""
     by_image: Dict[int, dict] = {im["id"]: {"gt": [], "pred": [], "im": im}
                                  for im in gt["images"]}
     for a in gt["annotations"]:
@@ -69,8 +69,15 @@ def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dic
     for r in results:
         if r["score"] >= threshold:
             by_image[r["image_id"]]["pred"].append(r["segmentation"])
+    return by_image
+
+
+def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dict]:
+    """One row per GT disc: area, found, IoU, size bin and lateral third of its slice."""
+    thirds = strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
+                                    for im in gt["images"]})
     rows = []
-    for image_id, d in by_image.items():
+    for image_id, d in segmentations_by_image(gt, results, threshold).items():
         shape = (d["im"]["height"], d["im"]["width"])
         for row in strata.gt_instance_rows(decode_segmentations(d["pred"], *shape),
                                            decode_segmentations(d["gt"], *shape)):
