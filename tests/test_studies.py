@@ -267,7 +267,7 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     the joined disc), one matches the disc below."""
     gt = [_bar(10, 14, 0, 30), _bar(11, 13, 37, 45), _bar(50, 54, 0, 30)]
     pred = [_bar(10, 14, 0, 45), _bar(50, 54, 0, 30)]
-    components, discs = misses.image_rows(pred, gt)
+    components, discs = misses.image_rows(pred, gt, fragments.disc_groups(gt))
     assert [c["cause"] for c in components] == ["found", "piece_of_a_disc", "found"]
     assert [d["pieces"] for d in discs] == [2, 1] and all(d["found"] for d in discs)
     t = misses.miss_table(components, discs, 3)  # a third prediction matches nothing
@@ -299,7 +299,9 @@ def test_offsets_of_close_component_pairs_are_counted_per_bin():
     gt = {"images": [{"id": 1, "height": 60, "width": 80}],
           "annotations": [{"image_id": 1, "segmentation": rle}
                           for rle in encode_rle(np.stack(gt_masks, axis=-1))]}
-    hist = {h["offset_px"]: h["pairs"] for h in misses.offset_histogram(gt)}
+    images = misses.ground_truth_images(gt)
+    assert images[1]["groups"] == [[0, 1], [2]]
+    hist = {h["offset_px"]: h["pairs"] for h in misses.offset_histogram(images)}
     assert (hist["0-5"], hist["35-40"], hist["40-50"], sum(hist.values())) == (1, 1, 1, 3)
     assert ">= 80" in hist
 

@@ -80,18 +80,25 @@ def disc_groups(gt_masks: Sequence[np.ndarray], max_offset: float = MAX_AXIS_OFF
     Two components are pieces of one disc when they are at most ``max_gap`` px apart and the
     smaller one's centroid is at most ``max_offset`` px off the larger one's long axis.
     """
-    parent = list(range(len(gt_masks)))
+    return join_pieces(len(gt_masks), close_pairs(gt_masks, max_gap), max_offset)
+
+
+def join_pieces(n: int, pairs: Sequence[Tuple[int, int, float, float]],
+                max_offset: float = MAX_AXIS_OFFSET) -> List[List[int]]:
+    """:func:`disc_groups` of ``n`` components from their :func:`close_pairs`, for a caller
+    that keeps the pairs for something else."""
+    parent = list(range(n))
 
     def root(i: int) -> int:
         while parent[i] != i:
             i = parent[i]
         return i
 
-    for i, j, _, offset in close_pairs(gt_masks, max_gap):
+    for i, j, _, offset in pairs:
         if offset <= max_offset:
             parent[root(j)] = root(i)
     groups: Dict[int, List[int]] = {}
-    for i in range(len(gt_masks)):
+    for i in range(n):
         groups.setdefault(root(i), []).append(i)
     return sorted(groups.values())
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -35,11 +35,12 @@ N_TILES = 8
 logger = logging.getLogger(__name__)
 
 
-def image_rows(pred: List[np.ndarray], gt: List[np.ndarray]) -> Tuple[List[dict], List[dict]]:
-    """(one row per GT component: size bin, pieces of its disc, the disc's place in the
-    slice (:data:`ENDS`, by centroid row), cause; one row per disc: size bin of its joined
-    area, pieces, found and IoU as the instance recall counts)."""
-    groups = fragments.disc_groups(gt)
+def image_rows(pred: List[np.ndarray], gt: List[np.ndarray], groups: List[List[int]]
+               ) -> Tuple[List[dict], List[dict]]:
+    """(one row per GT component: size bin, pieces of its disc (``groups``, from
+    :func:`fragments.disc_groups`), the disc's place in the slice (:data:`ENDS`, by centroid
+    row), cause; one row per disc: size bin of its joined area, pieces, found and IoU as the
+    instance recall counts)."""
     joined = fragments.disc_masks(gt, groups)
     ends = disc_ends(joined)
     disc_of = {i: k for k, g in enumerate(groups) for i in g}
@@ -100,14 +101,27 @@ def _share_of(count: int, total: int) -> float:
     return count / total if total else float("nan")
 
 
-def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict, List[tuple]]:
-    """:func:`miss_table` at ``threshold`` over all images, and the (image, component index)
-    pairs of the missed pieces, for the figure."""
+def ground_truth_images(gt: dict) -> Dict[int, dict]:
+    """image id -> its GT masks, their :func:`fragments.close_pairs` and disc groups: the
+    labels' part of the analysis, done once for every threshold and the offset histogram."""
+    out = {}
+    for image_id, d in segmentations_by_image(gt).items():
+        masks = decode_segmentations(d["gt"], d["im"]["height"], d["im"]["width"])
+        pairs = fragments.close_pairs(masks)
+        out[image_id] = {"masks": masks, "pairs": pairs,
+                         "groups": fragments.join_pieces(len(masks), pairs)}
+    return out
+
+
+def score_misses(gt: dict, images: Dict[int, dict], results: List[dict], threshold: float
+                 ) -> Tuple[dict, List[tuple]]:
+    """:func:`miss_table` at ``threshold`` over all images (``images`` from
+    :func:`ground_truth_images`), and the (image, component index) pairs of the missed
+    pieces, for the figure."""
     components, discs, pieces, n_pred = [], [], [], 0
     for image_id, d in sorted(segmentations_by_image(gt, results, threshold).items()):
-        shape = (d["im"]["height"], d["im"]["width"])
-        pred, gtm = decode_segmentations(d["pred"], *shape), decode_segmentations(d["gt"], *shape)
-        c, s = image_rows(pred, gtm)
+        pred = decode_segmentations(d["pred"], d["im"]["height"], d["im"]["width"])
+        c, s = image_rows(pred, images[image_id]["masks"], images[image_id]["groups"])
         components += c
         discs += s
         n_pred += len(pred)
@@ -115,13 +129,11 @@ def score_misses(gt: dict, results: List[dict], threshold: float) -> Tuple[dict,
     return miss_table(components, discs, n_pred), pieces
 
 
-def offset_histogram(gt: dict) -> List[dict]:
+def offset_histogram(images: Dict[int, dict]) -> List[dict]:
     """How far off the larger one's long axis the smaller of two nearby GT components lies,
-    over every slice: the evidence for :data:`fragments.MAX_AXIS_OFFSET` (labels only)."""
-    offsets = []
-    for d in segmentations_by_image(gt).values():
-        masks = decode_segmentations(d["gt"], d["im"]["height"], d["im"]["width"])
-        offsets += [p[3] for p in fragments.close_pairs(masks)]
+    over every slice (``images`` from :func:`ground_truth_images`): the evidence for
+    :data:`fragments.MAX_AXIS_OFFSET` (labels only)."""
+    offsets = [p[3] for d in images.values() for p in d["pairs"]]
     edges = list(OFFSET_EDGES) + [np.inf]
     counts = np.histogram(offsets, bins=edges)[0] if offsets else np.zeros(len(edges) - 1)
     return [{"offset_px": f"{lo}-{hi}" if np.isfinite(hi) else f">= {lo}", "pairs": int(n)}
@@ -173,11 +185,12 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
     files = pool_fold_files(output, variant, "2.5d", output / "oof" / variant / "2.5d")
     gt = load_ground_truth(str(files["gt"]))
     preds = json.loads(files["predictions"].read_text())
+    images = ground_truth_images(gt)
     payload: dict = {"variant": variant, "cv": str(cv_file), "max_axis_offset_px":
                      fragments.MAX_AXIS_OFFSET, "max_gap_px": fragments.MAX_GAP,
-                     "close_pair_offsets": offset_histogram(gt)}
+                     "close_pair_offsets": offset_histogram(images)}
     for name, thr in (("at_best", threshold), ("at_shipped_point", SHIPPED_POINT)):
-        table, pieces = score_misses(gt, preds, thr)
+        table, pieces = score_misses(gt, images, preds, thr)
         payload[name] = {"threshold": thr, **table}
         if name == "at_best" and pieces:
             write_png(results / f"misses_{variant}.png", tile_sheet(pieces, thr, image_dir))
