@@ -77,6 +77,8 @@ def test_cv_variants_differ_only_by_25d_input_and_anchors():
     # round 6: round 2's lever at round 4's schedule
     ("25d_m56_it1350", {"SOLVER.MAX_ITER": 1350, "SOLVER.STEPS": (1012, 1242),
                         "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 28}),
+    # round 7: the schedule alone, twice round 4's
+    ("25d_it2700", {"SOLVER.MAX_ITER": 2700, "SOLVER.STEPS": (2025, 2484)}),
 ])
 def test_later_round_variants_change_only_their_lever_over_25d(variant, changed):
     """Rounds 2 and 3 measure one lever each: the merged config differs from 25d's in that

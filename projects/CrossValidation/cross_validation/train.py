@@ -21,6 +21,7 @@ VARIANTS: Dict[str, str] = {
     "25d_it1350": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it1350.yaml",  # 4
     "25d_dice": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_dice.yaml",  # round 5
     "25d_m56_it1350": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_m56_it1350.yaml",
+    "25d_it2700": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it2700.yaml",  # 7
 }
 logger = logging.getLogger(__name__)
 
