@@ -291,6 +291,46 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     assert "| highest | 2 | 1 | 0 | 1 | 0 | 0 | 0.500 |" in text
 
 
+def test_misses_per_patient_rank_the_patients_and_count_those_holding_half():
+    """Patient a misses 3, b 2, c 1 and d none: 6 misses, a and b hold at least half."""
+    rows = [{"patient": p, "cause": c} for p, c in
+            [("a", "no_detection")] * 3 + [("b", "poor_fit")] * 2 + [("c", "piece_of_a_disc"),
+                                                                   ("c", "found"), ("d", "found")]]
+    got = misses.misses_by_patient(rows)
+    assert got["misses_by_patient"] == [{"patient": "a", "misses": 3},
+                                        {"patient": "b", "misses": 2},
+                                        {"patient": "c", "misses": 1}]
+    assert (got["patients_holding_half"], got["n_patients"]) == (1, 4)  # a alone holds 3 of 6
+    rows[2] = {"patient": "e", "cause": "no_detection"}           # a 2, b 2, c 1, e 1
+    assert misses.misses_by_patient(rows)["patients_holding_half"] == 2
+    assert misses.misses_by_patient([])["patients_holding_half"] == 0
+    line = misses._patients_line({"end": "lowest", "n_patients": 4,
+                                  **misses.misses_by_patient(rows[:3])})
+    assert line == ("- Misses of the lowest disc: 3 in 2 of 2 patients; 1 patients hold half of "
+                    "them (most: a: 2, e: 1).")
+
+
+def test_cutting_predictions_into_components_finds_a_piece_that_the_mask_leaves_apart():
+    """One prediction in two pieces (a 7 px gap, like the labels) covers a disc's two
+    pieces: whole it matches the big piece only; cut, both. A bridged prediction stays one,
+    and a cut piece under the labels' 20 px minimum is dropped."""
+    gt = [_bar(10, 14, 0, 30), _bar(11, 14, 37, 45)]                # 120 and 24 px
+    apart = _bar(10, 14, 0, 30) | _bar(11, 14, 37, 45)
+    assert misses.split_counts([apart], gt) == {"found": 2, "n_predictions": 2,
+                                                "n_predictions_in_pieces": 1}
+    assert misses.split_counts([_bar(10, 14, 0, 45)], gt) == {
+        "found": 1, "n_predictions": 1, "n_predictions_in_pieces": 0}
+    speck = _bar(10, 14, 0, 30) | _bar(11, 13, 37, 45)                 # 16 px piece
+    assert misses.split_counts([speck], gt)["n_predictions"] == 1
+    components, discs = misses.image_rows([apart], gt, fragments.disc_groups(gt))
+    t = misses.miss_table(components, discs, 1, misses.split_counts([apart], gt))
+    s = t["overall"]["split_predictions"]
+    assert (s["component_recall"], s["component_precision"]) == (1.0, 1.0)
+    assert misses._split_line(t["overall"]) == (
+        "Cutting every prediction into its connected components: 1 of 1 predictions are in "
+        "more than one piece; recall per component 0.500 -> 1.000, precision 1.000 -> 1.000.")
+
+
 def test_offsets_of_close_component_pairs_are_counted_per_bin():
     """The two pieces lie 1 px off the axis (y 11.5 against 12.5). The disc below (y 51.5)
     is 37 and 38 px from them and 40 and 39 px off: the big piece's axis for the first pair

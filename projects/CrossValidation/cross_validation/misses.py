@@ -12,13 +12,14 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from lumbar_d2.data.instances import decode_segmentations
+from lumbar_d2.data.instances import connected_instances, decode_segmentations
 from lumbar_d2.evaluation import fragments, strata
+from lumbar_d2.evaluation.metrics import match_instances
 from lumbar_d2.evaluation.offline import load_ground_truth
 from lumbar_d2.geometry import mask_iou
 from lumbar_d2.utils.errors import LumbarError
@@ -64,12 +65,16 @@ def disc_ends(discs: Sequence[np.ndarray]) -> List[str]:
             for k in range(len(discs))]
 
 
-def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions: int) -> dict:
+def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions: int,
+               split: Optional[dict] = None) -> dict:
     """Per size bin (``by_size``, in :data:`BINS` order) and ``overall``: the count of every
     cause, the share of components that are pieces, recall per component and per disc;
     overall, the precision of the ``n_predictions`` counted either way (each prediction
     matches at most one component or disc); per place of the disc in its slice
-    (``by_end``, :data:`ENDS`), the count of every cause."""
+    (``by_end``, :data:`ENDS`), the count of every cause and the misses per patient (rows
+    with a ``patient`` key). ``split`` (from :func:`split_counts`, summed) gives the
+    component recall and precision if every prediction were cut into its own connected
+    components: whether post-processing could recover the missed pieces."""
     def causes(sel: Sequence[dict]) -> dict:
         count = Counter(c["cause"] for c in sel)
         return {"n_components": len(sel),
@@ -87,10 +92,38 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
                "component_precision": _share_of(sum(c["cause"] == "found" for c in components),
                                                 n_predictions),
                "disc_precision": _share_of(sum(d["found"] for d in discs), n_predictions)}
+    if split is not None:
+        overall["split_predictions"] = {
+            **split, "component_recall": _share_of(split["found"], len(components)),
+            "component_precision": _share_of(split["found"], split["n_predictions"])}
     return {"by_size": [row(b) for b in BINS], "overall": overall,
-            "by_end": [{"end": e, **causes([c for c in components if c["end"] == e])}
-                       for e in ENDS],
+            "by_end": [{"end": e, **causes(sel), **misses_by_patient(sel)}
+                       for e in ENDS for sel in [[c for c in components if c["end"] == e]]],
             "n_multi_piece_discs": sum(d["pieces"] > 1 for d in discs)}
+
+
+def misses_by_patient(components: Sequence[dict]) -> dict:
+    """The missed components per patient, most first, and how few patients hold half of
+    them: whether a place's misses are spread out or a few patients' anatomy."""
+    count = Counter(c["patient"] for c in components if "patient" in c and c["cause"] != "found")
+    ranked = [{"patient": p, "misses": n} for p, n in
+              sorted(count.items(), key=lambda kv: (-kv[1], kv[0]))]
+    total, held, k = sum(count.values()), 0, 0
+    while total and held * 2 < total:
+        held += ranked[k]["misses"]
+        k += 1
+    return {"misses_by_patient": ranked, "patients_holding_half": k,
+            "n_patients": len({c["patient"] for c in components if "patient" in c})}
+
+
+def split_counts(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray]) -> Dict[str, int]:
+    """Components found when each prediction is cut into its connected components
+    (:func:`connected_instances`, the labels' definition of an instance), the predictions
+    that are in more than one piece, and the predictions after the cut."""
+    parts = [connected_instances(m) or [m] for m in pred]
+    cut = [p for ps in parts for p in ps]
+    return {"found": len(match_instances(cut, gt)), "n_predictions": len(cut),
+            "n_predictions_in_pieces": sum(len(ps) > 1 for ps in parts)}
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -119,14 +152,17 @@ def score_misses(gt: dict, images: Dict[int, dict], results: List[dict], thresho
     :func:`ground_truth_images`), and the (image, component index) pairs of the missed
     pieces, for the figure."""
     components, discs, pieces, n_pred = [], [], [], 0
+    split: Counter = Counter()
     for image_id, d in sorted(segmentations_by_image(gt, results, threshold).items()):
         pred = decode_segmentations(d["pred"], d["im"]["height"], d["im"]["width"])
         c, s = image_rows(pred, images[image_id]["masks"], images[image_id]["groups"])
-        components += c
+        components += [{**row, "patient": d["im"]["patient_id"]} for row in c]
         discs += s
         n_pred += len(pred)
+        split.update(split_counts(pred, images[image_id]["masks"]))
         pieces += [(d, j) for j, row in enumerate(c) if row["cause"] == "piece_of_a_disc"]
-    return miss_table(components, discs, n_pred), pieces
+    keys = ("found", "n_predictions", "n_predictions_in_pieces")
+    return miss_table(components, discs, n_pred, {k: split[k] for k in keys}), pieces
 
 
 def offset_histogram(images: Dict[int, dict]) -> List[dict]:
@@ -202,6 +238,23 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
     return payload
 
 
+def _patients_line(row: dict, shown: int = 6) -> str:
+    ranked = row["misses_by_patient"]
+    top = ", ".join(f"{r['patient']}: {r['misses']}" for r in ranked[:shown])
+    return (f"- Misses of the {row['end']} disc: {sum(r['misses'] for r in ranked)} in "
+            f"{len(ranked)} of {row['n_patients']} patients; {row['patients_holding_half']} "
+            f"patients hold half of them (most: {top}).")
+
+
+def _split_line(overall: dict) -> str:
+    s = overall["split_predictions"]
+    return (f"Cutting every prediction into its connected components: "
+            f"{s['n_predictions_in_pieces']} of {overall['n_predictions']} predictions are in "
+            f"more than one piece; recall per component {overall['component_recall']:.3f} -> "
+            f"{s['component_recall']:.3f}, precision {overall['component_precision']:.3f} -> "
+            f"{s['component_precision']:.3f}.")
+
+
 def format_misses(payload: dict) -> str:
     """Cause counts and both recalls per size bin, at each threshold."""
     lines = [f"# Why `{payload['variant']}` misses discs (out of fold, all patients)", ""]
@@ -229,6 +282,9 @@ def format_misses(payload: dict) -> str:
             lines.append(f"| {r['end']} | {r['n_components']} | "
                          + " | ".join(str(r[k]) for k in fragments.CAUSES)
                          + f" | {r['component_recall']:.3f} |")
+        lines += [""] + [_patients_line(r) for r in t["by_end"] if r.get("misses_by_patient")]
+        if "split_predictions" in o:
+            lines += ["", _split_line(o)]
         lines.append("")
     lines.append("Size is the component's area (the disc's joined area for recall per disc). "
                  "The place is the disc's among its slice's discs, by centroid row (lowest: "
