@@ -306,8 +306,8 @@ def test_misses_per_patient_rank_the_patients_and_count_those_holding_half():
     assert misses.misses_by_patient([])["patients_holding_half"] == 0
     line = misses._patients_line({"end": "lowest", "n_patients": 4,
                                   **misses.misses_by_patient(rows[:3])})
-    assert line == ("- Misses of the lowest disc: 3 in 2 of 2 patients; 1 patients hold half of "
-                    "them (most: a: 2, e: 1).")
+    assert line == ("- Place `lowest`: 3 misses in 2 of 2 patients; the 1 with most hold half "
+                    "(a: 2, e: 1).")
 
 
 def test_cutting_predictions_into_components_finds_a_piece_that_the_mask_leaves_apart():

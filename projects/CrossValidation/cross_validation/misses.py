@@ -241,9 +241,9 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
 def _patients_line(row: dict, shown: int = 6) -> str:
     ranked = row["misses_by_patient"]
     top = ", ".join(f"{r['patient']}: {r['misses']}" for r in ranked[:shown])
-    return (f"- Misses of the {row['end']} disc: {sum(r['misses'] for r in ranked)} in "
-            f"{len(ranked)} of {row['n_patients']} patients; {row['patients_holding_half']} "
-            f"patients hold half of them (most: {top}).")
+    return (f"- Place `{row['end']}`: {sum(r['misses'] for r in ranked)} misses in "
+            f"{len(ranked)} of {row['n_patients']} patients; the "
+            f"{row['patients_holding_half']} with most hold half ({top}).")
 
 
 def _split_line(overall: dict) -> str:
