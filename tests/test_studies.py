@@ -297,17 +297,19 @@ def test_misses_per_patient_rank_the_patients_and_count_those_holding_half():
             [("a", "no_detection")] * 3 + [("b", "poor_fit")] * 2 + [("c", "piece_of_a_disc"),
                                                                    ("c", "found"), ("d", "found")]]
     got = misses.misses_by_patient(rows)
-    assert got["misses_by_patient"] == [{"patient": "a", "misses": 3},
-                                        {"patient": "b", "misses": 2},
-                                        {"patient": "c", "misses": 1}]
+    assert [(r["patient"], r["misses"], r["n_components"]) for r in got["misses_by_patient"]] == [
+        ("a", 3, 3), ("b", 2, 2), ("c", 1, 2)]
+    assert (got["misses_by_patient"][2]["piece_of_a_disc"], got["misses_by_patient"][0]
+            ["no_detection"], got["misses_by_patient"][1]["poor_fit"]) == (1, 3, 2)
     assert (got["patients_holding_half"], got["n_patients"]) == (1, 4)  # a alone holds 3 of 6
     rows[2] = {"patient": "e", "cause": "no_detection"}           # a 2, b 2, c 1, e 1
     assert misses.misses_by_patient(rows)["patients_holding_half"] == 2
     assert misses.misses_by_patient([])["patients_holding_half"] == 0
-    line = misses._patients_line({"end": "lowest", "n_patients": 4,
-                                  **misses.misses_by_patient(rows[:3])})
+    line = misses._patients_line({"end": "lowest", **misses.misses_by_patient(rows[:3])})
     assert line == ("- Place `lowest`: 3 misses in 2 of 2 patients; the 1 with most hold half "
                     "(a: 2, e: 1).")
+    table = misses._patient_table(misses.misses_by_patient(rows))
+    assert table[2] == "| a | 2 | 2 | 2 | 0 | 0 | 0 |" and len(table) == 2 + 4
 
 
 def test_cutting_predictions_into_components_finds_a_piece_that_the_mask_leaves_apart():

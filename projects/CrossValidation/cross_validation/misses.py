@@ -88,7 +88,7 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
                 "n_discs": sum(size in (d["size"], "all") for d in discs),
                 "disc_recall": _share([d["found"] for d in discs if size in (d["size"], "all")])}
 
-    overall = {**row("all"), "n_predictions": n_predictions,
+    overall = {**row("all"), **misses_by_patient(components), "n_predictions": n_predictions,
                "component_precision": _share_of(sum(c["cause"] == "found" for c in components),
                                                 n_predictions),
                "disc_precision": _share_of(sum(d["found"] for d in discs), n_predictions)}
@@ -103,17 +103,20 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
 
 
 def misses_by_patient(components: Sequence[dict]) -> dict:
-    """The missed components per patient, most first, and how few patients hold half of
-    them: whether a place's misses are spread out or a few patients' anatomy."""
-    count = Counter(c["patient"] for c in components if "patient" in c and c["cause"] != "found")
-    ranked = [{"patient": p, "misses": n} for p, n in
-              sorted(count.items(), key=lambda kv: (-kv[1], kv[0]))]
-    total, held, k = sum(count.values()), 0, 0
+    """The missed components per patient (most first, with their causes), and how few
+    patients hold half of them: whether the misses are spread out or a few patients'."""
+    rows = [c for c in components if "patient" in c]
+    missed = Counter(c["patient"] for c in rows if c["cause"] != "found")
+    ranked = [{"patient": p, "n_components": sum(c["patient"] == p for c in rows), "misses": n,
+               **{cause: sum(c["patient"] == p and c["cause"] == cause for c in rows)
+                  for cause in fragments.CAUSES[1:]}}
+              for p, n in sorted(missed.items(), key=lambda kv: (-kv[1], kv[0]))]
+    total, held, k = sum(missed.values()), 0, 0
     while total and held * 2 < total:
         held += ranked[k]["misses"]
         k += 1
     return {"misses_by_patient": ranked, "patients_holding_half": k,
-            "n_patients": len({c["patient"] for c in components if "patient" in c})}
+            "n_patients": len({c["patient"] for c in rows})}
 
 
 def split_counts(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray]) -> Dict[str, int]:
@@ -239,11 +242,23 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
 
 
 def _patients_line(row: dict, shown: int = 6) -> str:
+    """How the misses of one place (``row["end"]``; all places without it) fall on patients."""
     ranked = row["misses_by_patient"]
     top = ", ".join(f"{r['patient']}: {r['misses']}" for r in ranked[:shown])
-    return (f"- Place `{row['end']}`: {sum(r['misses'] for r in ranked)} misses in "
+    where = f"Place `{row['end']}`" if "end" in row else "All places"
+    return (f"- {where}: {sum(r['misses'] for r in ranked)} misses in "
             f"{len(ranked)} of {row['n_patients']} patients; the "
             f"{row['patients_holding_half']} with most hold half ({top}).")
+
+
+def _patient_table(overall: dict, shown: int = 8) -> List[str]:
+    causes = fragments.CAUSES[1:]
+    lines = ["| patient | components | misses | " + " | ".join(c.replace("_", " ") for c in causes)
+             + " |", "|---" * (len(causes) + 3) + "|"]
+    for r in overall["misses_by_patient"][:shown]:
+        lines.append(f"| {r['patient']} | {r['n_components']} | {r['misses']} | "
+                     + " | ".join(str(r[c]) for c in causes) + " |")
+    return lines
 
 
 def _split_line(overall: dict) -> str:
@@ -283,6 +298,8 @@ def format_misses(payload: dict) -> str:
                          + " | ".join(str(r[k]) for k in fragments.CAUSES)
                          + f" | {r['component_recall']:.3f} |")
         lines += [""] + [_patients_line(r) for r in t["by_end"] if r.get("misses_by_patient")]
+        if o.get("misses_by_patient"):
+            lines += ["", _patients_line(o), ""] + _patient_table(o)
         if "split_predictions" in o:
             lines += ["", _split_line(o)]
         lines.append("")
