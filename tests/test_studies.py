@@ -284,6 +284,10 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
     assert (ends["highest"]["n_components"], ends["highest"]["piece_of_a_disc"]) == (2, 1)
     assert (ends["lowest"]["n_components"], ends["lowest"]["found"]) == (1, 1)
     assert ends["only"]["n_components"] == 0 and misses.disc_ends([gt[0]]) == ["only"]
+    rows = [{**c, "lateral": third} for c, third in zip(components, ["outer", "outer", "central"])]
+    lateral = {r["lateral"]: r for r in misses.miss_table(rows, discs, 3)["by_lateral"]}
+    assert (lateral["outer"]["piece_of_a_disc"], lateral["central"]["found"],
+            lateral["middle"]["n_components"]) == (1, 1, 0)
     text = misses.format_misses({"variant": "v", "at_best": {"threshold": 0.8, **t},
                                  "at_shipped_point": {"threshold": 0.93, **t}})
     assert "| < 400 px | 2 | 0 | 1 | 0 | 0 | 0.667 | 0.667 | 1.000 |" in text

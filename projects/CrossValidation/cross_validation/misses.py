@@ -72,9 +72,10 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
     overall, the precision of the ``n_predictions`` counted either way (each prediction
     matches at most one component or disc); per place of the disc in its slice
     (``by_end``, :data:`ENDS`), the count of every cause and the misses per patient (rows
-    with a ``patient`` key). ``split`` (from :func:`split_counts`, summed) gives the
-    component recall and precision if every prediction were cut into its own connected
-    components: whether post-processing could recover the missed pieces."""
+    with a ``patient`` key); per third of the patient's slices (``by_lateral``, rows with a
+    ``lateral`` key), the count of every cause. ``split`` (from :func:`split_counts`,
+    summed) gives the component recall and precision if every prediction were cut into its
+    own connected components: whether post-processing could recover the missed pieces."""
     def causes(sel: Sequence[dict]) -> dict:
         count = Counter(c["cause"] for c in sel)
         return {"n_components": len(sel),
@@ -99,6 +100,9 @@ def miss_table(components: Sequence[dict], discs: Sequence[dict], n_predictions:
     return {"by_size": [row(b) for b in BINS], "overall": overall,
             "by_end": [{"end": e, **causes(sel), **misses_by_patient(sel)}
                        for e in ENDS for sel in [[c for c in components if c["end"] == e]]],
+            "by_lateral": [{"lateral": t, **causes([c for c in components
+                                                     if c.get("lateral") == t])}
+                           for t in strata.THIRDS],
             "n_multi_piece_discs": sum(d["pieces"] > 1 for d in discs)}
 
 
@@ -156,10 +160,13 @@ def score_misses(gt: dict, images: Dict[int, dict], results: List[dict], thresho
     pieces, for the figure."""
     components, discs, pieces, n_pred = [], [], [], 0
     split: Counter = Counter()
+    thirds = strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
+                                    for im in gt["images"]})
     for image_id, d in sorted(segmentations_by_image(gt, results, threshold).items()):
         pred = decode_segmentations(d["pred"], d["im"]["height"], d["im"]["width"])
         c, s = image_rows(pred, images[image_id]["masks"], images[image_id]["groups"])
-        components += [{**row, "patient": d["im"]["patient_id"]} for row in c]
+        components += [{**row, "patient": d["im"]["patient_id"], "lateral": thirds[image_id]}
+                       for row in c]
         discs += s
         n_pred += len(pred)
         split.update(split_counts(pred, images[image_id]["masks"]))
@@ -241,6 +248,11 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
     return payload
 
 
+def _cause_row(name: str, r: dict) -> str:
+    return (f"| {name} | {r['n_components']} | " + " | ".join(str(r[k]) for k in fragments.CAUSES)
+            + f" | {r['component_recall']:.3f} |")
+
+
 def _patients_line(row: dict, shown: int = 6) -> str:
     """How the misses of one place (``row["end"]``; all places without it) fall on patients."""
     ranked = row["misses_by_patient"]
@@ -293,11 +305,12 @@ def format_misses(payload: dict) -> str:
         lines += ["| place in the slice | components | " + " | ".join(
             c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
             "|---" * (len(fragments.CAUSES) + 3) + "|"]
-        for r in t["by_end"]:
-            lines.append(f"| {r['end']} | {r['n_components']} | "
-                         + " | ".join(str(r[k]) for k in fragments.CAUSES)
-                         + f" | {r['component_recall']:.3f} |")
+        lines += [_cause_row(r["end"], r) for r in t["by_end"]]
         lines += [""] + [_patients_line(r) for r in t["by_end"] if r.get("misses_by_patient")]
+        lines += ["", "| third of the patient's slices | components | " + " | ".join(
+            c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
+            "|---" * (len(fragments.CAUSES) + 3) + "|"]
+        lines += [_cause_row(r["lateral"], r) for r in t.get("by_lateral", [])]
         if o.get("misses_by_patient"):
             lines += ["", _patients_line(o), ""] + _patient_table(o)
         if "split_predictions" in o:
