@@ -305,7 +305,8 @@ def test_misses_per_patient_rank_the_patients_and_count_those_holding_half():
         ("a", 3, 3), ("b", 2, 2), ("c", 1, 2)]
     assert (got["misses_by_patient"][2]["piece_of_a_disc"], got["misses_by_patient"][0]
             ["no_detection"], got["misses_by_patient"][1]["poor_fit"]) == (1, 3, 2)
-    assert (got["patients_holding_half"], got["n_patients"]) == (1, 4)  # a alone holds 3 of 6
+    # a alone holds 3 of the 6 misses; d has none
+    assert (got["patients_holding_half"], got["n_patients_missed"], got["n_patients"]) == (1, 3, 4)
     rows[2] = {"patient": "e", "cause": "no_detection"}           # a 2, b 2, c 1, e 1
     assert misses.misses_by_patient(rows)["patients_holding_half"] == 2
     assert misses.misses_by_patient([])["patients_holding_half"] == 0

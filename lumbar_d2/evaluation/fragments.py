@@ -1,8 +1,9 @@
 """Discs that a slice cuts into pieces, and why a ground-truth disc was missed.
 
 Masks without per-disc ids (SPIDER's merged disc value) give one instance per connected
-component (:func:`lumbar_d2.data.instances.connected_instances`). In lateral sagittal slices
-one disc often shows as two or three components in a row. A model that paints the whole disc
+component (:func:`lumbar_d2.data.instances.connected_instances`). Where a thin disc narrows
+to a line, often near its front or back end, one disc shows as two or three components in a
+row, in central sagittal slices as often as in lateral ones. A model that paints the whole disc
 covers them with one mask, and one-to-one matching then counts the smaller pieces as missed
 discs. This module groups the pieces of one disc and names the cause of each miss, so that a
 recall by disc size can be read for what it is. Numpy and scipy only, like :mod:`.metrics`.

@@ -1,7 +1,7 @@
 """Recall of ground-truth instances by stratum: disc size and lateral slice position.
 
-A pooled recall hides where a model fails. On unseen patients the missed discs are the small
-partial discs of lateral sagittal slices, so recall is also reported per size bin and per
+A pooled recall hides where a model fails. The missed discs are mostly small, and issue #24
+found them more often in lateral sagittal slices, so recall is also reported per size bin and per
 third of each patient's slices (central, middle, outer by distance from the patient's middle
 slice), with the mask IoU of the discs that were found. Numpy only, like :mod:`.metrics`.
 """

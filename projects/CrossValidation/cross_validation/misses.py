@@ -1,8 +1,9 @@
 """Why the out-of-fold predictions miss discs: the cause of every miss, and recall per disc.
 
-The report counts an instance as a connected component of the disc mask. In lateral slices
-one disc is often two or three components in a row, and a prediction that covers the whole
-disc leaves its smaller pieces unmatched. Here each missed component gets its cause
+The report counts an instance as a connected component of the disc mask. Where a thin disc
+narrows to a line, its label often breaks into two or three components in a row (central
+slices as often as lateral ones), and a prediction that covers the whole disc leaves its
+smaller pieces unmatched. Here each missed component gets its cause
 (:data:`lumbar_d2.evaluation.fragments.CAUSES`), and recall is also given per disc (its
 pieces joined), beside the per-component recall that the protocol's rule uses.
 """
@@ -120,7 +121,7 @@ def misses_by_patient(components: Sequence[dict]) -> dict:
         held += ranked[k]["misses"]
         k += 1
     return {"misses_by_patient": ranked, "patients_holding_half": k,
-            "n_patients": len({c["patient"] for c in rows})}
+            "n_patients_missed": len(ranked), "n_patients": len({c["patient"] for c in rows})}
 
 
 def split_counts(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray]) -> Dict[str, int]:
@@ -259,7 +260,7 @@ def _patients_line(row: dict, shown: int = 6) -> str:
     top = ", ".join(f"{r['patient']}: {r['misses']}" for r in ranked[:shown])
     where = f"Place `{row['end']}`" if "end" in row else "All places"
     return (f"- {where}: {sum(r['misses'] for r in ranked)} misses in "
-            f"{len(ranked)} of {row['n_patients']} patients; the "
+            f"{row['n_patients_missed']} of {row['n_patients']} patients; the "
             f"{row['patients_holding_half']} with most hold half ({top}).")
 
 
