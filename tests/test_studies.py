@@ -296,7 +296,7 @@ def test_misses_count_causes_and_recall_per_component_and_per_disc():
 
 
 def test_misses_per_patient_rank_the_patients_and_count_those_holding_half():
-    """Patient a misses 3, b 2, c 1 and d none: 6 misses, a and b hold at least half."""
+    """Patient a misses 3, b 2, c 1 and d none: 6 misses, a alone holds half."""
     rows = [{"patient": p, "cause": c} for p, c in
             [("a", "no_detection")] * 3 + [("b", "poor_fit")] * 2 + [("c", "piece_of_a_disc"),
                                                                    ("c", "found"), ("d", "found")]]

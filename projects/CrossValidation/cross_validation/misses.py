@@ -28,7 +28,8 @@ from lumbar_d2.utils.io import write_png, write_text
 from lumbar_d2.utils.record import record_markdown, result_record, write_result
 
 from .folds import FOLDS_FILE, SPIDER
-from .report import SHIPPED_POINT, baseline_variant, pool_fold_files, segmentations_by_image
+from .report import (SHIPPED_POINT, baseline_variant, image_thirds, pool_fold_files,
+                     segmentations_by_image)
 
 BINS = [b[2] for b in strata.SIZE_BINS]
 ENDS = ("lowest", "highest", "between", "only")  # a disc's place among its slice's discs
@@ -111,17 +112,18 @@ def misses_by_patient(components: Sequence[dict]) -> dict:
     """The missed components per patient (most first, with their causes), and how few
     patients hold half of them: whether the misses are spread out or a few patients'."""
     rows = [c for c in components if "patient" in c]
-    missed = Counter(c["patient"] for c in rows if c["cause"] != "found")
-    ranked = [{"patient": p, "n_components": sum(c["patient"] == p for c in rows), "misses": n,
-               **{cause: sum(c["patient"] == p and c["cause"] == cause for c in rows)
-                  for cause in fragments.CAUSES[1:]}}
-              for p, n in sorted(missed.items(), key=lambda kv: (-kv[1], kv[0]))]
+    count = Counter((c["patient"], c["cause"]) for c in rows)
+    patients = {c["patient"] for c in rows}
+    missed = {p: sum(count[p, cause] for cause in fragments.CAUSES[1:]) for p in patients}
+    ranked = [{"patient": p, "n_components": n + count[p, "found"], "misses": n,
+               **{cause: count[p, cause] for cause in fragments.CAUSES[1:]}}
+              for p, n in sorted(missed.items(), key=lambda kv: (-kv[1], kv[0])) if n]
     total, held, k = sum(missed.values()), 0, 0
     while total and held * 2 < total:
         held += ranked[k]["misses"]
         k += 1
     return {"misses_by_patient": ranked, "patients_holding_half": k,
-            "n_patients_missed": len(ranked), "n_patients": len({c["patient"] for c in rows})}
+            "n_patients_missed": len(ranked), "n_patients": len(patients)}
 
 
 def split_counts(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray]) -> Dict[str, int]:
@@ -161,8 +163,7 @@ def score_misses(gt: dict, images: Dict[int, dict], results: List[dict], thresho
     pieces, for the figure."""
     components, discs, pieces, n_pred = [], [], [], 0
     split: Counter = Counter()
-    thirds = strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
-                                    for im in gt["images"]})
+    thirds = image_thirds(gt)
     for image_id, d in sorted(segmentations_by_image(gt, results, threshold).items()):
         pred = decode_segmentations(d["pred"], d["im"]["height"], d["im"]["width"])
         c, s = image_rows(pred, images[image_id]["masks"], images[image_id]["groups"])
@@ -249,6 +250,12 @@ def write_misses(variant: str, output: Path, cv_file: Path, results: Path,
     return payload
 
 
+def _cause_header(first: str) -> List[str]:
+    return ["| " + first + " | components | " + " | ".join(
+        c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
+        "|---" * (len(fragments.CAUSES) + 3) + "|"]
+
+
 def _cause_row(name: str, r: dict) -> str:
     return (f"| {name} | {r['n_components']} | " + " | ".join(str(r[k]) for k in fragments.CAUSES)
             + f" | {r['component_recall']:.3f} |")
@@ -303,14 +310,10 @@ def format_misses(payload: dict) -> str:
                          + f" | {r['pieces_share']:.3f} | {r['component_recall']:.3f}"
                          f" | {r['disc_recall']:.3f} |")
         lines.append("")
-        lines += ["| place in the slice | components | " + " | ".join(
-            c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
-            "|---" * (len(fragments.CAUSES) + 3) + "|"]
+        lines += _cause_header("place in the slice")
         lines += [_cause_row(r["end"], r) for r in t["by_end"]]
         lines += [""] + [_patients_line(r) for r in t["by_end"] if r.get("misses_by_patient")]
-        lines += ["", "| third of the patient's slices | components | " + " | ".join(
-            c.replace("_", " ") for c in fragments.CAUSES) + " | recall per component |",
-            "|---" * (len(fragments.CAUSES) + 3) + "|"]
+        lines += [""] + _cause_header("third of the patient's slices")
         lines += [_cause_row(r["lateral"], r) for r in t.get("by_lateral", [])]
         if o.get("misses_by_patient"):
             lines += ["", _patients_line(o), ""] + _patient_table(o)

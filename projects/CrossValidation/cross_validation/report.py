@@ -72,10 +72,16 @@ def segmentations_by_image(gt: dict, results: Sequence[dict] = (), threshold: fl
     return by_image
 
 
+def image_thirds(gt: dict) -> Dict[int, str]:
+    """image id -> :func:`strata.lateral_thirds` of a COCO set whose images carry patient and
+    slice index."""
+    return strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
+                                  for im in gt["images"]})
+
+
 def instance_strata(gt: dict, results: List[dict], threshold: float) -> List[dict]:
     """One row per GT disc: area, found, IoU, size bin and lateral third of its slice."""
-    thirds = strata.lateral_thirds({im["id"]: (im["patient_id"], im["slice_index"])
-                                    for im in gt["images"]})
+    thirds = image_thirds(gt)
     rows = []
     for image_id, d in segmentations_by_image(gt, results, threshold).items():
         shape = (d["im"]["height"], d["im"]["width"])
