@@ -79,6 +79,9 @@ def test_cv_variants_differ_only_by_25d_input_and_anchors():
                         "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 28}),
     # round 7: the schedule alone, twice round 4's
     ("25d_it2700", {"SOLVER.MAX_ITER": 2700, "SOLVER.STEPS": (2025, 2484)}),
+    # round 8: round 5's lever at round 7's schedule
+    ("25d_dice_it2700", {"SOLVER.MAX_ITER": 2700, "SOLVER.STEPS": (2025, 2484),
+                         "MODEL.ROI_MASK_HEAD.NAME": "DiceMaskRCNNConvUpsampleHead"}),
 ])
 def test_later_round_variants_change_only_their_lever_over_25d(variant, changed):
     """Rounds 2 and 3 measure one lever each: the merged config differs from 25d's in that

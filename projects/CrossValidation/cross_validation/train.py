@@ -22,6 +22,8 @@ VARIANTS: Dict[str, str] = {
     "25d_dice": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_dice.yaml",  # round 5
     "25d_m56_it1350": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_m56_it1350.yaml",
     "25d_it2700": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it2700.yaml",  # 7
+    "25d_dice_it2700":  # round 8
+        "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_dice_it2700.yaml",
 }
 logger = logging.getLogger(__name__)
 
