@@ -82,6 +82,8 @@ def test_cv_variants_differ_only_by_25d_input_and_anchors():
     # round 8: round 5's lever at round 7's schedule
     ("25d_dice_it2700", {"SOLVER.MAX_ITER": 2700, "SOLVER.STEPS": (2025, 2484),
                          "MODEL.ROI_MASK_HEAD.NAME": "DiceMaskRCNNConvUpsampleHead"}),
+    # round 9: the schedule alone, twice round 7's (about the shipped model's passes)
+    ("25d_it5400", {"SOLVER.MAX_ITER": 5400, "SOLVER.STEPS": (4050, 4968)}),
 ])
 def test_later_round_variants_change_only_their_lever_over_25d(variant, changed):
     """Rounds 2 and 3 measure one lever each: the merged config differs from 25d's in that

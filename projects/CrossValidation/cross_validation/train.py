@@ -24,6 +24,7 @@ VARIANTS: Dict[str, str] = {
     "25d_it2700": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it2700.yaml",  # 7
     "25d_dice_it2700":  # round 8
         "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_dice_it2700.yaml",
+    "25d_it5400": "configs/scratch_mask_rcnn_R_18_FPN64_gn_disc_spider_25d_it5400.yaml",  # 9
 }
 logger = logging.getLogger(__name__)
 
