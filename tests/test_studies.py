@@ -2,6 +2,7 @@
 the published tables (paired differences, decision rule, leak split), on hand-made numbers."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import sys
@@ -16,7 +17,7 @@ from lumbar_d2.evaluation import fragments
 
 for project in ("CrossValidation", "SliceLeakage"):
     sys.path.insert(0, str(REPO / "projects" / project))
-from cross_validation import curves, misses, report, study  # noqa: E402
+from cross_validation import curves, kept, misses, report, study, train  # noqa: E402
 from slice_leakage import design, summary  # noqa: E402
 
 
@@ -373,3 +374,53 @@ def test_misses_refuse_a_variant_that_the_cv_file_lacks(tmp_path):
     with pytest.raises(misses.LumbarError, match=r"no variant '25d_m56'.*--variant"):
         misses.write_misses("25d_m56", tmp_path / "out", cv, tmp_path / "res")
     assert not (tmp_path / "res").exists()
+
+
+def _fold_predictions(output, variant, fold, results):
+    path = train.predictions_file(output, variant, fold)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_kept_folds_come_back_byte_for_byte_and_keeping_is_byte_stable(tmp_path):
+    """A fold kept in one session and restored in the next is the file report pools; keeping
+    it twice gives the same bytes (no time stamp), so a re-keep is no diff to commit."""
+    out, kept_dir = tmp_path / "out", tmp_path / "kept"
+    preds = [{"image_id": 3, "category_id": 1, "score": 0.9,
+              "segmentation": {"size": [4, 4], "counts": "04"}}]
+    source = _fold_predictions(out, "25d_it5400", 1, preds)
+    first = kept.keep_fold("25d_it5400", 1, out, kept_dir).read_bytes()
+    assert kept.keep_fold("25d_it5400", 1, out, kept_dir).read_bytes() == first
+    source.unlink()
+    assert kept.restore_folds("25d_it5400", out, kept_dir) == [1]
+    assert json.loads(source.read_text()) == preds
+    assert source == out / "25d_it5400" / "fold1" / "inference" / "lumbar_spider_cv3_f1_test" \
+        / "coco_instances_results.json"
+    assert kept.restore_folds("25d_it5400", out, kept_dir) == []  # there already: left alone
+
+
+def test_keep_refuses_a_fold_without_predictions(tmp_path):
+    with pytest.raises(kept.LumbarError, match=r"coco_instances_results.json: fold 2 has no "
+                                                r"predictions.*--fold 2"):
+        kept.keep_fold("25d_it5400", 2, tmp_path / "out", tmp_path / "kept")
+    assert not (tmp_path / "kept").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not gzip", r"fold1.json.gz: not a gzipped predictions JSON"),
+    (gzip.compress(b'{"a": 1}'), r"fold1.json.gz: holds dict, not a list"),
+])
+def test_restore_refuses_a_broken_kept_file_before_writing_any(tmp_path, content, message):
+    out, kept_dir = tmp_path / "out", tmp_path / "kept"
+    kept_dir.mkdir()
+    (kept_dir / "fold0.json.gz").write_bytes(gzip.compress(b"[]"))
+    (kept_dir / "fold1.json.gz").write_bytes(content)
+    with pytest.raises(kept.LumbarError, match=message):
+        kept.restore_folds("25d_it5400", out, kept_dir)
+    assert not out.exists()
+
+
+def test_restore_refuses_a_folder_without_kept_folds(tmp_path):
+    with pytest.raises(kept.LumbarError, match=r"no kept fold"):
+        kept.restore_folds("25d_it5400", tmp_path / "out", tmp_path)

@@ -9,6 +9,8 @@
     python projects/CrossValidation/run_cv.py curves --cv results/spider_cv/cv.json
     python projects/CrossValidation/run_cv.py misses --variant 25d_it1350 \
         --cv results/spider_cv_round4/cv.json      # why discs are missed, recall per disc
+    python projects/CrossValidation/run_cv.py keep --variant 25d_it5400 --fold 0 \
+        --kept results/spider_cv_round9/folds          # and restore, in a later session
     python projects/CrossValidation/run_cv.py reference   # today's model, its 6 test patients
     python projects/CrossValidation/run_cv.py final       # the shipped model, all patients
 
@@ -22,6 +24,8 @@ weights (``results/latency/<variant>``), its ``report`` (a later round's variant
 ``misses`` names the cause of every missed disc of a variant whose fold predictions are still
 in ``--output`` (at the threshold its committed cv.json chose), with recall per disc beside
 recall per connected component.
+``keep`` gzips finished folds' predictions into a round's results folder, ``restore`` puts
+them back under ``--output``: a round longer than one session trains fold by fold.
 ``final`` trains the shipped config (the adopted variant) from scratch on all 29 patients.
 """
 from __future__ import annotations
@@ -78,6 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--cv", required=True, help="the committed cv.json that scored the variant")
     m.add_argument("--output", default="output/cv", help="where its fold runs are")
     m.add_argument("--results", default=None, help="default: the folder of --cv")
+    k = sub.add_parser("keep", help="gzip folds' predictions into a round's results folder")
+    k.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    k.add_argument("--fold", type=int, nargs="+", required=True)
+    k.add_argument("--output", default="output/cv", help="where its fold runs are")
+    k.add_argument("--kept", required=True, help="e.g. results/spider_cv_round9/folds")
+    b = sub.add_parser("restore", help="put kept folds' predictions back under --output")
+    b.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    b.add_argument("--output", default="output/cv", help="where its fold runs are")
+    b.add_argument("--kept", required=True, help="the folder that keep wrote")
     f = sub.add_parser("reference", help="the shipped model on its 6 held-out patients")
     f.add_argument("--output", default="output/cv")
     f.add_argument("--results", default="results/spider_cv")
@@ -115,6 +128,8 @@ def main(argv=None) -> int:
         return run_tool(lambda: curves(a), verbose=True)
     if a.command == "misses":
         return run_tool(lambda: misses(a), verbose=True)
+    if a.command in ("keep", "restore"):
+        return run_tool(lambda: kept(a), verbose=True)
     from cross_validation.report import write_report
     opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
     return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results),
@@ -128,6 +143,17 @@ def reference(a: argparse.Namespace) -> int:
 
     convert_old_test()
     score_reference(predict_shipped_old_test(Path(a.output)), Path(a.results))
+    return 0
+
+
+def kept(a: argparse.Namespace) -> int:
+    from cross_validation.kept import keep_fold, restore_folds
+
+    if a.command == "keep":
+        for fold in a.fold:
+            keep_fold(a.variant, fold, Path(a.output), Path(a.kept))
+    else:
+        restore_folds(a.variant, Path(a.output), Path(a.kept))
     return 0
 
 

@@ -25,7 +25,7 @@ from lumbar_d2.utils.io import write_csv, write_json, write_text
 from lumbar_d2.utils.record import record_markdown, result_record, write_result
 
 from .folds import FOLDS_FILE, fold_name
-from .train import run_dir
+from .train import predictions_file
 
 SHIPPED_POINT = 0.93
 N_BOOT = 1000
@@ -38,11 +38,8 @@ def pool_fold_files(output: Path, variant: str, mode: str, work: Path) -> Dict[s
     """Write the pooled ground truth and OOF predictions of every fold; return their paths."""
     images, annotations, results, categories = [], [], [], None
     for k in range(len(read_folds(FOLDS_FILE))):
-        test = f"lumbar_{fold_name(k)}_test"
         gt_file = Path("datasets") / fold_name(k) / "annotations" / "test.json"
-        run = run_dir(output, variant, k)
-        folder = run / "lone" / test if mode == "lone" else run / "inference" / test
-        pred_file = folder / "coco_instances_results.json"
+        pred_file = predictions_file(output, variant, k, lone=mode == "lone")
         if not pred_file.is_file():
             raise LumbarError(f"{pred_file}: fold {k} has no predictions; run "
                               f"run_cv.py train --variant {variant}")

@@ -33,6 +33,14 @@ def run_dir(output: Path, variant: str, fold: int) -> Path:
     return Path(output) / variant / f"fold{fold}"
 
 
+def predictions_file(output: Path, variant: str, fold: int, lone: bool = False) -> Path:
+    """Where a fold's test predictions land: the trainer's final evaluation, or
+    :func:`predict_lone`'s (``lone``)."""
+    test = f"lumbar_{fold_name(fold)}_test"
+    folder = "lone" if lone else "inference"
+    return run_dir(output, variant, fold) / folder / test / "coco_instances_results.json"
+
+
 def fold_opts(fold: int, out_dir: Path, extra: List[str] = ()) -> List[str]:
     """Datasets of the fold, no validation split, the run's output folder."""
     name = fold_name(fold)

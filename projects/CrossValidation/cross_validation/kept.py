@@ -1,0 +1,74 @@
+"""Keep a fold's out-of-fold predictions in ``results/`` and put them back.
+
+A round longer than one session trains fold by fold (protocol.md, round 9). The machine, and
+``output/`` with it, has not survived between sessions, but a fold's prediction file is small:
+:func:`keep_fold` gzips it into the round's results folder as the fold ends, to be committed
+unread, and :func:`restore_folds` puts the kept files back where ``report`` and ``misses``
+read them, so that a later session trains only the missing folds.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import List
+
+from lumbar_d2.utils.errors import LumbarError
+from lumbar_d2.utils.io import atomic_path, write_text
+
+from .train import predictions_file
+
+logger = logging.getLogger(__name__)
+
+
+def kept_file(kept: Path, fold: int) -> Path:
+    return Path(kept) / f"fold{fold}.json.gz"
+
+
+def keep_fold(variant: str, fold: int, output: Path, kept: Path) -> Path:
+    """Gzip fold ``fold``'s predictions into ``kept`` (byte-stable: no name, no time stamp)."""
+    source = predictions_file(output, variant, fold)
+    if not source.is_file():
+        raise LumbarError(f"{source}: fold {fold} has no predictions to keep; run "
+                          f"run_cv.py train --variant {variant} --fold {fold} first")
+    target = kept_file(kept, fold)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(gzip.compress(source.read_bytes(), compresslevel=9, mtime=0))
+    logger.info("fold %d of %s kept in %s", fold, variant, target)
+    return target
+
+
+def _read_kept(path: Path) -> str:
+    """The kept file's JSON text; a broken file is an error naming it, not a traceback."""
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        results = json.loads(text)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+        raise LumbarError(f"{path}: not a gzipped predictions JSON ({e}); keep the fold again "
+                          "with run_cv.py keep, or retrain it") from None
+    if not isinstance(results, list):
+        raise LumbarError(f"{path}: holds {type(results).__name__}, not a list of predictions; "
+                          "keep the fold again with run_cv.py keep, or retrain it")
+    return text
+
+
+def restore_folds(variant: str, output: Path, kept: Path) -> List[int]:
+    """Put every kept fold's predictions back under ``output``; a fold that already has its
+    file is left alone. Every kept file is read before any is written. Returns the folds
+    restored."""
+    files = sorted(Path(kept).glob("fold*.json.gz"))
+    if not files:
+        raise LumbarError(f"{kept}: no kept fold (fold<k>.json.gz); keep folds with "
+                          "run_cv.py keep")
+    texts = {int(f.name[4:-8]): _read_kept(f) for f in files if f.name[4:-8].isdigit()}
+    restored = []
+    for fold, text in sorted(texts.items()):
+        target = predictions_file(output, variant, fold)
+        if target.is_file():
+            logger.info("fold %d of %s already has %s; left alone", fold, variant, target)
+            continue
+        write_text(target, text)
+        restored.append(fold)
+    logger.info("restored folds %s of %s into %s", restored, variant, output)
+    return restored
