@@ -3,6 +3,7 @@ the published tables (paired differences, decision rule, leak split), on hand-ma
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import sys
@@ -392,6 +393,10 @@ def test_kept_folds_come_back_byte_for_byte_and_keeping_is_byte_stable(tmp_path)
     source = _fold_predictions(out, "25d_it5400", 1, preds)
     first = kept.keep_fold("25d_it5400", 1, out, kept_dir).read_bytes()
     assert kept.keep_fold("25d_it5400", 1, out, kept_dir).read_bytes() == first
+    side = json.loads((kept_dir / "fold1.json.record.json").read_text())
+    assert side["of"] == "fold1.json.gz" and side["fold"] == 1
+    assert side["record"]["data"]["predictions"]["sha256"] == hashlib.sha256(
+        source.read_bytes()).hexdigest()
     source.unlink()
     assert kept.restore_folds("25d_it5400", out, kept_dir) == [1]
     assert json.loads(source.read_text()) == preds

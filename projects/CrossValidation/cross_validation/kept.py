@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import List
 
 from lumbar_d2.utils.errors import LumbarError
-from lumbar_d2.utils.io import atomic_path, write_text
+from lumbar_d2.utils.io import atomic_path, write_json, write_text
+from lumbar_d2.utils.record import RECORD_KEY, result_record, sidecar_path
 
 from .train import predictions_file
 
@@ -27,7 +28,8 @@ def kept_file(kept: Path, fold: int) -> Path:
 
 
 def keep_fold(variant: str, fold: int, output: Path, kept: Path) -> Path:
-    """Gzip fold ``fold``'s predictions into ``kept`` (byte-stable: no name, no time stamp)."""
+    """Gzip fold ``fold``'s predictions into ``kept`` (byte-stable: no name, no time stamp),
+    with a sidecar record naming the command, commit, machine and the file's sha256."""
     source = predictions_file(output, variant, fold)
     if not source.is_file():
         raise LumbarError(f"{source}: fold {fold} has no predictions to keep; run "
@@ -35,6 +37,8 @@ def keep_fold(variant: str, fold: int, output: Path, kept: Path) -> Path:
     target = kept_file(kept, fold)
     with atomic_path(target) as tmp:
         tmp.write_bytes(gzip.compress(source.read_bytes(), compresslevel=9, mtime=0))
+    write_json(sidecar_path(target), {"of": target.name, "variant": variant, "fold": fold,
+                                      RECORD_KEY: result_record({"predictions": source})})
     logger.info("fold %d of %s kept in %s", fold, variant, target)
     return target
 
