@@ -429,3 +429,14 @@ def test_restore_refuses_a_broken_kept_file_before_writing_any(tmp_path, content
 def test_restore_refuses_a_folder_without_kept_folds(tmp_path):
     with pytest.raises(kept.LumbarError, match=r"no kept fold"):
         kept.restore_folds("25d_it5400", tmp_path / "out", tmp_path)
+
+
+def test_report_names_an_unconverted_fold_before_reading_it(tmp_path, monkeypatch):
+    """Kept predictions restored on a fresh machine index a fold conversion that may not be
+    there yet: the report says which and how to make it, instead of a traceback."""
+    monkeypatch.chdir(tmp_path)
+    for k in range(3):
+        _fold_predictions(tmp_path / "out", "25d_it5400", k, [])
+    with pytest.raises(report.LumbarError, match=r"spider_cv3_f0.*not converted.*restore"):
+        report.pool_fold_files(tmp_path / "out", "25d_it5400", "2.5d", tmp_path / "work")
+    assert not (tmp_path / "work").exists()

@@ -87,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     k.add_argument("--fold", type=int, nargs="+", required=True)
     k.add_argument("--output", default="output/cv", help="where its fold runs are")
     k.add_argument("--kept", required=True, help="e.g. results/spider_cv_round9/folds")
-    b = sub.add_parser("restore", help="put kept folds' predictions back under --output")
+    b = sub.add_parser("restore", help="put kept folds' predictions back under --output and "
+                                       "convert the folds")
     b.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     b.add_argument("--output", default="output/cv", help="where its fold runs are")
     b.add_argument("--kept", required=True, help="the folder that keep wrote")
@@ -147,13 +148,13 @@ def reference(a: argparse.Namespace) -> int:
 
 
 def kept(a: argparse.Namespace) -> int:
-    from cross_validation.kept import keep_fold, restore_folds
+    from cross_validation.kept import keep_fold, restore_round
 
     if a.command == "keep":
         for fold in a.fold:
             keep_fold(a.variant, fold, Path(a.output), Path(a.kept))
     else:
-        restore_folds(a.variant, Path(a.output), Path(a.kept))
+        restore_round(a.variant, Path(a.output), Path(a.kept))
     return 0
 
 

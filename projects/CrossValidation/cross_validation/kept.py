@@ -14,10 +14,12 @@ import logging
 from pathlib import Path
 from typing import List
 
+from lumbar_d2.data.splits import read_folds
 from lumbar_d2.utils.errors import LumbarError
 from lumbar_d2.utils.io import atomic_path, write_json, write_text
 from lumbar_d2.utils.record import RECORD_KEY, result_record, sidecar_path
 
+from .folds import FOLDS_FILE, convert_fold
 from .train import predictions_file
 
 logger = logging.getLogger(__name__)
@@ -75,4 +77,13 @@ def restore_folds(variant: str, output: Path, kept: Path) -> List[int]:
         write_text(target, text)
         restored.append(fold)
     logger.info("restored folds %s of %s into %s", restored, variant, output)
+    return restored
+
+
+def restore_round(variant: str, output: Path, kept: Path) -> List[int]:
+    """:func:`restore_folds`, after converting every fold (a fresh machine has none), so
+    that ``report`` finds both the kept predictions and the ground truth they index."""
+    restored = restore_folds(variant, output, kept)
+    for k in range(len(read_folds(FOLDS_FILE))):
+        convert_fold(k)
     return restored

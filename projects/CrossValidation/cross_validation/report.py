@@ -43,6 +43,9 @@ def pool_fold_files(output: Path, variant: str, mode: str, work: Path) -> Dict[s
         if not pred_file.is_file():
             raise LumbarError(f"{pred_file}: fold {k} has no predictions; run "
                               f"run_cv.py train --variant {variant}")
+        if not gt_file.is_file():
+            raise LumbarError(f"{gt_file}: fold {k} is not converted; run run_cv.py restore "
+                              f"(kept folds) or run_cv.py train --variant {variant}")
         gt = json.loads(gt_file.read_text())
         images += gt["images"]
         annotations += gt["annotations"]
