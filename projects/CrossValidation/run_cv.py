@@ -129,8 +129,10 @@ def main(argv=None) -> int:
         return run_tool(lambda: curves(a), verbose=True)
     if a.command == "misses":
         return run_tool(lambda: misses(a), verbose=True)
-    if a.command in ("keep", "restore"):
-        return run_tool(lambda: kept(a), verbose=True)
+    if a.command == "keep":
+        return run_tool(lambda: keep(a), verbose=True)
+    if a.command == "restore":
+        return run_tool(lambda: restore(a), verbose=True)
     from cross_validation.report import write_report
     opt = {k: Path(v) for k, v in (("baseline", a.baseline), ("latency", a.latency)) if v}
     return run_tool(lambda: write_report(a.variants, Path(a.output), Path(a.results),
@@ -147,14 +149,18 @@ def reference(a: argparse.Namespace) -> int:
     return 0
 
 
-def kept(a: argparse.Namespace) -> int:
-    from cross_validation.kept import keep_fold, restore_round
+def keep(a: argparse.Namespace) -> int:
+    from cross_validation.kept import keep_fold
 
-    if a.command == "keep":
-        for fold in a.fold:
-            keep_fold(a.variant, fold, Path(a.output), Path(a.kept))
-    else:
-        restore_round(a.variant, Path(a.output), Path(a.kept))
+    for fold in a.fold:
+        keep_fold(a.variant, fold, Path(a.output), Path(a.kept))
+    return 0
+
+
+def restore(a: argparse.Namespace) -> int:
+    from cross_validation.kept import restore_round
+
+    restore_round(a.variant, Path(a.output), Path(a.kept))
     return 0
 
 

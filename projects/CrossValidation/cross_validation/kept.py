@@ -63,13 +63,13 @@ def restore_folds(variant: str, output: Path, kept: Path) -> List[int]:
     """Put every kept fold's predictions back under ``output``; a fold that already has its
     file is left alone. Every kept file is read before any is written. Returns the folds
     restored."""
-    files = sorted(Path(kept).glob("fold*.json.gz"))
-    if not files:
+    files = {k: kept_file(kept, k) for k in range(len(read_folds(FOLDS_FILE)))}
+    texts = {k: _read_kept(f) for k, f in files.items() if f.is_file()}
+    if not texts:
         raise LumbarError(f"{kept}: no kept fold (fold<k>.json.gz); keep folds with "
                           "run_cv.py keep")
-    texts = {int(f.name[4:-8]): _read_kept(f) for f in files if f.name[4:-8].isdigit()}
     restored = []
-    for fold, text in sorted(texts.items()):
+    for fold, text in texts.items():
         target = predictions_file(output, variant, fold)
         if target.is_file():
             logger.info("fold %d of %s already has %s; left alone", fold, variant, target)
